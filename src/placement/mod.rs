@@ -1,0 +1,14 @@
+//! Placement: given buffers with lifetimes and sizes, an offset for each so that buffers live at the
+//! same time never share a byte, in the smallest arena.
+
+pub mod csv;
+pub mod greedy;
+pub mod lower_bound;
+pub mod plan;
+pub mod problem;
+pub mod validate;
+
+pub use lower_bound::max_load;
+pub use plan::{plan, Method, PlanError, PlanOptions, PlanReport, Status};
+pub use problem::{Buffer, BufferId, Bytes, Interval, Problem, Solution};
+pub use validate::{validate, InvalidPlan};

@@ -1,0 +1,197 @@
+//! The placement problem's vocabulary: buffers with half-open lifetimes and sizes, a problem, a solution.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+
+/// A number of bytes (a size, an offset, or an arena's extent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    pub const ZERO: Bytes = Bytes(0);
+
+    /// The smallest multiple of `alignment` that is `>= self` (alignment 0 or 1 means none).
+    pub fn align_up(self, alignment: Bytes) -> Bytes {
+        if alignment.0 <= 1 {
+            return self;
+        }
+        Bytes(self.0.div_ceil(alignment.0) * alignment.0)
+    }
+
+    pub fn is_aligned(self, alignment: Bytes) -> bool {
+        alignment.0 <= 1 || self.0 % alignment.0 == 0
+    }
+}
+
+impl Add for Bytes {
+    type Output = Bytes;
+    fn add(self, rhs: Bytes) -> Bytes {
+        Bytes(self.0 + rhs.0)
+    }
+}
+
+impl Sub for Bytes {
+    type Output = Bytes;
+    fn sub(self, rhs: Bytes) -> Bytes {
+        Bytes(self.0 - rhs.0)
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Index of a buffer inside its [`Problem`] (not the user-facing id, which is [`Buffer::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufferId(pub usize);
+
+impl fmt::Display for BufferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A half-open interval of event time `[start, end)`; never empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Interval {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Interval {
+    /// `None` when `end <= start`: a buffer must live for at least one tick.
+    pub fn new(start: u64, end: u64) -> Option<Interval> {
+        (end > start).then_some(Interval { start, end })
+    }
+
+    /// True when the two intervals share at least one moment.
+    pub fn intersects(&self, other: &Interval) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// One buffer to place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    /// The user's id (a string in MiniMalloc CSV).
+    pub name: String,
+    pub lifetime: Interval,
+    pub size: Bytes,
+    /// Offsets must be multiples of this; 1 means no constraint.
+    pub alignment: Bytes,
+    /// When set, the buffer must be placed exactly here (e.g. memory that is already in use).
+    pub fixed_offset: Option<Bytes>,
+}
+
+impl Buffer {
+    pub fn new(name: impl Into<String>, lifetime: Interval, size: Bytes) -> Buffer {
+        Buffer {
+            name: name.into(),
+            lifetime,
+            size,
+            alignment: Bytes(1),
+            fixed_offset: None,
+        }
+    }
+
+    /// Size times lifetime: the buffer's area in the time × address plane.
+    pub fn area(&self) -> u128 {
+        u128::from(self.size.0) * u128::from(self.lifetime.len())
+    }
+}
+
+/// Buffers to place, and optionally the arena's capacity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problem {
+    pub buffers: Vec<Buffer>,
+    pub capacity: Option<Bytes>,
+}
+
+impl Problem {
+    pub fn new(buffers: Vec<Buffer>) -> Problem {
+        Problem {
+            buffers,
+            capacity: None,
+        }
+    }
+
+    pub fn with_capacity(mut self, capacity: Option<Bytes>) -> Problem {
+        self.capacity = capacity;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.buffers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_empty()
+    }
+
+    pub fn buffer(&self, id: BufferId) -> &Buffer {
+        &self.buffers[id.0]
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = BufferId> {
+        (0..self.buffers.len()).map(BufferId)
+    }
+}
+
+/// An offset for every buffer of a problem (indexed by [`BufferId`]) and the resulting arena extent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Solution {
+    pub offsets: Vec<Bytes>,
+    /// The highest `offset + size` over all buffers: the arena a plan needs.
+    pub peak: Bytes,
+}
+
+impl Solution {
+    /// Builds a solution from offsets, computing its peak.
+    pub fn from_offsets(problem: &Problem, offsets: Vec<Bytes>) -> Solution {
+        let peak = problem
+            .buffers
+            .iter()
+            .zip(&offsets)
+            .map(|(b, &o)| o + b.size)
+            .max()
+            .unwrap_or(Bytes::ZERO);
+        Solution { offsets, peak }
+    }
+
+    pub fn offset(&self, id: BufferId) -> Bytes {
+        self.offsets[id.0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_open_intervals_touching_do_not_intersect() {
+        let a = Interval::new(0, 5).unwrap();
+        let b = Interval::new(5, 9).unwrap();
+        let c = Interval::new(4, 6).unwrap();
+        assert!(!a.intersects(&b));
+        assert!(a.intersects(&c) && b.intersects(&c));
+        assert!(Interval::new(3, 3).is_none());
+    }
+
+    #[test]
+    fn align_up_rounds_to_the_next_multiple() {
+        assert_eq!(Bytes(0).align_up(Bytes(512)), Bytes(0));
+        assert_eq!(Bytes(1).align_up(Bytes(512)), Bytes(512));
+        assert_eq!(Bytes(1024).align_up(Bytes(512)), Bytes(1024));
+        assert_eq!(Bytes(7).align_up(Bytes(1)), Bytes(7));
+    }
+}
