@@ -1,0 +1,128 @@
+"""Placement subcommands: `plan` one CSV file, `validate` a solution, `bench-placement` a set of files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model_opt._native import PLACEMENT_METHODS, CapacityError, InputError, plan_csv, validate_csv
+
+EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _bytes_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer number of bytes") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a non-negative number of seconds")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plan", help="place the buffers of a MiniMalloc CSV file")
+    p.add_argument("input", type=Path, metavar="INPUT.csv")
+    p.add_argument("--capacity", type=_bytes_arg, metavar="BYTES", help="arena capacity to fit within")
+    p.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
+    p.add_argument("--time-limit", type=_seconds_arg, default=5.0, metavar="SECONDS")
+    p.add_argument("--output", "-o", type=Path, metavar="OUT.csv", help="write the solution CSV here")
+    p.set_defaults(func=run_plan)
+
+    v = subparsers.add_parser("validate", help="check the offsets of a solution CSV file")
+    v.add_argument("input", type=Path, metavar="SOLUTION.csv")
+    v.add_argument("--capacity", type=_bytes_arg, metavar="BYTES")
+    v.set_defaults(func=run_validate)
+
+    b = subparsers.add_parser(
+        "bench-placement", help="plan every CSV file given (or in the directories given) and print a table"
+    )
+    b.add_argument("inputs", type=Path, nargs="+", metavar="PATH", help="CSV files or directories")
+    b.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
+    b.add_argument("--time-limit", type=_seconds_arg, default=5.0, metavar="SECONDS")
+    b.set_defaults(func=run_bench)
+
+
+def summary_line(report: dict[str, object]) -> str:
+    return (
+        f"buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']} "
+        f"peak/lower_bound={report['ratio']:.4f} method={report['method']} status={report['status']} "
+        f"time={report['seconds']:.3f}s"
+    )
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        report = plan_csv(
+            args.input,
+            output=args.output,
+            capacity=args.capacity,
+            method=args.method,
+            time_limit=args.time_limit,
+        )
+    except CapacityError as e:
+        print(f"model-opt plan: {e}", file=sys.stderr)
+        return EXIT_NO_FIT
+    except InputError as e:
+        print(f"model-opt plan: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary_line(report))
+    return EXIT_OK
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    try:
+        report = validate_csv(args.input, capacity=args.capacity)
+    except InputError as e:
+        print(f"model-opt validate: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"valid: buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']}")
+    return EXIT_OK
+
+
+def _csv_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.csv")) if path.is_dir() else [path])
+    return files
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    files = _csv_files(args.inputs)
+    if not files:
+        print("model-opt bench-placement: no CSV files found", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    header = ["instance", "buffers", "lower bound", "peak", "peak / lower bound", "method", "status", "time (s)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    status = EXIT_OK
+    for path in files:
+        try:
+            r = plan_csv(path, method=args.method, time_limit=args.time_limit)
+        except (InputError, CapacityError) as e:
+            print(f"model-opt bench-placement: {e}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        row = [
+            path.stem,
+            r["buffers"],
+            r["lower_bound"],
+            r["peak"],
+            f"{r['ratio']:.4f}",
+            r["method"],
+            r["status"],
+            f"{r['seconds']:.3f}",
+        ]
+        print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+    return status

@@ -1,0 +1,15 @@
+//! The PyO3 extension `model_opt._native`. One submodule of bindings per part of the crate; each
+//! registers its functions here. Errors become the exceptions defined in `errors`.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod placement;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    placement::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Bindings for the placement planner: plan or validate a MiniMalloc CSV file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::errors::{csv_error, plan_error, InputError};
+use crate::placement::csv::{read_csv_file, write_solution_csv};
+use crate::placement::{max_load, plan, validate, Bytes, Method, PlanOptions, PlanReport};
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(plan_csv, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_csv, m)?)?;
+    m.add("PLACEMENT_METHODS", Method::NAMES.to_vec())?;
+    Ok(())
+}
+
+fn capacity_arg(capacity: Option<i64>) -> PyResult<Option<Bytes>> {
+    match capacity {
+        Some(c) if c < 0 => Err(InputError::new_err(format!("capacity {c} is negative"))),
+        Some(c) => Ok(Some(Bytes(c as u64))),
+        None => Ok(None),
+    }
+}
+
+fn time_limit_arg(seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| InputError::new_err(format!("time limit {seconds} must be a non-negative number of seconds")))
+}
+
+fn report_dict<'py>(py: Python<'py>, buffers: usize, report: &PlanReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("buffers", buffers)?;
+    d.set_item("lower_bound", report.lower_bound.0)?;
+    d.set_item("peak", report.solution.peak.0)?;
+    d.set_item("ratio", report.ratio())?;
+    d.set_item("method", &report.method)?;
+    d.set_item("status", report.status.to_string())?;
+    d.set_item("seconds", report.elapsed.as_secs_f64())?;
+    Ok(d)
+}
+
+/// Plans the buffers of a MiniMalloc CSV file; writes the solution CSV to `output` when given.
+///
+/// Returns a dict: buffers, lower_bound, peak, ratio, method, status, seconds. Raises `InputError` for
+/// a malformed file and `CapacityError` when no plan fits `capacity`.
+#[pyfunction]
+#[pyo3(signature = (path, output=None, capacity=None, method="greedy", time_limit=5.0))]
+fn plan_csv<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    output: Option<PathBuf>,
+    capacity: Option<i64>,
+    method: &str,
+    time_limit: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = read_csv_file(&path).map_err(csv_error)?;
+    let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
+    let options = PlanOptions {
+        method: method.parse().map_err(plan_error)?,
+        time_limit: time_limit_arg(time_limit)?,
+    };
+    let report = py.detach(|| plan(&problem, &options)).map_err(plan_error)?;
+    if let Some(out) = output {
+        std::fs::write(&out, write_solution_csv(&problem, &report.solution))
+            .map_err(|e| InputError::new_err(format!("{}: cannot write: {e}", out.display())))?;
+    }
+    report_dict(py, problem.len(), &report)
+}
+
+/// Checks the `offset` column of a solution CSV file against its buffers (and `capacity` if given).
+///
+/// Returns a dict: buffers, lower_bound, peak. Raises `InputError` naming the first problem found.
+#[pyfunction]
+#[pyo3(signature = (path, capacity=None))]
+fn validate_csv<'py>(py: Python<'py>, path: PathBuf, capacity: Option<i64>) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = read_csv_file(&path).map_err(csv_error)?;
+    let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
+    let offsets = parsed
+        .offsets
+        .ok_or_else(|| InputError::new_err(format!("{}: no offset column to validate", path.display())))?;
+    let solution = crate::placement::Solution::from_offsets(&problem, offsets);
+    validate(&problem, &solution).map_err(|e| InputError::new_err(format!("{}: {e}", path.display())))?;
+    let d = PyDict::new(py);
+    d.set_item("buffers", problem.len())?;
+    d.set_item("lower_bound", max_load(&problem).0)?;
+    d.set_item("peak", solution.peak.0)?;
+    Ok(d)
+}
