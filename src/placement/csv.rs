@@ -150,14 +150,14 @@ struct Columns {
 impl Columns {
     fn from_header(header: &str) -> Result<Columns, String> {
         let names: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+        if names.iter().any(|n| n.parse::<i128>().is_ok()) {
+            return Err(format!(
+                "the first line must be a header naming the columns ({}), found a data row",
+                REQUIRED.join(",")
+            ));
+        }
         for (i, name) in names.iter().enumerate() {
             if !REQUIRED.contains(&name.as_str()) && !OPTIONAL.contains(&name.as_str()) {
-                if name.parse::<i128>().is_ok() {
-                    return Err(format!(
-                        "the first line must be a header naming the columns ({}), found a data row",
-                        REQUIRED.join(",")
-                    ));
-                }
                 return Err(format!(
                     "unknown column '{name}' (known: {}, {})",
                     REQUIRED.join(","),

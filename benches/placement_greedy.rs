@@ -1,0 +1,96 @@
+//! Greedy placement benchmark: peak / lower bound and time of every rule on the challenging instances,
+//! and the portfolio's time on random instances of 1k, 10k and 100k buffers.
+//!
+//! Run: `cargo bench --bench placement_greedy` (prints markdown tables for BENCHMARKS.md).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use model_opt::placement::csv::read_csv_file;
+use model_opt::placement::greedy::{greedy, place, Rule};
+use model_opt::placement::{max_load, validate, Buffer, Bytes, Interval, Problem};
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn timed<T>(runs: usize, mut f: impl FnMut() -> T) -> (T, Duration) {
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        last = Some(f());
+        times.push(t.elapsed());
+    }
+    (last.expect("at least one run"), median(times))
+}
+
+/// A deterministic random instance (xorshift) shaped like a training trace: many short-lived buffers,
+/// some long-lived, sizes spread over four orders of magnitude.
+fn random_problem(n: usize, seed: u64) -> Problem {
+    let mut s = seed;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let horizon = (n as u64) * 2;
+    let buffers = (0..n)
+        .map(|i| {
+            let start = next() % horizon;
+            let len = if next() % 10 == 0 { 1 + next() % (horizon / 4) } else { 1 + next() % 64 };
+            let size = 512 * (1 + next() % (1 << (next() % 14)));
+            Buffer::new(i.to_string(), Interval::new(start, start + len).expect("len >= 1"), Bytes(size))
+        })
+        .collect();
+    Problem::new(buffers)
+}
+
+fn main() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minimalloc/challenging");
+    println!("### Greedy rules on challenging A–E (peak / lower bound; median time of 21 runs)\n");
+    print!("| rule |");
+    let names = ["A", "B", "C", "D", "E"];
+    for n in names {
+        print!(" {n} | {n} time (µs) |");
+    }
+    println!("\n|---|{}", "---|---|".repeat(names.len()));
+    let problems: Vec<Problem> = names
+        .iter()
+        .map(|n| read_csv_file(&dir.join(format!("{n}.1048576.csv"))).expect("instance").problem)
+        .collect();
+    let mut rows: Vec<(String, Vec<String>)> = Rule::ALL.iter().map(|r| (r.to_string(), Vec::new())).collect();
+    rows.push(("portfolio (best of all)".into(), Vec::new()));
+    for p in &problems {
+        let lb = max_load(p).0 as f64;
+        for (k, rule) in Rule::ALL.iter().enumerate() {
+            let (s, t) = timed(21, || place(p, *rule));
+            validate(p, &s).expect("valid plan");
+            rows[k].1.push(format!("{:.4} | {:.0}", s.peak.0 as f64 / lb, t.as_secs_f64() * 1e6));
+        }
+        let ((s, _), t) = timed(21, || greedy(p));
+        rows[Rule::ALL.len()].1.push(format!("{:.4} | {:.0}", s.peak.0 as f64 / lb, t.as_secs_f64() * 1e6));
+    }
+    for (name, cells) in rows {
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+
+    println!("\n### Greedy portfolio on random instances (median of 5 runs)\n");
+    println!("| buffers | lower bound | peak | peak / lower bound | winning rule | time (ms) |");
+    println!("|---|---|---|---|---|---|");
+    for n in [1_000, 10_000, 100_000] {
+        let p = random_problem(n, 0x9E37_79B9_7F4A_7C15 ^ n as u64);
+        let runs = if n >= 100_000 { 3 } else { 5 };
+        let ((s, rule), t) = timed(runs, || greedy(&p));
+        validate(&p, &s).expect("valid plan");
+        let lb = max_load(&p);
+        println!(
+            "| {n} | {lb} | {} | {:.4} | {rule} | {:.1} |",
+            s.peak,
+            s.peak.0 as f64 / lb.0 as f64,
+            t.as_secs_f64() * 1e3
+        );
+    }
+}

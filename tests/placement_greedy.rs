@@ -1,0 +1,101 @@
+//! The greedy planners on the shared instances and on random ones.
+
+mod common;
+
+use common::{instances, number_in_name, problem_of};
+use model_opt::placement::greedy::{place, Rule};
+use model_opt::placement::{max_load, plan, validate, Bytes, InvalidPlan, PlanOptions, Solution};
+use proptest::prelude::*;
+
+#[test]
+fn every_rule_gives_a_valid_plan_on_every_shared_instance() {
+    for folder in ["examples", "challenging"] {
+        for (name, problem) in instances(folder) {
+            let bound = max_load(&problem);
+            for rule in Rule::ALL {
+                let s = place(&problem, rule);
+                validate(&problem, &s).unwrap_or_else(|e| panic!("{name} {rule}: {e}"));
+                assert!(s.peak >= bound, "{name} {rule}: peak below the lower bound");
+            }
+        }
+    }
+}
+
+#[test]
+fn challenging_instances_have_the_published_lower_bounds() {
+    // From the data set's README: A, B, E–I, K at capacity; C 1039360; D 986112; J 989184.
+    let expected = |name: &str| match &name[..1] {
+        "C" => 1039360,
+        "D" => 986112,
+        "J" => 989184,
+        _ => number_in_name(name),
+    };
+    for (name, problem) in instances("challenging") {
+        assert_eq!(max_load(&problem), Bytes(expected(&name)), "{name}");
+    }
+}
+
+/// Which examples the greedy portfolio solves at their optimum. The others need the exact search.
+#[test]
+fn examples_reach_their_known_optimum_where_greedy_can() {
+    let mut missed = Vec::new();
+    for (name, problem) in instances("examples") {
+        let optimum = Bytes(number_in_name(&name));
+        assert_eq!(max_load(&problem), optimum, "{name}: the optimum equals the lower bound");
+        let report = plan(&problem, &PlanOptions::default()).unwrap();
+        assert!(report.solution.peak >= optimum);
+        if report.solution.peak != optimum {
+            missed.push(name);
+        }
+    }
+    // These small instances are built to defeat greedy rules: in small_a, for instance, size order
+    // stacks both 3-byte buffers at 0, pushes the 2-byte pair to 3 and 5, and the 1-byte buffer that
+    // spans them all lands at 7 (optimum 6). The exact search (issue 4) reaches all of them.
+    let expected = ["small_a.6.csv", "small_b.6.csv", "small_c.8.csv", "small_d.9.csv", "small_f.14.csv"];
+    assert_eq!(missed, expected, "which examples greedy misses changed");
+}
+
+fn random_problem() -> impl Strategy<Value = Vec<(u64, u64, u64)>> {
+    prop::collection::vec((0u64..50, 1u64..20, 1u64..100), 1..60)
+        .prop_map(|v| v.into_iter().map(|(s, len, size)| (s, s + len, size)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn planners_are_valid_and_above_the_bound(triples in random_problem()) {
+        let problem = problem_of(&triples);
+        let bound = max_load(&problem);
+        for rule in Rule::ALL {
+            let s = place(&problem, rule);
+            prop_assert_eq!(validate(&problem, &s), Ok(()));
+            prop_assert!(s.peak >= bound);
+        }
+        let report = plan(&problem, &PlanOptions::default()).unwrap();
+        prop_assert!(report.solution.peak >= report.lower_bound);
+    }
+
+    #[test]
+    fn validator_rejects_corrupted_plans(triples in random_problem(), pick in any::<prop::sample::Index>()) {
+        let problem = problem_of(&triples);
+        let s = plan(&problem, &PlanOptions::default()).unwrap().solution;
+        // Move one buffer onto another that lives at the same time, if any pair does.
+        let n = problem.len();
+        let i = pick.index(n);
+        let partner = (0..n).find(|&j| {
+            j != i && problem.buffers[i].lifetime.intersects(&problem.buffers[j].lifetime)
+        });
+        if let Some(j) = partner {
+            let mut offsets = s.offsets.clone();
+            offsets[i] = offsets[j];
+            let corrupted = Solution::from_offsets(&problem, offsets);
+            let rejected = matches!(validate(&problem, &corrupted), Err(InvalidPlan::Overlap { .. }));
+            prop_assert!(rejected);
+        }
+        // A peak that lies is caught too.
+        let lying = Solution { peak: Bytes(s.peak.0 + 1), offsets: s.offsets.clone() };
+        let rejected = matches!(validate(&problem, &lying), Err(InvalidPlan::WrongPeak { .. }));
+        prop_assert!(rejected);
+    }
+}
