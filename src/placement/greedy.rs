@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::overlap_index::OverlapIndex;
 use super::problem::{BufferId, Bytes, Problem, Solution};
 
 /// The order in which buffers are placed.
@@ -67,12 +68,32 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Runs every rule and returns the best plan with the rule that found it.
+/// Runs every rule and returns the best plan with the rule that found it. The rules are independent,
+/// so they are spread over the available cores; ties go to the earlier rule in [`Rule::ALL`].
 pub fn greedy(problem: &Problem) -> (Solution, Rule) {
-    let conflicts = conflict_counts(problem);
+    let shared = Shared::new(problem);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(Rule::ALL.len());
+    let chunk = Rule::ALL.len().div_ceil(threads);
+    let results: Vec<(Solution, Rule)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = Rule::ALL
+            .chunks(chunk)
+            .map(|rules| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    rules
+                        .iter()
+                        .map(|&rule| (place_with(problem, rule, shared), rule))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     let mut best: Option<(Solution, Rule)> = None;
-    for rule in Rule::ALL {
-        let solution = place_with(problem, rule, &conflicts);
+    for (solution, rule) in results {
         if best.as_ref().is_none_or(|(b, _)| solution.peak < b.peak) {
             best = Some((solution, rule));
         }
@@ -83,12 +104,22 @@ pub fn greedy(problem: &Problem) -> (Solution, Rule) {
 
 /// Places the problem's buffers with one rule.
 pub fn place(problem: &Problem, rule: Rule) -> Solution {
-    let conflicts = if rule.order == Order::Conflicts {
-        conflict_counts(problem)
-    } else {
-        Vec::new()
-    };
-    place_with(problem, rule, &conflicts)
+    place_with(problem, rule, &Shared::new(problem))
+}
+
+/// What every rule needs and can share: conflict counts (for that order) and the overlap index.
+struct Shared {
+    conflicts: Vec<usize>,
+    index: OverlapIndex,
+}
+
+impl Shared {
+    fn new(problem: &Problem) -> Shared {
+        Shared {
+            conflicts: conflict_counts(problem),
+            index: OverlapIndex::new(problem),
+        }
+    }
 }
 
 /// The order of a rule; ties broken by the other keys, then by id, so every run is deterministic.
@@ -128,77 +159,63 @@ pub fn conflict_counts(problem: &Problem) -> Vec<usize> {
         .collect()
 }
 
-fn place_with(problem: &Problem, rule: Rule, conflicts: &[usize]) -> Solution {
-    let mut placed = Placed::default();
+fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
+    let bufs = &problem.buffers;
     let mut offsets = vec![Bytes::ZERO; problem.len()];
+    let mut placed = vec![false; problem.len()];
     // Buffers with fixed offsets go first, where they must be; the rest fit around them.
-    for (i, b) in problem.buffers.iter().enumerate() {
+    for (i, b) in bufs.iter().enumerate() {
         if let Some(fixed) = b.fixed_offset {
             offsets[i] = fixed;
-            placed.insert(b.lifetime.start, b.lifetime.end, fixed.0, b.size.0);
+            placed[i] = true;
         }
     }
-    for id in order(problem, rule.order, conflicts) {
-        let b = problem.buffer(id);
-        if b.fixed_offset.is_some() {
+    // (offset, offset + size) of the placed buffers that conflict with the one being placed.
+    let mut neighbours: Vec<(u64, u64)> = Vec::new();
+    for id in order(problem, rule.order, &shared.conflicts) {
+        let b = &bufs[id.0];
+        if placed[id.0] {
             continue;
         }
-        let offset = placed.find_gap(b.lifetime.start, b.lifetime.end, b.size.0, b.alignment.0, rule.fit);
-        offsets[id.0] = Bytes(offset);
-        placed.insert(b.lifetime.start, b.lifetime.end, offset, b.size.0);
+        neighbours.clear();
+        shared.index.for_each_overlapping(b.lifetime.start, b.lifetime.end, |j| {
+            if placed[j.0] {
+                neighbours.push((offsets[j.0].0, offsets[j.0].0 + bufs[j.0].size.0));
+            }
+        });
+        neighbours.sort_unstable();
+        offsets[id.0] = Bytes(find_gap(&neighbours, b.size.0, b.alignment.0, rule.fit));
+        placed[id.0] = true;
     }
     Solution::from_offsets(problem, offsets)
 }
 
-/// Buffers placed so far, sorted by offset, one array per field so the scan stays in cache.
-#[derive(Default)]
-struct Placed {
-    offset: Vec<u64>,
-    top: Vec<u64>,
-    start: Vec<u64>,
-    end: Vec<u64>,
-}
-
-impl Placed {
-    fn insert(&mut self, start: u64, end: u64, offset: u64, size: u64) {
-        let at = self.offset.partition_point(|&o| o <= offset);
-        self.offset.insert(at, offset);
-        self.top.insert(at, offset + size);
-        self.start.insert(at, start);
-        self.end.insert(at, end);
-    }
-
-    /// The offset a buffer live in `[start, end)` takes. Scanning placed buffers by offset, `cursor` is
-    /// the lowest aligned address above every conflicting buffer seen so far; a conflicting buffer
-    /// starting at or above `cursor + size` closes a free gap `[cursor, its offset)`.
-    fn find_gap(&self, start: u64, end: u64, size: u64, alignment: u64, fit: Fit) -> u64 {
-        let align = |x: u64| if alignment <= 1 { x } else { x.div_ceil(alignment) * alignment };
-        let mut top = 0u64;
-        let mut cursor = 0u64;
-        let mut best: Option<(u64, u64)> = None; // (gap length, offset)
-        for k in 0..self.offset.len() {
-            if self.start[k] >= end || self.end[k] <= start {
-                continue;
-            }
-            let o = self.offset[k];
-            if o >= cursor + size {
-                let gap = o - cursor;
-                match fit {
-                    Fit::First => return cursor,
-                    Fit::Best => {
-                        if best.is_none_or(|(g, _)| gap < g) {
-                            best = Some((gap, cursor));
-                        }
+/// The offset a buffer of `size` takes among `neighbours` (sorted by offset). Scanning them, `cursor`
+/// is the lowest aligned address above every neighbour seen so far; a neighbour starting at or above
+/// `cursor + size` closes a free gap `[cursor, its offset)`.
+fn find_gap(neighbours: &[(u64, u64)], size: u64, alignment: u64, fit: Fit) -> u64 {
+    let align = |x: u64| if alignment <= 1 { x } else { x.div_ceil(alignment) * alignment };
+    let mut top = 0u64;
+    let mut cursor = 0u64;
+    let mut best: Option<(u64, u64)> = None; // (gap length, offset)
+    for &(offset, end) in neighbours {
+        if offset >= cursor + size {
+            let gap = offset - cursor;
+            match fit {
+                Fit::First => return cursor,
+                Fit::Best => {
+                    if best.is_none_or(|(g, _)| gap < g) {
+                        best = Some((gap, cursor));
                     }
                 }
             }
-            if self.top[k] > top {
-                top = self.top[k];
-                cursor = align(top);
-            }
         }
-        best.map_or(cursor, |(_, offset)| offset)
+        if end > top {
+            top = end;
+            cursor = align(top);
+        }
     }
+    best.map_or(cursor, |(_, offset)| offset)
 }
 
 #[cfg(test)]
