@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod greedy;
 pub mod lower_bound;
+pub mod overlap_index;
 pub mod plan;
 pub mod problem;
 pub mod validate;
