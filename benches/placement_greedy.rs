@@ -40,16 +40,25 @@ fn random_problem(n: usize, seed: u64) -> Problem {
     let buffers = (0..n)
         .map(|i| {
             let start = next() % horizon;
-            let len = if next() % 10 == 0 { 1 + next() % (horizon / 4) } else { 1 + next() % 64 };
+            let len = if next() % 10 == 0 {
+                1 + next() % (horizon / 4)
+            } else {
+                1 + next() % 64
+            };
             let size = 512 * (1 + next() % (1 << (next() % 14)));
-            Buffer::new(i.to_string(), Interval::new(start, start + len).expect("len >= 1"), Bytes(size))
+            Buffer::new(
+                i.to_string(),
+                Interval::new(start, start + len).expect("len >= 1"),
+                Bytes(size),
+            )
         })
         .collect();
     Problem::new(buffers)
 }
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minimalloc/challenging");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minimalloc/challenging");
     println!("### Greedy rules on challenging A–E (peak / lower bound; median time of 21 runs)\n");
     print!("| rule |");
     let names = ["A", "B", "C", "D", "E"];
@@ -59,19 +68,34 @@ fn main() {
     println!("\n|---|{}", "---|---|".repeat(names.len()));
     let problems: Vec<Problem> = names
         .iter()
-        .map(|n| read_csv_file(&dir.join(format!("{n}.1048576.csv"))).expect("instance").problem)
+        .map(|n| {
+            read_csv_file(&dir.join(format!("{n}.1048576.csv")))
+                .expect("instance")
+                .problem
+        })
         .collect();
-    let mut rows: Vec<(String, Vec<String>)> = Rule::ALL.iter().map(|r| (r.to_string(), Vec::new())).collect();
+    let mut rows: Vec<(String, Vec<String>)> = Rule::ALL
+        .iter()
+        .map(|r| (r.to_string(), Vec::new()))
+        .collect();
     rows.push(("portfolio (best of all)".into(), Vec::new()));
     for p in &problems {
         let lb = max_load(p).0 as f64;
         for (k, rule) in Rule::ALL.iter().enumerate() {
             let (s, t) = timed(21, || place(p, *rule));
             validate(p, &s).expect("valid plan");
-            rows[k].1.push(format!("{:.4} | {:.0}", s.peak.0 as f64 / lb, t.as_secs_f64() * 1e6));
+            rows[k].1.push(format!(
+                "{:.4} | {:.0}",
+                s.peak.0 as f64 / lb,
+                t.as_secs_f64() * 1e6
+            ));
         }
         let ((s, _), t) = timed(21, || greedy(p));
-        rows[Rule::ALL.len()].1.push(format!("{:.4} | {:.0}", s.peak.0 as f64 / lb, t.as_secs_f64() * 1e6));
+        rows[Rule::ALL.len()].1.push(format!(
+            "{:.4} | {:.0}",
+            s.peak.0 as f64 / lb,
+            t.as_secs_f64() * 1e6
+        ));
     }
     for (name, cells) in rows {
         println!("| {name} | {} |", cells.join(" | "));

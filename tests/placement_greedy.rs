@@ -41,7 +41,11 @@ fn examples_reach_their_known_optimum_where_greedy_can() {
     let mut missed = Vec::new();
     for (name, problem) in instances("examples") {
         let optimum = Bytes(number_in_name(&name));
-        assert_eq!(max_load(&problem), optimum, "{name}: the optimum equals the lower bound");
+        assert_eq!(
+            max_load(&problem),
+            optimum,
+            "{name}: the optimum equals the lower bound"
+        );
         let report = plan(&problem, &PlanOptions::default()).unwrap();
         assert!(report.solution.peak >= optimum);
         if report.solution.peak != optimum {
@@ -51,13 +55,22 @@ fn examples_reach_their_known_optimum_where_greedy_can() {
     // These small instances are built to defeat greedy rules: in small_a, for instance, size order
     // stacks both 3-byte buffers at 0, pushes the 2-byte pair to 3 and 5, and the 1-byte buffer that
     // spans them all lands at 7 (optimum 6). The exact search (issue 4) reaches all of them.
-    let expected = ["small_a.6.csv", "small_b.6.csv", "small_c.8.csv", "small_d.9.csv", "small_f.14.csv"];
+    let expected = [
+        "small_a.6.csv",
+        "small_b.6.csv",
+        "small_c.8.csv",
+        "small_d.9.csv",
+        "small_f.14.csv",
+    ];
     assert_eq!(missed, expected, "which examples greedy misses changed");
 }
 
 fn random_problem() -> impl Strategy<Value = Vec<(u64, u64, u64)>> {
-    prop::collection::vec((0u64..50, 1u64..20, 1u64..100), 1..60)
-        .prop_map(|v| v.into_iter().map(|(s, len, size)| (s, s + len, size)).collect())
+    prop::collection::vec((0u64..50, 1u64..20, 1u64..100), 1..60).prop_map(|v| {
+        v.into_iter()
+            .map(|(s, len, size)| (s, s + len, size))
+            .collect()
+    })
 }
 
 proptest! {

@@ -103,7 +103,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if not files:
         print("model-opt bench-placement: no CSV files found", file=sys.stderr)
         return EXIT_BAD_INPUT
-    header = ["instance", "buffers", "lower bound", "peak", "peak / lower bound", "method", "status", "time (s)"]
+    header = [
+        "instance", "buffers", "lower bound", "peak", "peak / lower bound", "method", "status", "time (s)"
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     status = EXIT_OK

@@ -78,7 +78,9 @@ pub fn parse_csv(text: &str, file: &str) -> Result<ParsedCsv, CsvError> {
                 line,
                 format!(
                     "expected {} columns ({}), found {}",
-                    columns.count, columns.header, cells.len()
+                    columns.count,
+                    columns.header,
+                    cells.len()
                 ),
             ));
         }
@@ -87,9 +89,13 @@ pub fn parse_csv(text: &str, file: &str) -> Result<ParsedCsv, CsvError> {
             return Err(err(line, "empty id".into()));
         }
         if let Some(first) = seen.insert(id.to_string(), line) {
-            return Err(err(line, format!("duplicate id '{id}' (first on line {first})")));
+            return Err(err(
+                line,
+                format!("duplicate id '{id}' (first on line {first})"),
+            ));
         }
-        let number = |col: usize, name: &str| parse_number(cells[col], name).map_err(|m| err(line, m));
+        let number =
+            |col: usize, name: &str| parse_number(cells[col], name).map_err(|m| err(line, m));
         let lower = number(columns.lower, "lower")?;
         let upper = number(columns.upper, "upper")?;
         let size = number(columns.size, "size")?;
@@ -101,13 +107,19 @@ pub fn parse_csv(text: &str, file: &str) -> Result<ParsedCsv, CsvError> {
         })?;
         total_size = total_size.saturating_add(size);
         if total_size > MAX_VALUE {
-            return Err(err(line, format!("sizes add up to more than {MAX_VALUE} bytes")));
+            return Err(err(
+                line,
+                format!("sizes add up to more than {MAX_VALUE} bytes"),
+            ));
         }
         let mut buffer = Buffer::new(id, lifetime, Bytes(size));
         if let Some(col) = columns.alignment {
             let alignment = number(col, "alignment")?;
             if alignment == 0 {
-                return Err(err(line, format!("buffer '{id}': alignment must be at least 1")));
+                return Err(err(
+                    line,
+                    format!("buffer '{id}': alignment must be at least 1"),
+                ));
             }
             buffer.alignment = Bytes(alignment);
         }
@@ -149,7 +161,10 @@ struct Columns {
 
 impl Columns {
     fn from_header(header: &str) -> Result<Columns, String> {
-        let names: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+        let names: Vec<String> = header
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
         if names.iter().any(|n| n.parse::<i128>().is_ok()) {
             return Err(format!(
                 "the first line must be a header naming the columns ({}), found a data row",
@@ -169,7 +184,11 @@ impl Columns {
             }
         }
         let find = |n: &str| names.iter().position(|c| c == n);
-        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|n| find(n).is_none()).collect();
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|n| find(n).is_none())
+            .collect();
         if !missing.is_empty() {
             return Err(format!(
                 "missing column(s) {} in header (expected {})",
@@ -217,7 +236,11 @@ pub fn write_solution_csv(problem: &Problem, solution: &Solution) -> String {
     }
     out.push_str(",offset\n");
     for (b, offset) in problem.buffers.iter().zip(&solution.offsets) {
-        let _ = write!(out, "{},{},{},{}", b.name, b.lifetime.start, b.lifetime.end, b.size);
+        let _ = write!(
+            out,
+            "{},{},{},{}",
+            b.name, b.lifetime.start, b.lifetime.end, b.size
+        );
         if with_alignment {
             let _ = write!(out, ",{}", b.alignment);
         }
@@ -261,16 +284,27 @@ mod tests {
 
     #[test]
     fn reports_each_bad_input_with_its_line() {
-        assert!(matches!(parse_csv("", "t.csv"), Err(CsvError::Empty { .. })));
+        assert!(matches!(
+            parse_csv("", "t.csv"),
+            Err(CsvError::Empty { .. })
+        ));
         assert_eq!(line_error("id,lower,size\n").0, 1);
-        assert!(line_error("id,lower,size\n").1.contains("missing column(s) upper"));
+        assert!(line_error("id,lower,size\n")
+            .1
+            .contains("missing column(s) upper"));
         assert!(line_error("0,1,2,3\n").1.contains("header"));
         let (line, msg) = line_error("id,lower,upper,size\na,0,1,2\nb,0,1\n");
         assert_eq!(line, 3);
         assert!(msg.contains("expected 4 columns"), "{msg}");
-        assert!(line_error("id,lower,upper,size\na,0,1,x\n").1.contains("size 'x' is not an integer"));
-        assert!(line_error("id,lower,upper,size\na,0,1,-5\n").1.contains("size -5 is negative"));
-        assert!(line_error("id,lower,upper,size\na,4,4,1\n").1.contains("upper 4 must be greater than lower 4"));
+        assert!(line_error("id,lower,upper,size\na,0,1,x\n")
+            .1
+            .contains("size 'x' is not an integer"));
+        assert!(line_error("id,lower,upper,size\na,0,1,-5\n")
+            .1
+            .contains("size -5 is negative"));
+        assert!(line_error("id,lower,upper,size\na,4,4,1\n")
+            .1
+            .contains("upper 4 must be greater than lower 4"));
         let (line, msg) = line_error("id,lower,upper,size\na,0,1,1\na,1,2,1\n");
         assert_eq!(line, 3);
         assert!(msg.contains("duplicate id 'a' (first on line 2)"), "{msg}");
@@ -283,6 +317,10 @@ mod tests {
         assert_eq!(p.buffers[0].alignment, Bytes(8));
         assert_eq!(p.buffers[0].fixed_offset, Some(Bytes(16)));
         assert_eq!(p.buffers[1].fixed_offset, None);
-        assert!(line_error("id,lower,upper,size,alignment,fixed_offset\na,0,1,1,8,4\n").1.contains("not a multiple"));
+        assert!(
+            line_error("id,lower,upper,size,alignment,fixed_offset\na,0,1,1,8,4\n")
+                .1
+                .contains("not a multiple")
+        );
     }
 }

@@ -41,14 +41,38 @@ pub struct Rule {
 
 impl Rule {
     pub const ALL: [Rule; 8] = [
-        Rule { order: Order::Size, fit: Fit::First },
-        Rule { order: Order::Size, fit: Fit::Best },
-        Rule { order: Order::Lifetime, fit: Fit::First },
-        Rule { order: Order::Lifetime, fit: Fit::Best },
-        Rule { order: Order::Area, fit: Fit::First },
-        Rule { order: Order::Area, fit: Fit::Best },
-        Rule { order: Order::Conflicts, fit: Fit::First },
-        Rule { order: Order::Conflicts, fit: Fit::Best },
+        Rule {
+            order: Order::Size,
+            fit: Fit::First,
+        },
+        Rule {
+            order: Order::Size,
+            fit: Fit::Best,
+        },
+        Rule {
+            order: Order::Lifetime,
+            fit: Fit::First,
+        },
+        Rule {
+            order: Order::Lifetime,
+            fit: Fit::Best,
+        },
+        Rule {
+            order: Order::Area,
+            fit: Fit::First,
+        },
+        Rule {
+            order: Order::Area,
+            fit: Fit::Best,
+        },
+        Rule {
+            order: Order::Conflicts,
+            fit: Fit::First,
+        },
+        Rule {
+            order: Order::Conflicts,
+            fit: Fit::Best,
+        },
     ];
 }
 
@@ -72,7 +96,9 @@ impl fmt::Display for Rule {
 /// so they are spread over the available cores; ties go to the earlier rule in [`Rule::ALL`].
 pub fn greedy(problem: &Problem) -> (Solution, Rule) {
     let shared = Shared::new(problem);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(Rule::ALL.len());
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(Rule::ALL.len());
     let chunk = Rule::ALL.len().div_ceil(threads);
     let results: Vec<(Solution, Rule)> = std::thread::scope(|scope| {
         let handles: Vec<_> = Rule::ALL
@@ -99,7 +125,12 @@ pub fn greedy(problem: &Problem) -> (Solution, Rule) {
         }
     }
     // `Rule::ALL` is not empty, so there is always a best.
-    best.unwrap_or_else(|| (Solution::from_offsets(problem, vec![Bytes::ZERO; problem.len()]), Rule::ALL[0]))
+    best.unwrap_or_else(|| {
+        (
+            Solution::from_offsets(problem, vec![Bytes::ZERO; problem.len()]),
+            Rule::ALL[0],
+        )
+    })
 }
 
 /// Places the problem's buffers with one rule.
@@ -132,7 +163,9 @@ pub fn order(problem: &Problem, order: Order, conflicts: &[usize]) -> Vec<Buffer
     match order {
         Order::Size => ids.sort_by_key(|i| (size(i), life(i), start(i), *i)),
         Order::Lifetime => ids.sort_by_key(|i| (life(i), size(i), start(i), *i)),
-        Order::Area => ids.sort_by_key(|i| (std::cmp::Reverse(b[i.0].area()), size(i), start(i), *i)),
+        Order::Area => {
+            ids.sort_by_key(|i| (std::cmp::Reverse(b[i.0].area()), size(i), start(i), *i))
+        }
         Order::Conflicts => {
             ids.sort_by_key(|i| (std::cmp::Reverse(conflicts[i.0]), size(i), start(i), *i))
         }
@@ -178,11 +211,13 @@ fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
             continue;
         }
         neighbours.clear();
-        shared.index.for_each_overlapping(b.lifetime.start, b.lifetime.end, |j| {
-            if placed[j.0] {
-                neighbours.push((offsets[j.0].0, offsets[j.0].0 + bufs[j.0].size.0));
-            }
-        });
+        shared
+            .index
+            .for_each_overlapping(b.lifetime.start, b.lifetime.end, |j| {
+                if placed[j.0] {
+                    neighbours.push((offsets[j.0].0, offsets[j.0].0 + bufs[j.0].size.0));
+                }
+            });
         neighbours.sort_unstable();
         offsets[id.0] = Bytes(find_gap(&neighbours, b.size.0, b.alignment.0, rule.fit));
         placed[id.0] = true;
@@ -194,7 +229,13 @@ fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
 /// is the lowest aligned address above every neighbour seen so far; a neighbour starting at or above
 /// `cursor + size` closes a free gap `[cursor, its offset)`.
 fn find_gap(neighbours: &[(u64, u64)], size: u64, alignment: u64, fit: Fit) -> u64 {
-    let align = |x: u64| if alignment <= 1 { x } else { x.div_ceil(alignment) * alignment };
+    let align = |x: u64| {
+        if alignment <= 1 {
+            x
+        } else {
+            x.div_ceil(alignment) * alignment
+        }
+    };
     let mut top = 0u64;
     let mut cursor = 0u64;
     let mut best: Option<(u64, u64)> = None; // (gap length, offset)
@@ -231,7 +272,12 @@ mod tests {
 
     #[test]
     fn conflict_counts_follow_half_open_lifetimes() {
-        let p = Problem::new(vec![buf("a", 0, 2, 1), buf("b", 1, 3, 1), buf("c", 2, 4, 1), buf("d", 9, 10, 1)]);
+        let p = Problem::new(vec![
+            buf("a", 0, 2, 1),
+            buf("b", 1, 3, 1),
+            buf("c", 2, 4, 1),
+            buf("d", 9, 10, 1),
+        ]);
         assert_eq!(conflict_counts(&p), vec![1, 2, 1, 0]);
     }
 
@@ -243,8 +289,20 @@ mod tests {
         let mut b = buf("b", 0, 4, 2);
         b.fixed_offset = Some(Bytes(18));
         let p = Problem::new(vec![a, b, buf("c", 1, 3, 4)]);
-        let first = place(&p, Rule { order: Order::Size, fit: Fit::First });
-        let best = place(&p, Rule { order: Order::Size, fit: Fit::Best });
+        let first = place(
+            &p,
+            Rule {
+                order: Order::Size,
+                fit: Fit::First,
+            },
+        );
+        let best = place(
+            &p,
+            Rule {
+                order: Order::Size,
+                fit: Fit::Best,
+            },
+        );
         assert_eq!(first.offsets[2], Bytes(0));
         assert_eq!(best.offsets[2], Bytes(14));
         validate(&p, &first).unwrap();
@@ -264,7 +322,11 @@ mod tests {
 
     #[test]
     fn portfolio_reaches_the_bound_on_a_staircase() {
-        let p = Problem::new(vec![buf("a", 0, 10, 4), buf("b", 0, 5, 4), buf("c", 5, 10, 4)]);
+        let p = Problem::new(vec![
+            buf("a", 0, 10, 4),
+            buf("b", 0, 5, 4),
+            buf("c", 5, 10, 4),
+        ]);
         let (s, _) = greedy(&p);
         validate(&p, &s).unwrap();
         assert_eq!(s.peak, max_load(&p));

@@ -59,7 +59,10 @@ impl OverlapIndex {
     pub fn for_each_overlapping(&self, start: u64, end: u64, mut visit: impl FnMut(BufferId)) {
         let m = self.points.len();
         let leaf = self.points.partition_point(|&p| p < start);
-        debug_assert!(leaf < m && self.points[leaf] == start, "query must start at a buffer's start");
+        debug_assert!(
+            leaf < m && self.points[leaf] == start,
+            "query must start at a buffer's start"
+        );
         let mut node = leaf + m;
         while node >= 1 {
             for &i in &self.nodes[node] {
@@ -82,7 +85,16 @@ mod tests {
 
     #[test]
     fn finds_exactly_the_overlapping_buffers() {
-        let spans = [(0, 10), (2, 3), (3, 7), (5, 6), (7, 9), (9, 12), (3, 4), (11, 12)];
+        let spans = [
+            (0, 10),
+            (2, 3),
+            (3, 7),
+            (5, 6),
+            (7, 9),
+            (9, 12),
+            (3, 4),
+            (11, 12),
+        ];
         let p = Problem::new(
             spans
                 .iter()

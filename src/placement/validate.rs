@@ -148,12 +148,24 @@ mod tests {
     fn rejects_over_capacity_misaligned_and_wrong_peak() {
         let mut p = problem().with_capacity(Some(Bytes(12)));
         let s = Solution::from_offsets(&p, vec![Bytes(0), Bytes(8), Bytes(0)]);
-        assert!(matches!(validate(&p, &s), Err(InvalidPlan::OverCapacity { .. })));
+        assert!(matches!(
+            validate(&p, &s),
+            Err(InvalidPlan::OverCapacity { .. })
+        ));
         p.capacity = None;
         p.buffers[1].alignment = Bytes(16);
-        assert!(matches!(validate(&p, &s), Err(InvalidPlan::Misaligned { .. })));
+        assert!(matches!(
+            validate(&p, &s),
+            Err(InvalidPlan::Misaligned { .. })
+        ));
         p.buffers[1].alignment = Bytes(1);
-        let wrong = Solution { peak: Bytes(8), ..s };
-        assert!(matches!(validate(&p, &wrong), Err(InvalidPlan::WrongPeak { .. })));
+        let wrong = Solution {
+            peak: Bytes(8),
+            ..s
+        };
+        assert!(matches!(
+            validate(&p, &wrong),
+            Err(InvalidPlan::WrongPeak { .. })
+        ));
     }
 }

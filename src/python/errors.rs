@@ -8,9 +8,24 @@ use pyo3::prelude::*;
 use crate::placement::csv::CsvError;
 use crate::placement::PlanError;
 
-create_exception!(_native, ModelOptError, PyException, "Base class of model_opt's errors.");
-create_exception!(_native, InputError, ModelOptError, "The input is malformed or impossible.");
-create_exception!(_native, CapacityError, ModelOptError, "No plan fits within the capacity.");
+create_exception!(
+    _native,
+    ModelOptError,
+    PyException,
+    "Base class of model_opt's errors."
+);
+create_exception!(
+    _native,
+    InputError,
+    ModelOptError,
+    "The input is malformed or impossible."
+);
+create_exception!(
+    _native,
+    CapacityError,
+    ModelOptError,
+    "No plan fits within the capacity."
+);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

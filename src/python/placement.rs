@@ -26,11 +26,18 @@ fn capacity_arg(capacity: Option<i64>) -> PyResult<Option<Bytes>> {
 }
 
 fn time_limit_arg(seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| InputError::new_err(format!("time limit {seconds} must be a non-negative number of seconds")))
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        InputError::new_err(format!(
+            "time limit {seconds} must be a non-negative number of seconds"
+        ))
+    })
 }
 
-fn report_dict<'py>(py: Python<'py>, buffers: usize, report: &PlanReport) -> PyResult<Bound<'py, PyDict>> {
+fn report_dict<'py>(
+    py: Python<'py>,
+    buffers: usize,
+    report: &PlanReport,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("buffers", buffers)?;
     d.set_item("lower_bound", report.lower_bound.0)?;
@@ -75,14 +82,19 @@ fn plan_csv<'py>(
 /// Returns a dict: buffers, lower_bound, peak. Raises `InputError` naming the first problem found.
 #[pyfunction]
 #[pyo3(signature = (path, capacity=None))]
-fn validate_csv<'py>(py: Python<'py>, path: PathBuf, capacity: Option<i64>) -> PyResult<Bound<'py, PyDict>> {
+fn validate_csv<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    capacity: Option<i64>,
+) -> PyResult<Bound<'py, PyDict>> {
     let parsed = read_csv_file(&path).map_err(csv_error)?;
     let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
-    let offsets = parsed
-        .offsets
-        .ok_or_else(|| InputError::new_err(format!("{}: no offset column to validate", path.display())))?;
+    let offsets = parsed.offsets.ok_or_else(|| {
+        InputError::new_err(format!("{}: no offset column to validate", path.display()))
+    })?;
     let solution = crate::placement::Solution::from_offsets(&problem, offsets);
-    validate(&problem, &solution).map_err(|e| InputError::new_err(format!("{}: {e}", path.display())))?;
+    validate(&problem, &solution)
+        .map_err(|e| InputError::new_err(format!("{}: {e}", path.display())))?;
     let d = PyDict::new(py);
     d.set_item("buffers", problem.len())?;
     d.set_item("lower_bound", max_load(&problem).0)?;

@@ -34,7 +34,10 @@ pub fn instances(folder: &str) -> Vec<(String, Problem)> {
 
 /// The number in a file name like `small_c.8.csv` or `A.1048576.csv`: the optimum or the capacity.
 pub fn number_in_name(name: &str) -> u64 {
-    name.split('.').nth(1).and_then(|n| n.parse().ok()).expect("name like X.N.csv")
+    name.split('.')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("name like X.N.csv")
 }
 
 /// A problem from `(start, end, size)` triples.
@@ -43,7 +46,9 @@ pub fn problem_of(triples: &[(u64, u64, u64)]) -> Problem {
         triples
             .iter()
             .enumerate()
-            .map(|(i, &(s, e, size))| Buffer::new(i.to_string(), Interval::new(s, e).unwrap(), Bytes(size)))
+            .map(|(i, &(s, e, size))| {
+                Buffer::new(i.to_string(), Interval::new(s, e).unwrap(), Bytes(size))
+            })
             .collect(),
     )
 }
