@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn capacity_below_the_bound_is_refused_before_planning() {
-        let p = Problem::new(vec![buf("a", 0, 2, 4), buf("b", 1, 3, 4)]).with_capacity(Some(Bytes(7)));
+        let p =
+            Problem::new(vec![buf("a", 0, 2, 4), buf("b", 1, 3, 4)]).with_capacity(Some(Bytes(7)));
         let err = plan(&p, &PlanOptions::default()).unwrap_err();
         assert_eq!(
             err,
@@ -211,7 +212,8 @@ mod tests {
 
     #[test]
     fn optimal_status_when_the_peak_meets_the_bound() {
-        let p = Problem::new(vec![buf("a", 0, 2, 4), buf("b", 1, 3, 4)]).with_capacity(Some(Bytes(8)));
+        let p =
+            Problem::new(vec![buf("a", 0, 2, 4), buf("b", 1, 3, 4)]).with_capacity(Some(Bytes(8)));
         let report = plan(&p, &PlanOptions::default()).unwrap();
         assert_eq!(report.solution.peak, Bytes(8));
         assert_eq!(report.status, Status::Optimal);
