@@ -1,7 +1,6 @@
 """Type stubs for the Rust extension `model_opt._native`."""
 
 from os import PathLike
-from typing import Optional, Union
 
 __version__: str
 PLACEMENT_METHODS: list[str]
@@ -11,10 +10,10 @@ class InputError(ModelOptError): ...
 class CapacityError(ModelOptError): ...
 
 def plan_csv(
-    path: Union[str, PathLike[str]],
-    output: Optional[Union[str, PathLike[str]]] = None,
-    capacity: Optional[int] = None,
+    path: str | PathLike[str],
+    output: str | PathLike[str] | None = None,
+    capacity: int | None = None,
     method: str = "greedy",
     time_limit: float = 5.0,
 ) -> dict[str, object]: ...
-def validate_csv(path: Union[str, PathLike[str]], capacity: Optional[int] = None) -> dict[str, object]: ...
+def validate_csv(path: str | PathLike[str], capacity: int | None = None) -> dict[str, object]: ...
