@@ -19,7 +19,7 @@ impl Bytes {
     }
 
     pub fn is_aligned(self, alignment: Bytes) -> bool {
-        alignment.0 <= 1 || self.0 % alignment.0 == 0
+        alignment.0 <= 1 || self.0.is_multiple_of(alignment.0)
     }
 }
 

@@ -1,0 +1,87 @@
+"""The `bench-reorder` subcommand: capture, schedule and report operator reordering over models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a non-negative number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    b = subparsers.add_parser(
+        "bench-reorder",
+        help="capture training/inference steps of the MODel model set and reorder them for a lower peak",
+    )
+    b.add_argument("--model", nargs="+", default=["alexnet"], metavar="NAME", help="models, or 'all'")
+    b.add_argument("--mode", nargs="+", choices=["train", "eval"], default=["train"])
+    b.add_argument("--batch-size", nargs="+", type=_positive_int, default=[32], metavar="N")
+    b.add_argument(
+        "--time-limit", type=_seconds_arg, default=10.0, metavar="SECONDS", help="per configuration"
+    )
+    b.add_argument("--method", default="auto", help="scheduling method (see model_opt.SCHEDULE_METHODS)")
+    b.add_argument(
+        "--measure", action="store_true", help="also run both orders for real and measure their peaks (slow)"
+    )
+    b.add_argument("--csv", type=Path, metavar="OUT.csv", help="write every row here")
+    b.add_argument("--markdown", type=Path, metavar="OUT.md", help="write the markdown table here")
+    b.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        from model_opt import bench_reorder as bench
+        from model_opt._native import SCHEDULE_METHODS
+    except ImportError as e:
+        print(f"model-opt bench-reorder: needs PyTorch and torchvision ({e})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    models = bench.MODELS if args.model == ["all"] else args.model
+    unknown = [m for m in models if m not in bench.MODELS]
+    if unknown:
+        print(f"model-opt bench-reorder: unknown model(s) {unknown}; use {bench.MODELS}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.method not in SCHEDULE_METHODS:
+        print(
+            f"model-opt bench-reorder: unknown method {args.method}; use {SCHEDULE_METHODS}", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    torch.set_num_threads(1)
+    rows = []
+    print("| " + " | ".join(bench.HEADER) + " |")
+    print("|" + "|".join("---" for _ in bench.HEADER) + "|", flush=True)
+    for model in models:
+        for mode in args.mode:
+            for batch in args.batch_size:
+                row = bench.run_one(model, mode, batch, args.time_limit, args.method, args.measure)
+                rows.append(row)
+                print(bench.markdown_row(row), flush=True)
+                if args.csv:  # rewritten after every row so a long run leaves partial results
+                    bench.write_csv(rows, args.csv)
+    table = bench.markdown_table(rows)
+    print(table.split("\n")[-1])
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return EXIT_OK
