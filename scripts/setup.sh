@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c 'import maturin, pytest, ruff, torch, torchvision' >/dev/null 2>&1; then
+if ! $PY -c 'import maturin, pytest, ruff, torch, torchvision, ninja' >/dev/null 2>&1; then
     say "installing Python packages into .venv (PyTorch is large; this takes a few minutes once)"
     $PY -m pip install -q --upgrade pip
     $PY -m pip install -q -r requirements-dev.txt

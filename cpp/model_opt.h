@@ -1,0 +1,53 @@
+/* model_opt's C ABI, exported by the extension library model_opt/_native*.so.
+ *
+ * model_opt_alloc / model_opt_free have the signatures PyTorch's CUDAPluggableAllocator calls
+ * (cudaStream_t is passed as void*). The hooks match CUDAPluggableAllocator's set_*_fn setters.
+ * model_opt_host_* serve PyTorch's CPU tensors through the same runtime (cpp/cpu_shim.cpp).
+ *
+ * No function lets a panic escape. Failures are values: model_opt_alloc returns NULL only when the
+ * device is out of memory (or has no driver); control functions return non-zero. The message is
+ * available from model_opt_last_error. */
+#ifndef MODEL_OPT_H
+#define MODEL_OPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Allocator hooks (CUDAPluggableAllocator). Size 0 returns NULL. */
+void* model_opt_alloc(size_t size, int device, void* stream);
+void model_opt_free(void* ptr, size_t size, int device, void* stream);
+void model_opt_init(int device_count);                          /* set_init_fn */
+void model_opt_empty_cache(void);                               /* set_reset_fn */
+void model_opt_set_memory_fraction(double fraction, int device); /* set_memory_fraction_fn (accepted, not enforced) */
+void model_opt_record_stream(void* ptr, void* stream);          /* set_record_stream_fn */
+
+/* Host memory for the CPU shim (device -1 of the runtime). */
+void* model_opt_host_alloc(size_t size);
+void model_opt_host_free(void* ptr);
+
+/* Control: 0 on success, non-zero on error (message in model_opt_last_error). */
+int model_opt_begin_profile(void);
+int model_opt_end_profile(void);
+int model_opt_plan(double time_limit_seconds);
+int model_opt_begin_step(void);
+int model_opt_end_step(void);
+
+/* One statistic by name ("allocated_bytes", "peak_allocated_bytes", "reserved_bytes", "arena_bytes",
+ * "lower_bound_bytes", "planned_hits", "fallback_allocations", "fallback_bytes", "divergences",
+ * "plan_active"); -1 for an unknown name. */
+int64_t model_opt_stat(const char* name);
+
+/* Copies the last error (NUL-terminated, truncated to len) into buf; returns the full length, 0 when
+ * there is none. */
+size_t model_opt_last_error(char* buf, size_t len);
+void model_opt_clear_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MODEL_OPT_H */

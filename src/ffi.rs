@@ -1,0 +1,231 @@
+//! The C ABI exported by the extension library (declared in `cpp/model_opt.h`).
+//!
+//! `model_opt_alloc` / `model_opt_free` have the exact signatures PyTorch's CUDAPluggableAllocator
+//! calls; the hooks match its `set_*_fn` setters; `model_opt_host_*` serve the CPU shim; the rest is
+//! control and statistics for C and C++ callers. Every entry point catches panics (one crossing
+//! `extern "C"` would abort the process) and reports failures as values: a NULL pointer or a non-zero
+//! status, with the message readable through `model_opt_last_error`.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::placement::PlanOptions;
+use crate::runtime::global::{clear_last_error, global, last_error, set_last_error};
+use crate::runtime::HOST_DEVICE;
+
+/// Runs `f`, turning a panic into `on_panic` and a recorded error.
+fn guarded<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            set_last_error(format!(
+                "internal error in {what}: {detail}; please report this"
+            ));
+            on_panic
+        }
+    }
+}
+
+fn status(r: Result<(), crate::runtime::RuntimeError>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            set_last_error(e.to_string());
+            1
+        }
+    }
+}
+
+/// Allocates `size` bytes on CUDA `device` for `stream`. NULL only when the device is out of memory
+/// (or has no driver); the reason is recorded.
+#[no_mangle]
+pub extern "C" fn model_opt_alloc(size: usize, device: c_int, stream: *mut c_void) -> *mut c_void {
+    guarded("model_opt_alloc", std::ptr::null_mut(), || {
+        match global().alloc(device, size, stream as usize) {
+            Ok(addr) => addr as *mut c_void,
+            Err(e) => {
+                set_last_error(e.to_string());
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Frees memory from `model_opt_alloc`. `size` and `stream` are those of the allocation; the
+/// runtime knows both already.
+#[no_mangle]
+pub extern "C" fn model_opt_free(
+    ptr: *mut c_void,
+    _size: usize,
+    device: c_int,
+    _stream: *mut c_void,
+) {
+    guarded("model_opt_free", (), || {
+        if let Err(e) = global().free(device, ptr as usize) {
+            set_last_error(e.to_string());
+        }
+    })
+}
+
+/// Init hook (`set_init_fn`): called once with the number of devices. Nothing to prepare: devices
+/// are set up on first use.
+#[no_mangle]
+pub extern "C" fn model_opt_init(_device_count: c_int) {}
+
+/// Reset hook (`set_reset_fn`, PyTorch's `empty_cache`): returns unused cached memory.
+#[no_mangle]
+pub extern "C" fn model_opt_empty_cache() {
+    guarded("model_opt_empty_cache", (), || {
+        if let Err(e) = global().empty_cache() {
+            set_last_error(e.to_string());
+        }
+    })
+}
+
+/// Memory fraction hook (`set_memory_fraction_fn`). The runtime does not cap the fallback pool; the
+/// call is accepted so `torch.cuda.set_per_process_memory_fraction` does not fail.
+#[no_mangle]
+pub extern "C" fn model_opt_set_memory_fraction(_fraction: f64, _device: c_int) {}
+
+/// Record-stream hook (`set_record_stream_fn`): `ptr` is used on `stream` too.
+#[no_mangle]
+pub extern "C" fn model_opt_record_stream(ptr: *mut c_void, _stream: *mut c_void) {
+    guarded("model_opt_record_stream", (), || {
+        global().record_stream(ptr as usize);
+    })
+}
+
+/// Host memory for the CPU shim (page-aligned, same runtime and plan as the device hooks).
+#[no_mangle]
+pub extern "C" fn model_opt_host_alloc(size: usize) -> *mut c_void {
+    guarded(
+        "model_opt_host_alloc",
+        std::ptr::null_mut(),
+        || match global().alloc(HOST_DEVICE, size, 0) {
+            Ok(addr) => addr as *mut c_void,
+            Err(e) => {
+                set_last_error(e.to_string());
+                std::ptr::null_mut()
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn model_opt_host_free(ptr: *mut c_void) {
+    guarded("model_opt_host_free", (), || {
+        if let Err(e) = global().free(HOST_DEVICE, ptr as usize) {
+            set_last_error(e.to_string());
+        }
+    })
+}
+
+/// Starts recording a step. 0 on success.
+#[no_mangle]
+pub extern "C" fn model_opt_begin_profile() -> c_int {
+    guarded("model_opt_begin_profile", -1, || {
+        status(global().begin_profile())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn model_opt_end_profile() -> c_int {
+    guarded("model_opt_end_profile", -1, || {
+        status(global().end_profile())
+    })
+}
+
+/// Plans the recorded step within `time_limit_seconds` and reserves the arena. 0 on success.
+#[no_mangle]
+pub extern "C" fn model_opt_plan(time_limit_seconds: f64) -> c_int {
+    guarded("model_opt_plan", -1, || {
+        let Ok(time_limit) = Duration::try_from_secs_f64(time_limit_seconds) else {
+            set_last_error(format!(
+                "time limit {time_limit_seconds} must be a non-negative number of seconds"
+            ));
+            return 1;
+        };
+        let options = PlanOptions {
+            time_limit,
+            ..Default::default()
+        };
+        status(global().plan(&options).map(|_| ()))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn model_opt_begin_step() -> c_int {
+    guarded("model_opt_begin_step", -1, || status(global().begin_step()))
+}
+
+#[no_mangle]
+pub extern "C" fn model_opt_end_step() -> c_int {
+    guarded("model_opt_end_step", -1, || {
+        status(global().end_step().map(|_| ()))
+    })
+}
+
+/// One statistic by name (the keys of Python's `stats()` that are numbers); -1 for an unknown name.
+///
+/// # Safety
+/// `name` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn model_opt_stat(name: *const c_char) -> i64 {
+    guarded("model_opt_stat", -1, || {
+        if name.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller passes a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        let s = global().stats();
+        let c = &s.counters;
+        let v = match name.as_ref() {
+            "allocated_bytes" => c.allocated_bytes,
+            "peak_allocated_bytes" => c.peak_allocated_bytes,
+            "reserved_bytes" => s.reserved_bytes,
+            "arena_bytes" => s.arena_bytes,
+            "lower_bound_bytes" => s.lower_bound_bytes,
+            "planned_hits" => c.planned_hits,
+            "fallback_allocations" => c.fallback_allocations,
+            "fallback_bytes" => c.fallback_bytes,
+            "divergences" => c.divergences,
+            "plan_active" => u64::from(s.plan_active),
+            _ => return -1,
+        };
+        i64::try_from(v).unwrap_or(i64::MAX)
+    })
+}
+
+/// Copies the last error message (NUL-terminated, truncated to `len`) into `buf`; returns the full
+/// message length, 0 when there is none.
+///
+/// # Safety
+/// `buf` must be NULL or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn model_opt_last_error(buf: *mut c_char, len: usize) -> usize {
+    guarded("model_opt_last_error", 0, || {
+        let Some(msg) = last_error() else {
+            return 0;
+        };
+        if !buf.is_null() && len > 0 {
+            let n = msg.len().min(len - 1);
+            // SAFETY: the caller provides `len` writable bytes; n + 1 <= len.
+            unsafe {
+                std::ptr::copy_nonoverlapping(msg.as_ptr(), buf as *mut u8, n);
+                *buf.add(n) = 0;
+            }
+        }
+        msg.len()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn model_opt_clear_last_error() {
+    guarded("model_opt_clear_last_error", (), clear_last_error)
+}

@@ -1,0 +1,47 @@
+//! The backend of the process-wide runtime: host memory for [`HOST_DEVICE`], CUDA for devices `0..`.
+//! One runtime (one state machine, one set of statistics) serves both the CPU shim and PyTorch's
+//! CUDA allocator hooks.
+
+use super::{Backend, BackendError, CudaBackend, HostBackend, HOST_DEVICE};
+
+#[derive(Debug, Default)]
+pub struct DispatchBackend {
+    host: HostBackend,
+    cuda: CudaBackend,
+}
+
+impl DispatchBackend {
+    pub fn new() -> DispatchBackend {
+        DispatchBackend::default()
+    }
+
+    fn pick(&self, device: i32) -> &dyn Backend {
+        if device == HOST_DEVICE {
+            &self.host
+        } else {
+            &self.cuda
+        }
+    }
+}
+
+impl Backend for DispatchBackend {
+    fn name(&self) -> &'static str {
+        "host+cuda"
+    }
+
+    fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+        self.pick(device).alloc(device, size)
+    }
+
+    fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+        self.pick(device).free(device, addr, size)
+    }
+
+    fn synchronize(&self, device: i32) -> Result<(), BackendError> {
+        self.pick(device).synchronize(device)
+    }
+
+    fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
+        self.pick(device).mem_info(device)
+    }
+}

@@ -1,0 +1,70 @@
+//! Where the runtime's memory comes from: a backend hands out raw device (or host) memory, in large
+//! pieces; the arena and the fallback pool carve it up. Addresses are plain `usize` so the runtime's
+//! state is `Send` without wrapping raw pointers.
+
+pub mod cuda;
+pub mod dispatch;
+pub mod host;
+
+use thiserror::Error;
+
+pub use cuda::CudaBackend;
+pub use dispatch::DispatchBackend;
+pub use host::HostBackend;
+
+/// Device index the runtime uses for host memory (the CPU shim); CUDA devices are `0..`.
+pub const HOST_DEVICE: i32 = -1;
+
+/// A source of raw memory. Implementations must be callable from any thread.
+pub trait Backend: Send + Sync {
+    /// A short name for messages and statistics (`host`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// `size` bytes (never 0) on `device`, aligned to at least 512 bytes.
+    fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError>;
+
+    /// Returns memory obtained from [`Backend::alloc`] with the same `device` and `size`.
+    fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError>;
+
+    /// Waits until work queued on `device` is done, so memory a stream used can be reused safely.
+    fn synchronize(&self, device: i32) -> Result<(), BackendError>;
+
+    /// `(free, total)` bytes of the device, when the backend knows them.
+    fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    #[error(
+        "out of memory on {backend} device {device}: could not allocate {size} bytes ({detail}). Free tensors \
+         that are no longer needed, call empty_cache() to return cached memory, or reduce the batch size"
+    )]
+    OutOfMemory {
+        backend: &'static str,
+        device: i32,
+        size: usize,
+        detail: String,
+    },
+    #[error(
+        "no CUDA driver: {0}. Install the NVIDIA driver (libcuda.so.1) or point MODEL_OPT_LIBCUDA at it; \
+         on a machine without a GPU use model_opt.install_cpu_allocator() instead"
+    )]
+    NoDriver(String),
+    #[error(
+        "CUDA driver call {call} failed with {code} on device {device}: check that the device is visible \
+         (CUDA_VISIBLE_DEVICES) and healthy (nvidia-smi)"
+    )]
+    Driver {
+        call: &'static str,
+        code: String,
+        device: i32,
+    },
+    #[error("{backend} backend has no device {device}: use a device index the driver reports")]
+    InvalidDevice { backend: &'static str, device: i32 },
+}
+
+impl BackendError {
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, BackendError::OutOfMemory { .. })
+    }
+}

@@ -1,0 +1,298 @@
+//! The fallback pool: a caching allocator over the backend for everything the plan does not cover
+//! (passthrough and recording modes, divergent and persistent allocations), so those requests do not
+//! call the driver each time.
+//!
+//! Requests are rounded to 512 bytes and served best-fit from cached free blocks of the same stream,
+//! splitting a larger block; freed blocks merge with free neighbours of the same segment (one backend
+//! allocation). Segments never move between streams, so memory a stream used is only reused by that
+//! stream's later work, which the stream orders. `release_cached` returns fully free segments.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::backend::{Backend, BackendError};
+
+/// Every block is a multiple of this, as in PyTorch's CUDA caching allocator.
+pub const ROUNDING: usize = 512;
+const SMALL_REQUEST: usize = 1 << 20;
+const SMALL_SEGMENT: usize = 2 << 20;
+const MEDIUM_REQUEST: usize = 10 << 20;
+const MEDIUM_SEGMENT: usize = 20 << 20;
+const LARGE_ROUNDING: usize = 2 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    size: usize,
+    segment: usize,
+    stream: usize,
+    /// Bytes the caller asked for; 0 when the block is free.
+    requested: usize,
+    used: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct FallbackPool {
+    /// Every block, free or used, by address.
+    blocks: BTreeMap<usize, Block>,
+    /// Free blocks as (stream, size, address): best fit is the first entry at or above a size.
+    free: BTreeSet<(usize, usize, usize)>,
+    /// Segment start -> size.
+    segments: BTreeMap<usize, usize>,
+    reserved: usize,
+    live_bytes: usize,
+}
+
+/// What a free found out about the block it released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freed {
+    pub requested: usize,
+    pub stream: usize,
+}
+
+pub fn round_size(size: usize) -> usize {
+    size.max(1).div_ceil(ROUNDING) * ROUNDING
+}
+
+fn segment_size(rounded: usize) -> usize {
+    if rounded <= SMALL_REQUEST {
+        SMALL_SEGMENT
+    } else if rounded <= MEDIUM_REQUEST {
+        MEDIUM_SEGMENT
+    } else {
+        rounded.div_ceil(LARGE_ROUNDING) * LARGE_ROUNDING
+    }
+}
+
+impl FallbackPool {
+    pub fn new() -> FallbackPool {
+        FallbackPool::default()
+    }
+
+    /// Bytes obtained from the backend and not yet returned.
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved
+    }
+
+    /// Bytes of blocks in use (rounded sizes).
+    pub fn live_bytes(&self) -> usize {
+        self.live_bytes
+    }
+
+    pub fn owns(&self, addr: usize) -> bool {
+        matches!(self.blocks.get(&addr), Some(b) if b.used)
+    }
+
+    /// Bytes requested for the block in use at `addr`.
+    pub fn requested(&self, addr: usize) -> Option<usize> {
+        self.blocks
+            .get(&addr)
+            .filter(|b| b.used)
+            .map(|b| b.requested)
+    }
+
+    /// A block of at least `size` bytes for `stream`. On a backend out-of-memory it releases the
+    /// cached segments and tries once more before giving up.
+    pub fn alloc(
+        &mut self,
+        backend: &dyn Backend,
+        device: i32,
+        size: usize,
+        stream: usize,
+    ) -> Result<usize, BackendError> {
+        let rounded = round_size(size);
+        let found = self
+            .free
+            .range((stream, rounded, 0)..=(stream, usize::MAX, usize::MAX))
+            .next()
+            .copied();
+        let addr = match found {
+            Some(key) => {
+                self.free.remove(&key);
+                key.2
+            }
+            None => self.grow(backend, device, rounded, stream)?,
+        };
+        let Some(block) = self.blocks.get_mut(&addr) else {
+            unreachable!("free list and block map disagree");
+        };
+        let remainder = block.size - rounded;
+        let (segment, block_stream) = (block.segment, block.stream);
+        block.used = true;
+        block.requested = size;
+        if remainder >= ROUNDING {
+            block.size = rounded;
+            let tail = addr + rounded;
+            self.blocks.insert(
+                tail,
+                Block {
+                    size: remainder,
+                    segment,
+                    stream: block_stream,
+                    requested: 0,
+                    used: false,
+                },
+            );
+            self.free.insert((block_stream, remainder, tail));
+        }
+        self.live_bytes += self.blocks.get(&addr).map_or(0, |b| b.size);
+        Ok(addr)
+    }
+
+    fn grow(
+        &mut self,
+        backend: &dyn Backend,
+        device: i32,
+        rounded: usize,
+        stream: usize,
+    ) -> Result<usize, BackendError> {
+        let seg = segment_size(rounded);
+        let addr = match backend.alloc(device, seg) {
+            Ok(a) => a,
+            Err(e) if e.is_out_of_memory() => {
+                self.release_cached(backend, device);
+                backend.alloc(device, seg)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.segments.insert(addr, seg);
+        self.reserved += seg;
+        self.blocks.insert(
+            addr,
+            Block {
+                size: seg,
+                segment: addr,
+                stream,
+                requested: 0,
+                used: false,
+            },
+        );
+        Ok(addr)
+    }
+
+    /// Releases the block at `addr`; `None` when no block in use starts there.
+    pub fn free(&mut self, addr: usize) -> Option<Freed> {
+        let block = self.blocks.get_mut(&addr)?;
+        if !block.used {
+            return None;
+        }
+        block.used = false;
+        let freed = Freed {
+            requested: block.requested,
+            stream: block.stream,
+        };
+        block.requested = 0;
+        let (mut start, mut size, segment, stream) =
+            (addr, block.size, block.segment, block.stream);
+        self.live_bytes -= size;
+        // Merge with the next block of the same segment when it is free.
+        if let Some(next) = self.blocks.get(&(start + size)).copied() {
+            if !next.used && next.segment == segment {
+                self.free.remove(&(stream, next.size, start + size));
+                self.blocks.remove(&(start + size));
+                size += next.size;
+            }
+        }
+        // And with the previous one.
+        if start != segment {
+            if let Some((prev_addr, prev)) = self
+                .blocks
+                .range(..start)
+                .next_back()
+                .map(|(&a, &b)| (a, b))
+            {
+                if !prev.used && prev.segment == segment && prev_addr + prev.size == start {
+                    self.free.remove(&(stream, prev.size, prev_addr));
+                    self.blocks.remove(&start);
+                    start = prev_addr;
+                    size += prev.size;
+                }
+            }
+        }
+        if let Some(b) = self.blocks.get_mut(&start) {
+            b.size = size;
+        }
+        self.free.insert((stream, size, start));
+        Some(freed)
+    }
+
+    /// Returns every segment with nothing in use to the backend; the bytes released.
+    pub fn release_cached(&mut self, backend: &dyn Backend, device: i32) -> usize {
+        let empty: Vec<(usize, usize)> = self
+            .segments
+            .iter()
+            .filter(|&(&start, &size)| matches!(self.blocks.get(&start), Some(b) if !b.used && b.size == size))
+            .map(|(&s, &z)| (s, z))
+            .collect();
+        let mut released = 0;
+        for (start, size) in empty {
+            let stream = self.blocks.get(&start).map_or(0, |b| b.stream);
+            // A failed free leaves the segment cached rather than forgetting memory we still own.
+            if backend.free(device, start, size).is_ok() {
+                self.free.remove(&(stream, size, start));
+                self.blocks.remove(&start);
+                self.segments.remove(&start);
+                self.reserved -= size;
+                released += size;
+            }
+        }
+        released
+    }
+
+    /// Returns every segment, used or not (when the runtime shuts down).
+    pub fn release_all(&mut self, backend: &dyn Backend, device: i32) {
+        for (&start, &size) in &self.segments {
+            let _ = backend.free(device, start, size);
+        }
+        *self = FallbackPool::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::backend::HostBackend;
+
+    #[test]
+    fn blocks_are_reused_split_and_merged() {
+        let b = HostBackend::new();
+        let mut p = FallbackPool::new();
+        let a = p.alloc(&b, -1, 100, 0).unwrap();
+        let c = p.alloc(&b, -1, 1000, 0).unwrap();
+        assert_eq!(c, a + 512, "second block is split off the first segment");
+        assert_eq!(p.reserved_bytes(), SMALL_SEGMENT);
+        assert_eq!(
+            p.free(a),
+            Some(Freed {
+                requested: 100,
+                stream: 0
+            })
+        );
+        assert_eq!(p.free(a), None, "double free is refused");
+        assert_eq!(
+            p.alloc(&b, -1, 512, 0).unwrap(),
+            a,
+            "best fit reuses the freed hole"
+        );
+        p.free(a);
+        p.free(c);
+        assert_eq!(p.live_bytes(), 0);
+        assert_eq!(
+            p.release_cached(&b, -1),
+            SMALL_SEGMENT,
+            "the merged segment is released"
+        );
+        assert_eq!(p.reserved_bytes(), 0);
+    }
+
+    #[test]
+    fn streams_do_not_share_blocks() {
+        let b = HostBackend::new();
+        let mut p = FallbackPool::new();
+        let a = p.alloc(&b, -1, 100, 1).unwrap();
+        p.free(a);
+        let c = p.alloc(&b, -1, 100, 2).unwrap();
+        assert_ne!(a, c);
+        assert_eq!(p.reserved_bytes(), 2 * SMALL_SEGMENT);
+        p.free(c);
+        p.release_all(&b, -1);
+    }
+}

@@ -1,0 +1,78 @@
+//! Counters and the statistics snapshot returned by `stats()`. PyTorch's own memory statistics do not
+//! work with a pluggable allocator, so these are the numbers to look at.
+
+/// Running counters of the runtime (all devices together).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub allocations: u64,
+    pub frees: u64,
+    pub allocated_bytes: u64,
+    pub peak_allocated_bytes: u64,
+    pub planned_hits: u64,
+    pub fallback_allocations: u64,
+    pub fallback_bytes: u64,
+    /// Requests inside a step that the plan could not serve safely (or did not cover).
+    pub divergences: u64,
+    /// Allocations inside steps that matched a persistent entry of the plan (served by the fallback).
+    pub persistent_allocations: u64,
+    /// Allocations inside steps served by the fallback though not persistent (divergences, buffers
+    /// passed to `record_stream`, and everything after a step stopped using its plan).
+    pub transient_fallbacks: u64,
+    pub record_stream_fallbacks: u64,
+    pub steps: u64,
+    /// Steps that passed the divergence limit and stopped using the plan.
+    pub abandoned_steps: u64,
+    /// Frees of addresses the runtime did not hand out (ignored).
+    pub unknown_frees: u64,
+    /// Requests that failed because the device was out of memory.
+    pub out_of_memory: u64,
+    /// Plans made automatically from a recorded step after steps diverged.
+    pub auto_replans: u64,
+}
+
+impl Counters {
+    #[inline]
+    pub fn on_alloc(&mut self, bytes: usize) {
+        self.allocations += 1;
+        self.allocated_bytes += bytes as u64;
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+    }
+
+    #[inline]
+    pub fn on_free(&mut self, bytes: usize) {
+        self.frees += 1;
+        self.allocated_bytes = self.allocated_bytes.saturating_sub(bytes as u64);
+    }
+}
+
+/// What happened in one step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepStats {
+    pub allocations: u64,
+    pub planned_hits: u64,
+    pub persistent_allocations: u64,
+    pub transient_fallbacks: u64,
+    pub divergences: u64,
+    pub abandoned: bool,
+}
+
+/// A snapshot of the runtime.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub mode: &'static str,
+    pub in_step: bool,
+    /// True when a plan is loaded and the open step (if any) still follows it; false in passthrough
+    /// and recording, and inside a step that passed the divergence limit.
+    pub plan_active: bool,
+    pub counters: Counters,
+    /// Arena bytes plus the fallback pool's segments.
+    pub reserved_bytes: u64,
+    pub arena_bytes: u64,
+    pub fallback_reserved_bytes: u64,
+    pub lower_bound_bytes: u64,
+    pub persistent_bytes: u64,
+    pub plan_buffers: u64,
+    pub max_divergences: u64,
+    pub last_step: StepStats,
+    pub devices: Vec<i32>,
+}

@@ -1,0 +1,106 @@
+//! The C ABI on the process-wide runtime (host memory, as the CPU shim uses it): control calls,
+//! statistics, errors as values, and the header compiling as C. Its own process, so the global
+//! runtime starts fresh.
+
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+use std::process::Command;
+
+use model_opt::ffi::*;
+
+fn last_error() -> String {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    // SAFETY: buf has 1024 writable bytes.
+    let n = unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
+    if n == 0 {
+        return String::new();
+    }
+    // SAFETY: NUL-terminated by model_opt_last_error.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn stat(name: &str) -> i64 {
+    let c = CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated string.
+    unsafe { model_opt_stat(c.as_ptr()) }
+}
+
+fn step_work() {
+    let a = model_opt_host_alloc(1000);
+    let b = model_opt_host_alloc(5000);
+    assert!(!a.is_null() && !b.is_null());
+    // SAFETY: the runtime returned 1000 and 5000 writable bytes.
+    unsafe {
+        std::ptr::write_bytes(a as *mut u8, 0xAB, 1000);
+        std::ptr::write_bytes(b as *mut u8, 0xCD, 5000);
+    }
+    model_opt_host_free(a);
+    let c = model_opt_host_alloc(800);
+    model_opt_host_free(b);
+    model_opt_host_free(c);
+}
+
+#[test]
+fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
+    // Control out of order: a status, and an explanation.
+    assert_eq!(model_opt_begin_step(), 1);
+    assert!(last_error().contains("profile()"), "{}", last_error());
+    model_opt_clear_last_error();
+    assert_eq!(last_error(), "");
+
+    assert_eq!(model_opt_begin_profile(), 0);
+    step_work();
+    assert_eq!(model_opt_end_profile(), 0);
+    assert_eq!(model_opt_plan(-1.0), 1, "negative time limit");
+    assert_eq!(model_opt_plan(1.0), 0);
+    assert!(stat("arena_bytes") > 0);
+    assert_eq!(stat("arena_bytes"), stat("lower_bound_bytes"));
+    for _ in 0..3 {
+        assert_eq!(model_opt_begin_step(), 0);
+        step_work();
+        assert_eq!(stat("plan_active"), 1);
+        assert_eq!(model_opt_end_step(), 0);
+    }
+    assert_eq!(stat("planned_hits"), 9);
+    assert_eq!(stat("divergences"), 0);
+    assert_eq!(stat("allocated_bytes"), 0);
+    assert_eq!(stat("no_such_stat"), -1);
+    // SAFETY: NULL is allowed.
+    assert_eq!(unsafe { model_opt_stat(std::ptr::null()) }, -1);
+
+    // A free of memory the runtime never gave out is refused and explained, not passed on.
+    let mut local = [0u8; 16];
+    model_opt_host_free(local.as_mut_ptr() as *mut libc::c_void);
+    assert!(
+        last_error().contains("did not allocate"),
+        "{}",
+        last_error()
+    );
+    model_opt_host_free(std::ptr::null_mut());
+    assert!(model_opt_host_alloc(0).is_null(), "size 0 is NULL");
+
+    // The hooks PyTorch may call are harmless.
+    model_opt_init(1);
+    model_opt_set_memory_fraction(0.5, 0);
+    model_opt_record_stream(std::ptr::null_mut(), std::ptr::null_mut());
+    model_opt_empty_cache();
+    // SAFETY: NULL buffer with length 0 only asks for the length.
+    assert!(unsafe { model_opt_last_error(std::ptr::null_mut(), 0) } > 0);
+}
+
+#[test]
+fn the_header_compiles_as_c_and_cpp() {
+    let header = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cpp/model_opt.h");
+    for (compiler, lang) in [("cc", "c"), ("c++", "c++")] {
+        let status = Command::new(compiler)
+            .args(["-fsyntax-only", "-Wall", "-Werror", "-x", lang])
+            .arg(&header)
+            .status();
+        match status {
+            Ok(s) => assert!(s.success(), "{compiler} rejects cpp/model_opt.h"),
+            Err(e) => eprintln!("skipping {compiler}: {e}"),
+        }
+    }
+}
