@@ -1,1 +1,211 @@
-fn main() {}
+//! Placement benchmark (issue 4): exact placement on the MiniMalloc challenging instances and `auto`
+//! against the greedy portfolio on random instances. One thread; prints Markdown tables.
+//!
+//! `cargo bench --bench placement` (runs = 3 per instance unless `PLACEMENT_BENCH_RUNS` says
+//! otherwise; the data set is found next to the repository or at `MODEL_OPT_DATA`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use model_opt::placement::csv::read_csv_file;
+use model_opt::placement::{plan, Buffer, Bytes, Interval, Method, PlanOptions, Problem, Progress};
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("MODEL_OPT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+        .join("minimalloc/challenging")
+}
+
+fn options(method: Method, seconds: f64) -> PlanOptions {
+    PlanOptions {
+        method,
+        time_limit: Duration::from_secs_f64(seconds),
+        threads: 1,
+        ..Default::default()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn load(name: &str) -> Problem {
+    let path = data_dir().join(format!("{name}.1048576.csv"));
+    match read_csv_file(&path) {
+        Ok(p) => p.problem,
+        Err(e) => {
+            eprintln!("placement bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn at_capacity(runs: usize) {
+    println!("\n### Challenging A–E at capacity 1048576 (`auto`, time limit 10 s)\n");
+    println!("| instance | buffers | lower bound | peak | status | method | median time (s) | times (s) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for name in ["A", "B", "C", "D", "E"] {
+        let problem = load(name).with_capacity(Some(Bytes(1048576)));
+        let mut times = Vec::new();
+        let mut last = String::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = plan(&problem, &options(Method::Auto, 10.0));
+            times.push(t.elapsed().as_secs_f64());
+            last = match r {
+                Ok(r) => format!(
+                    "{} | {} | {} | {}",
+                    r.lower_bound, r.solution.peak, r.status, r.method
+                ),
+                Err(e) => format!(
+                    "- | - | {} | {e}",
+                    e.status().map_or("error".into(), |s| s.to_string())
+                ),
+            };
+        }
+        let shown: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+        println!(
+            "| {name} | {} | {last} | {:.3} | {} |",
+            problem.len(),
+            median(times),
+            shown.join(", ")
+        );
+    }
+}
+
+fn minimize(name: &str, seconds: f64, runs: usize) {
+    let problem = load(name);
+    let mut times = Vec::new();
+    let mut rows = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        match plan(&problem, &options(Method::Auto, seconds)) {
+            Ok(r) => rows.push(format!(
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                problem.len(),
+                r.lower_bound,
+                r.proven_bound,
+                r.solution.peak,
+                r.status,
+                r.method
+            )),
+            Err(e) => rows.push(format!("| {name} | error: {e} |")),
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    for row in rows {
+        println!("{row}");
+    }
+    println!(
+        "\n{name}: median time {:.3} s over {runs} runs (limit {seconds} s)\n",
+        median(times)
+    );
+}
+
+/// A deterministic random instance shaped like a training step: most buffers short-lived, a few
+/// living long, sizes skewed towards small, multiples of 512 bytes.
+fn random_problem(n: usize, seed: u64) -> Problem {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let horizon = 2 * n as u64;
+    let buffers = (0..n)
+        .map(|i| {
+            let start = next() % horizon;
+            let long = next() % 10 == 0;
+            let len = if long {
+                1 + next() % (horizon / 4).max(1)
+            } else {
+                1 + next() % 32
+            };
+            let size = 512 * (1 + (next() % 64) * (next() % 64) / 8);
+            Buffer::new(
+                format!("r{i}"),
+                Interval::new(start, start + len).unwrap_or(Interval {
+                    start,
+                    end: start + 1,
+                }),
+                Bytes(size),
+            )
+        })
+        .collect();
+    Problem::new(buffers)
+}
+
+fn random(sizes: &[(usize, f64)]) {
+    println!("\n### Random instances: `auto` against the greedy portfolio (one run each)\n");
+    println!("| buffers | lower bound | greedy peak | greedy time (s) | auto peak | auto status | greedy answer in auto at (s) | auto time (s) | auto <= greedy |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &(n, seconds) in sizes {
+        let problem = random_problem(n, 0x9e37_79b9_7f4a_7c15 ^ n as u64);
+        let t = Instant::now();
+        let greedy = plan(&problem, &options(Method::Greedy, seconds));
+        let greedy_time = t.elapsed().as_secs_f64();
+        let first: Arc<Mutex<Option<f64>>> = Arc::default();
+        let sink = first.clone();
+        let opts = PlanOptions {
+            progress: Some(Arc::new(move |p: &Progress| {
+                let mut f = sink.lock().unwrap_or_else(|e| e.into_inner());
+                if f.is_none() && p.incumbent.is_some() {
+                    *f = Some(p.elapsed.as_secs_f64());
+                }
+            })),
+            ..options(Method::Auto, seconds)
+        };
+        let t = Instant::now();
+        let auto = plan(&problem, &opts);
+        let auto_time = t.elapsed().as_secs_f64();
+        let first = first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(f64::NAN);
+        match (greedy, auto) {
+            (Ok(g), Ok(a)) => {
+                println!(
+                "| {n} | {} | {} | {greedy_time:.3} | {} | {} | {first:.3} | {auto_time:.3} | {} |",
+                g.lower_bound,
+                g.solution.peak,
+                a.solution.peak,
+                a.status,
+                if a.solution.peak <= g.solution.peak { "yes" } else { "NO" }
+            )
+            }
+            (g, a) => println!("| {n} | error: greedy {:?} auto {:?} |", g.err(), a.err()),
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects a part.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |part: &str| filter.is_empty() || filter.iter().any(|f| part.contains(f.as_str()));
+    let runs: usize = std::env::var("PLACEMENT_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    if wants("capacity") {
+        at_capacity(runs);
+    }
+    if wants("minimize") {
+        println!("\n### Minimized (`auto`, no capacity)\n");
+        println!("| instance | buffers | lower bound | proven bound | peak | status | method |");
+        println!("|---|---|---|---|---|---|---|");
+        minimize("C", 10.0, runs);
+        println!("| instance | buffers | lower bound | proven bound | peak | status | method |");
+        println!("|---|---|---|---|---|---|---|");
+        minimize("D", 30.0, 1);
+    }
+    if wants("random") {
+        random(&[(1_000, 2.0), (10_000, 5.0), (100_000, 5.0)]);
+    }
+}

@@ -4,7 +4,10 @@
 //! replayed by the runtime. The PyO3 bindings live in `python` and are built only with the `python`
 //! feature (maturin turns it on).
 
+pub mod ffi;
 pub mod placement;
+pub mod runtime;
+pub mod schedule;
 
 #[cfg(feature = "python")]
 mod python;

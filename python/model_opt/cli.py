@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from model_opt import cli_placement
+from model_opt import cli_placement, cli_reorder
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = [cli_placement]
+SUBCOMMAND_MODULES = [cli_placement, cli_reorder]
 
 EXIT_OK = 0
 EXIT_NO_FIT = 1

@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
     p.add_argument("--time-limit", type=_seconds_arg, default=5.0, metavar="SECONDS")
     p.add_argument("--output", "-o", type=Path, metavar="OUT.csv", help="write the solution CSV here")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print incumbent, bound and elapsed time to stderr as they improve (default: stderr is a tty)",
+    )
     p.set_defaults(func=run_plan)
 
     v = subparsers.add_parser("validate", help="check the offsets of a solution CSV file")
@@ -54,15 +60,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run_bench)
 
 
+def _print_progress(incumbent: int | None, bound: int, elapsed: float, phase: str) -> None:
+    shown = "none" if incumbent is None else incumbent
+    print(f"[{phase}] incumbent={shown} bound={bound} elapsed={elapsed:.3f}s", file=sys.stderr, flush=True)
+
+
 def summary_line(report: dict[str, object]) -> str:
     return (
-        f"buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']} "
+        f"buffers={report['buffers']} lower_bound={report['lower_bound']} "
+        f"proven_bound={report['proven_bound']} peak={report['peak']} "
         f"peak/lower_bound={report['ratio']:.4f} method={report['method']} status={report['status']} "
         f"time={report['seconds']:.3f}s"
     )
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         report = plan_csv(
             args.input,
@@ -70,6 +83,7 @@ def run_plan(args: argparse.Namespace) -> int:
             capacity=args.capacity,
             method=args.method,
             time_limit=args.time_limit,
+            progress=_print_progress if show_progress else None,
         )
     except CapacityError as e:
         print(f"model-opt plan: {e}", file=sys.stderr)
@@ -104,7 +118,14 @@ def run_bench(args: argparse.Namespace) -> int:
         print("model-opt bench-placement: no CSV files found", file=sys.stderr)
         return EXIT_BAD_INPUT
     header = [
-        "instance", "buffers", "lower bound", "peak", "peak / lower bound", "method", "status", "time (s)"
+        "instance",
+        "buffers",
+        "lower bound",
+        "peak",
+        "peak / lower bound",
+        "method",
+        "status",
+        "time (s)",
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

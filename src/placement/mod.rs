@@ -1,14 +1,19 @@
 //! Placement: given buffers with lifetimes and sizes, an offset for each so that buffers live at the
 //! same time never share a byte, in the smallest arena.
 
+pub mod auto;
 pub mod csv;
 pub mod greedy;
+pub mod ilp;
+pub mod incumbent;
 pub mod lower_bound;
 pub mod overlap_index;
 pub mod plan;
 pub mod problem;
+pub mod search;
 pub mod validate;
 
+pub use incumbent::{Progress, ProgressFn};
 pub use lower_bound::max_load;
 pub use plan::{plan, Method, PlanError, PlanOptions, PlanReport, Status};
 pub use problem::{Buffer, BufferId, Bytes, Interval, Problem, Solution};

@@ -1,4 +1,8 @@
 //! The planner's front door: run a method within a time limit, validate what it found, and report.
+//!
+//! Two modes. Without a capacity the planner minimizes the arena. With `problem.capacity` set it
+//! decides whether the buffers fit: it returns the first plan that fits, or an error that says
+//! whether no plan can fit (proven) or none was found in time.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,27 +10,48 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::greedy::greedy;
+use super::auto;
+use super::incumbent::{Anytime, ProgressFn};
 use super::lower_bound::max_load;
 use super::problem::{Bytes, Problem, Solution};
 use super::validate::{validate, InvalidPlan};
 
 /// A placement method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// Greedy portfolio, then the exact search, then the ILP, within one time limit; anytime.
+    #[default]
+    Auto,
     /// The greedy portfolio: every order × fit rule, best kept.
     Greedy,
+    /// Branch and bound over canonical placements (MiniMalloc-style), seeded by the greedy answer.
+    Search,
+    /// The mixed-integer program on HiGHS, seeded by the greedy answer as its MIP start.
+    Ilp,
 }
 
 impl Method {
-    pub const NAMES: [&'static str; 1] = ["greedy"];
+    /// Every method's name; the first is the default.
+    pub const NAMES: [&'static str; 4] = ["auto", "greedy", "search", "ilp"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Auto => "auto",
+            Method::Greedy => "greedy",
+            Method::Search => "search",
+            Method::Ilp => "ilp",
+        }
+    }
 }
 
 impl FromStr for Method {
     type Err = PlanError;
     fn from_str(s: &str) -> Result<Method, PlanError> {
         match s {
+            "auto" => Ok(Method::Auto),
             "greedy" => Ok(Method::Greedy),
+            "search" => Ok(Method::Search),
+            "ilp" => Ok(Method::Ilp),
             other => Err(PlanError::UnknownMethod {
                 name: other.to_string(),
             }),
@@ -36,35 +61,60 @@ impl FromStr for Method {
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Method::Greedy => write!(f, "greedy"),
-        }
+        f.write_str(self.name())
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PlanOptions {
     pub method: Method,
-    /// Wall-clock budget for methods that search; the greedy portfolio always runs to completion.
+    /// Wall-clock budget for the methods that search; the greedy portfolio always runs to completion.
     pub time_limit: Duration,
+    /// Threads HiGHS may use (the search runs on the calling thread).
+    pub threads: u32,
+    /// Relative gap at which the ILP may stop; 0 asks HiGHS to prove optimality.
+    pub ilp_gap: f64,
+    /// Told the incumbent, the bound and the elapsed time whenever one of them improves.
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for PlanOptions {
     fn default() -> PlanOptions {
         PlanOptions {
-            method: Method::Greedy,
+            method: Method::Auto,
             time_limit: Duration::from_secs(5),
+            threads: 1,
+            ilp_gap: 0.0,
+            progress: None,
         }
     }
 }
 
-/// What is known about a returned plan.
+impl fmt::Debug for PlanOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlanOptions")
+            .field("method", &self.method)
+            .field("time_limit", &self.time_limit)
+            .field("threads", &self.threads)
+            .field("ilp_gap", &self.ilp_gap)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .finish()
+    }
+}
+
+/// What is known about a plan, or about the absence of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     /// The peak equals a proven lower bound.
     Optimal,
-    /// A valid plan; no proof that a smaller one does not exist.
+    /// A valid plan (within the capacity when one is given); the method ran to its end without a
+    /// proof that nothing smaller exists.
     Feasible,
+    /// Proven: no plan fits the capacity. Never carried by a [`PlanReport`]; see
+    /// [`PlanError::status`].
+    Infeasible,
+    /// The time limit came before a proof: the plan is the best found, with the best bound proven.
+    Timeout,
 }
 
 impl fmt::Display for Status {
@@ -72,6 +122,8 @@ impl fmt::Display for Status {
         f.write_str(match self {
             Status::Optimal => "optimal",
             Status::Feasible => "feasible",
+            Status::Infeasible => "infeasible",
+            Status::Timeout => "timeout",
         })
     }
 }
@@ -80,9 +132,13 @@ impl fmt::Display for Status {
 #[derive(Clone, Debug)]
 pub struct PlanReport {
     pub solution: Solution,
+    /// The max-load bound (bytes live at the busiest moment).
     pub lower_bound: Bytes,
+    /// The best lower bound proven during planning: at least `lower_bound`, higher when the search
+    /// or the ILP proved that smaller arenas are impossible.
+    pub proven_bound: Bytes,
     pub status: Status,
-    /// The method, and for the portfolio the rule that won, e.g. `greedy(size/best-fit)`.
+    /// The method, and what found the plan, e.g. `greedy(size/best-fit)` or `auto/search`.
     pub method: String,
     pub elapsed: Duration,
 }
@@ -104,11 +160,19 @@ pub enum PlanError {
     UnknownMethod { name: String },
     #[error("capacity {capacity} is below the lower bound {lower_bound}: no plan can fit")]
     CapacityBelowBound { capacity: Bytes, lower_bound: Bytes },
-    #[error("no plan found within capacity {capacity}: the best needs {best_peak} (lower bound {lower_bound})")]
+    #[error("no plan fits capacity {capacity}: proven that every plan needs at least {bound} bytes; raise the capacity to {bound} or more")]
+    Infeasible { capacity: Bytes, bound: Bytes },
+    #[error("no plan found within capacity {capacity}: the best needs {best_peak} (lower bound {lower_bound}); raise the capacity or use --method auto")]
     NoPlanWithinCapacity {
         capacity: Bytes,
         best_peak: Bytes,
         lower_bound: Bytes,
+    },
+    #[error("no plan within capacity {capacity} found in the time limit, and none proven impossible: the best needs {best_peak} (proven bound {bound}); give it more time")]
+    Timeout {
+        capacity: Bytes,
+        best_peak: Bytes,
+        bound: Bytes,
     },
     #[error("buffers with fixed offsets conflict: {0}")]
     FixedOffsetsConflict(InvalidPlan),
@@ -121,8 +185,24 @@ impl PlanError {
     pub fn is_capacity(&self) -> bool {
         matches!(
             self,
-            PlanError::CapacityBelowBound { .. } | PlanError::NoPlanWithinCapacity { .. }
+            PlanError::CapacityBelowBound { .. }
+                | PlanError::Infeasible { .. }
+                | PlanError::NoPlanWithinCapacity { .. }
+                | PlanError::Timeout { .. }
         )
+    }
+
+    /// The status of a capacity question this error answers: `infeasible` when proven, `timeout`
+    /// when time ran out first, `feasible` for a greedy plan that does not fit (nothing proven).
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            PlanError::CapacityBelowBound { .. } | PlanError::Infeasible { .. } => {
+                Some(Status::Infeasible)
+            }
+            PlanError::Timeout { .. } => Some(Status::Timeout),
+            PlanError::NoPlanWithinCapacity { .. } => Some(Status::Feasible),
+            _ => None,
+        }
     }
 }
 
@@ -139,30 +219,57 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
             });
         }
     }
-    let (solution, method) = match options.method {
-        Method::Greedy => {
-            let (solution, rule) = greedy(problem);
-            (solution, format!("greedy({rule})"))
-        }
+    let mut state = Anytime::new(
+        problem,
+        lower_bound,
+        options.time_limit,
+        options.progress.clone(),
+    );
+    let ran = auto::run(&mut state, options).map_err(PlanError::InvalidPlan)?;
+    let bound = state.bound();
+    let closed = state.closed();
+    let Some((solution, found_by)) = state.into_best() else {
+        // Every method starts from the greedy portfolio, so there is always a plan; if not, say so.
+        return Err(PlanError::InvalidPlan(InvalidPlan::WrongLength {
+            expected: problem.len(),
+            found: 0,
+        }));
+    };
+    let method = match options.method {
+        Method::Greedy => found_by,
+        m => format!("{m}/{found_by}"),
     };
     if let Some(capacity) = problem.capacity {
         if solution.peak > capacity {
-            return Err(PlanError::NoPlanWithinCapacity {
-                capacity,
-                best_peak: solution.peak,
-                lower_bound,
+            return Err(if bound > capacity {
+                PlanError::Infeasible { capacity, bound }
+            } else if options.method == Method::Greedy {
+                PlanError::NoPlanWithinCapacity {
+                    capacity,
+                    best_peak: solution.peak,
+                    lower_bound,
+                }
+            } else {
+                PlanError::Timeout {
+                    capacity,
+                    best_peak: solution.peak,
+                    bound,
+                }
             });
         }
     }
     validate(problem, &solution).map_err(PlanError::InvalidPlan)?;
-    let status = if solution.peak == lower_bound {
+    let status = if closed {
         Status::Optimal
+    } else if ran.timed_out {
+        Status::Timeout
     } else {
         Status::Feasible
     };
     Ok(PlanReport {
         solution,
         lower_bound,
+        proven_bound: bound,
         status,
         method,
         elapsed: started.elapsed(),
@@ -217,7 +324,7 @@ mod tests {
         let report = plan(&p, &PlanOptions::default()).unwrap();
         assert_eq!(report.solution.peak, Bytes(8));
         assert_eq!(report.status, Status::Optimal);
-        assert!(report.method.starts_with("greedy("));
+        assert!(report.method.contains("greedy("), "{}", report.method);
     }
 
     #[test]

@@ -5,11 +5,15 @@ use pyo3::prelude::*;
 
 mod errors;
 mod placement;
+mod runtime;
+mod schedule;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     placement::register(m)?;
+    runtime::register(m)?;
+    schedule::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Bindings for the placement planner: plan or validate a MiniMalloc CSV file.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -8,7 +9,9 @@ use pyo3::types::PyDict;
 
 use super::errors::{csv_error, plan_error, InputError};
 use crate::placement::csv::{read_csv_file, write_solution_csv};
-use crate::placement::{max_load, plan, validate, Bytes, Method, PlanOptions, PlanReport};
+use crate::placement::{
+    max_load, plan, validate, Bytes, Method, PlanOptions, PlanReport, Progress, ProgressFn,
+};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_csv, m)?)?;
@@ -41,6 +44,7 @@ fn report_dict<'py>(
     let d = PyDict::new(py);
     d.set_item("buffers", buffers)?;
     d.set_item("lower_bound", report.lower_bound.0)?;
+    d.set_item("proven_bound", report.proven_bound.0)?;
     d.set_item("peak", report.solution.peak.0)?;
     d.set_item("ratio", report.ratio())?;
     d.set_item("method", &report.method)?;
@@ -49,12 +53,34 @@ fn report_dict<'py>(
     Ok(d)
 }
 
+/// Wraps a Python callable as the planner's progress callback. It runs on the planning thread,
+/// which holds no GIL while it plans, so the callback takes it; an exception in it is reported as
+/// unraisable and planning goes on.
+fn progress_arg(callback: Option<Py<PyAny>>) -> Option<ProgressFn> {
+    let callback = callback?;
+    Some(Arc::new(move |p: &Progress| {
+        Python::attach(|py| {
+            let args = (
+                p.incumbent.map(|b| b.0),
+                p.bound.0,
+                p.elapsed.as_secs_f64(),
+                p.phase,
+            );
+            if let Err(e) = callback.call1(py, args) {
+                e.write_unraisable(py, None);
+            }
+        })
+    }))
+}
+
 /// Plans the buffers of a MiniMalloc CSV file; writes the solution CSV to `output` when given.
 ///
-/// Returns a dict: buffers, lower_bound, peak, ratio, method, status, seconds. Raises `InputError` for
-/// a malformed file and `CapacityError` when no plan fits `capacity`.
+/// Returns a dict: buffers, lower_bound, proven_bound, peak, ratio, method, status, seconds. Raises
+/// `InputError` for a malformed file and `CapacityError` when no plan fits `capacity` (proven, or
+/// not found in time: the message says which). `progress`, if given, is called as
+/// `progress(incumbent_or_None, bound, elapsed_seconds, phase)` whenever either improves.
 #[pyfunction]
-#[pyo3(signature = (path, output=None, capacity=None, method="greedy", time_limit=5.0))]
+#[pyo3(signature = (path, output=None, capacity=None, method="auto", time_limit=5.0, progress=None))]
 fn plan_csv<'py>(
     py: Python<'py>,
     path: PathBuf,
@@ -62,12 +88,15 @@ fn plan_csv<'py>(
     capacity: Option<i64>,
     method: &str,
     time_limit: f64,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let parsed = read_csv_file(&path).map_err(csv_error)?;
     let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
     let options = PlanOptions {
         method: method.parse().map_err(plan_error)?,
         time_limit: time_limit_arg(time_limit)?,
+        progress: progress_arg(progress),
+        ..Default::default()
     };
     let report = py.detach(|| plan(&problem, &options)).map_err(plan_error)?;
     if let Some(out) = output {

@@ -1,0 +1,101 @@
+//! The method runner behind [`plan`](super::plan::plan): the greedy portfolio always runs first (it
+//! is fast and gives every later method an incumbent); then, for `auto`, the exact search and the
+//! ILP share what is left of the time limit. Everything found or proven lands in the [`Anytime`]
+//! state, so running out of time never loses an incumbent.
+
+use std::time::{Duration, Instant};
+
+use super::greedy::greedy;
+use super::ilp::{self, IlpEnd, IlpOptions};
+use super::incumbent::Anytime;
+use super::plan::{Method, PlanOptions};
+use super::search;
+use super::validate::InvalidPlan;
+
+/// The share of the time left that `auto` gives the search before the ILP starts: the search
+/// settles most instances in well under a second, and the ILP is the better tool for what the
+/// search cannot close (proving bounds).
+const SEARCH_SHARE: f64 = 0.6;
+
+/// How the methods ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ran {
+    /// The question is still open and the last exact method stopped for time.
+    pub timed_out: bool,
+}
+
+/// True when nothing is left to do: the incumbent is optimal, fits the capacity, or the capacity is
+/// proven too small.
+fn settled(state: &Anytime) -> bool {
+    match state.problem.capacity {
+        Some(c) => state.best_peak().is_some_and(|p| p <= c) || state.bound() > c,
+        None => state.closed(),
+    }
+}
+
+pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, InvalidPlan> {
+    state.set_phase("greedy");
+    let (solution, rule) = greedy(state.problem);
+    state.offer(solution, format!("greedy({rule})"))?;
+    if options.method == Method::Greedy || settled(state) {
+        return Ok(Ran::default());
+    }
+    let mut stopped = false;
+    match options.method {
+        Method::Greedy => {}
+        Method::Search => stopped = search_phase(state, state.deadline())?,
+        Method::Ilp => stopped = ilp_phase(state, options, state.deadline())?,
+        Method::Auto => {
+            let share = state.remaining().mul_f64(SEARCH_SHARE);
+            stopped = search_phase(state, Instant::now() + share)?;
+            if !settled(state) && !state.expired() {
+                stopped = ilp_phase(state, options, state.deadline())?;
+            }
+            // The ILP may stop early (a gap, a model too large): the search gets the rest.
+            if !settled(state) && state.remaining() > Duration::from_millis(10) {
+                stopped = search_phase(state, state.deadline())?;
+            }
+        }
+    }
+    Ok(Ran {
+        timed_out: stopped && !settled(state),
+    })
+}
+
+/// Returns true when the search stopped for time.
+fn search_phase(state: &mut Anytime, deadline: Instant) -> Result<bool, InvalidPlan> {
+    if state.problem.len() > search::MAX_BUFFERS {
+        return Ok(false);
+    }
+    match state.problem.capacity {
+        Some(capacity) => Ok(search::fit_capacity(state, capacity, deadline)?.is_none()),
+        None => search::minimize(state, deadline),
+    }
+}
+
+/// Returns true when the ILP stopped for time.
+fn ilp_phase(
+    state: &mut Anytime,
+    options: &PlanOptions,
+    deadline: Instant,
+) -> Result<bool, InvalidPlan> {
+    let incumbent = state.best_peak();
+    let (horizon, decide) = match (state.problem.capacity, incumbent) {
+        (Some(c), _) => (c, true),
+        (None, Some(p)) => (p, false),
+        (None, None) => return Ok(false),
+    };
+    let opts = IlpOptions {
+        deadline,
+        threads: options.threads,
+        gap: options.ilp_gap,
+        decide,
+        max_pairs: if options.method == Method::Auto {
+            ilp::AUTO_MAX_PAIRS
+        } else {
+            ilp::MAX_PAIRS
+        },
+    };
+    let end = ilp::solve(state, horizon, opts)?;
+    Ok(end == IlpEnd::Stopped)
+}

@@ -1,0 +1,256 @@
+//! Placement as a mixed-integer program, solved by HiGHS through good_lp.
+//!
+//! An integer offset per buffer (a multiple of its alignment), one binary per pair of buffers whose
+//! lifetimes intersect ("i below j" or "j below i"), and the peak `z` to minimize. The big-M of each
+//! disjunction is the horizon: the incumbent's peak (or the capacity), the largest offset + size any
+//! improving plan can use. Sizes are divided by their common unit (the search's [`Instance`]), and
+//! lifetimes only enter through which pairs intersect, so their scale does not matter. The
+//! incumbent is the MIP start; HiGHS's dual bound is the proven lower bound it reports.
+
+use std::time::Instant;
+
+use good_lp::solvers::highs::highs;
+use good_lp::{variable, Expression, ProblemVariables, SolverModel, Variable};
+use highs::{HighsModelStatus, HighsSolutionStatus};
+
+use super::incumbent::Anytime;
+use super::problem::{Bytes, Solution};
+use super::search::Instance;
+use super::validate::InvalidPlan;
+
+/// Above this many intersecting pairs the model is too large to help within seconds.
+pub const MAX_PAIRS: usize = 200_000;
+
+/// The limit `auto` uses. HiGHS checks its time limit between root cut rounds, and one round on a
+/// model of ~29,000 pairs (challenging J) takes 8 s on this machine: beyond this size the ILP would
+/// overrun the plan's time limit for nothing it is likely to find.
+pub const AUTO_MAX_PAIRS: usize = 20_000;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IlpOptions {
+    pub deadline: Instant,
+    pub threads: u32,
+    /// Relative gap at which HiGHS may stop (0 proves optimality).
+    pub gap: f64,
+    /// Decide only whether a plan fits the horizon (no objective), as in capacity mode.
+    pub decide: bool,
+    /// Skip models with more intersecting pairs than this.
+    pub max_pairs: usize,
+}
+
+/// How an ILP run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum IlpEnd {
+    /// The horizon question is settled: optimal (minimize) or fits / does not fit (decide).
+    Proven,
+    /// Time ran out; whatever was found and proven has been recorded.
+    Stopped,
+    /// Not attempted, or HiGHS failed; the reason.
+    Skipped(String),
+}
+
+/// Runs the ILP for plans with peak <= `horizon` bytes, offering what it finds to `state` and
+/// recording HiGHS's dual bound.
+pub(crate) fn solve(
+    state: &mut Anytime,
+    horizon: Bytes,
+    opts: IlpOptions,
+) -> Result<IlpEnd, InvalidPlan> {
+    state.set_phase("ilp");
+    let inst = Instance::new(state.problem);
+    let h = inst.units(horizon);
+    let n = inst.len();
+    let items = &inst.items;
+    if n == 0 {
+        return Ok(IlpEnd::Skipped("no buffers".into()));
+    }
+    if let Some(i) = items
+        .iter()
+        .position(|it| it.size > h || it.fixed.is_some_and(|f| f + it.size > h))
+    {
+        // Nothing fits: the bound is at least this buffer's extent.
+        let it = items[i];
+        state.prove(Bytes((it.fixed.unwrap_or(0) + it.size) * inst.unit));
+        return Ok(IlpEnd::Proven);
+    }
+    let limit = opts.max_pairs.min(MAX_PAIRS);
+    let pairs = intersecting_pairs(&inst, limit);
+    if pairs.len() > limit {
+        return Ok(IlpEnd::Skipped(format!(
+            "more than {limit} intersecting pairs"
+        )));
+    }
+    let seconds = opts
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64();
+    if seconds < 0.01 {
+        return Ok(IlpEnd::Stopped);
+    }
+
+    // Columns are created in this order; the MIP start below follows it.
+    let mut vars = ProblemVariables::new();
+    let hf = h as f64;
+    let k: Vec<Variable> = items
+        .iter()
+        .map(|it| match it.fixed {
+            Some(f) => vars.add(variable().min(f as f64).max(f as f64)),
+            None => vars.add(
+                variable()
+                    .integer()
+                    .min(0)
+                    .max(((h - it.size) / it.align) as f64),
+            ),
+        })
+        .collect();
+    let offset = |i: usize| -> Expression {
+        match items[i].fixed {
+            Some(_) => k[i].into(),
+            None => (items[i].align as f64) * k[i],
+        }
+    };
+    let low = state.bound().0.div_ceil(inst.unit).min(h) as f64;
+    let z = vars.add(variable().min(low).max(hf));
+    let y: Vec<Variable> = pairs
+        .iter()
+        .map(|_| vars.add(variable().binary()))
+        .collect();
+
+    let objective: Expression = if opts.decide {
+        Expression::from(0.0)
+    } else {
+        z.into()
+    };
+    let mut model = vars.minimise(objective).using(highs);
+    for (i, it) in items.iter().enumerate() {
+        model.add_constraint((offset(i) + it.size as f64).leq(z));
+    }
+    for (p, &(i, j)) in pairs.iter().enumerate() {
+        // y = 1: i below j; y = 0: j below i. M = h suffices since every top is <= h.
+        let (si, sj) = (items[i].size as f64, items[j].size as f64);
+        model.add_constraint((offset(i) + si - offset(j) + hf * y[p]).leq(hf));
+        model.add_constraint((offset(j) + sj - offset(i) - hf * y[p]).leq(0.0));
+    }
+
+    let start = state.best().filter(|s| s.peak.0 <= h * inst.unit).map(|s| {
+        let units: Vec<u64> = s.offsets.iter().map(|o| o.0 / inst.unit).collect();
+        let mut cols: Vec<f64> = Vec::with_capacity(n + 1 + pairs.len());
+        cols.extend(items.iter().zip(&units).map(|(it, &o)| match it.fixed {
+            Some(f) => f as f64,
+            None => (o / it.align) as f64,
+        }));
+        cols.push((s.peak.0 / inst.unit) as f64);
+        cols.extend(pairs.iter().map(|&(i, j)| {
+            if units[i] + items[i].size <= units[j] {
+                1.0
+            } else {
+                0.0
+            }
+        }));
+        cols
+    });
+
+    let mut hm = match model.try_into_inner() {
+        Ok(m) => m,
+        Err(e) => return Ok(IlpEnd::Skipped(format!("HiGHS rejected the model: {e}"))),
+    };
+    let options: [(&str, f64); 2] = [("time_limit", seconds), ("mip_rel_gap", opts.gap.max(0.0))];
+    for (name, value) in options {
+        if hm.try_set_option(name, value).is_err() {
+            return Ok(IlpEnd::Skipped(format!("HiGHS refused option {name}")));
+        }
+    }
+    if hm
+        .try_set_option("threads", opts.threads.max(1) as i32)
+        .is_err()
+    {
+        return Ok(IlpEnd::Skipped("HiGHS refused option threads".into()));
+    }
+    if let Some(cols) = start {
+        // A start HiGHS cannot use is only a lost hint.
+        let _ = hm.try_set_solution(Some(&cols), None, None, None);
+    }
+    let solved = match hm.try_solve() {
+        Ok(s) => s,
+        Err(e) => return Ok(IlpEnd::Skipped(format!("HiGHS failed: {e:?}"))),
+    };
+
+    let status = solved.status();
+    if status == HighsModelStatus::Infeasible {
+        if !opts.decide {
+            // The horizon is a valid plan's peak: "infeasible" can only be numerical trouble.
+            return Ok(IlpEnd::Skipped(
+                "HiGHS found the incumbent's horizon infeasible".into(),
+            ));
+        }
+        state.prove(Bytes((h + 1) * inst.unit));
+        return Ok(IlpEnd::Proven);
+    }
+    if solved.primal_solution_status() == HighsSolutionStatus::Feasible {
+        let cols = solved.get_solution();
+        let cols = cols.columns();
+        let offsets: Vec<Bytes> = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| {
+                let v = cols[i].round().max(0.0) as u64;
+                Bytes(
+                    match it.fixed {
+                        Some(f) => f,
+                        None => v * it.align,
+                    } * inst.unit,
+                )
+            })
+            .collect();
+        let solution = Solution::from_offsets(state.problem, offsets);
+        // Integrality tolerances can leave a plan HiGHS accepts and the validator does not: such a
+        // plan is dropped, not reported.
+        let _ = state.offer(solution, "ilp");
+    }
+    if !opts.decide {
+        if let Ok(dual) = solved.double_info_value(c"mip_dual_bound") {
+            if dual.is_finite() {
+                // Peaks are whole units; a tolerance keeps 2029.9999999 from rounding to 2029.
+                state.prove(Bytes((dual - 1e-6).ceil().max(0.0) as u64 * inst.unit));
+            }
+        }
+    }
+    match status {
+        HighsModelStatus::Optimal => {
+            if opts.decide {
+                Ok(IlpEnd::Proven)
+            } else {
+                // Optimal within the gap; with gap 0 the dual bound equals the incumbent.
+                Ok(if state.closed() {
+                    IlpEnd::Proven
+                } else {
+                    IlpEnd::Stopped
+                })
+            }
+        }
+        _ => Ok(IlpEnd::Stopped),
+    }
+}
+
+/// Pairs (i, j), i < j, whose lifetimes intersect and that are not both fixed, by a sweep over
+/// first sections; stops once there are more than `limit`.
+fn intersecting_pairs(inst: &Instance, limit: usize) -> Vec<(usize, usize)> {
+    let items = &inst.items;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].lo);
+    let mut live: Vec<usize> = Vec::new();
+    let mut pairs = Vec::new();
+    for &i in &order {
+        live.retain(|&j| items[j].hi > items[i].lo);
+        for &j in &live {
+            if items[i].fixed.is_none() || items[j].fixed.is_none() {
+                pairs.push((i.min(j), i.max(j)));
+            }
+        }
+        if pairs.len() > limit {
+            break;
+        }
+        live.push(i);
+    }
+    pairs
+}

@@ -1,0 +1,372 @@
+//! Branch and bound over canonical placements, after MiniMalloc (Moffitt, ASPLOS 2023); written from
+//! the paper's ideas.
+//!
+//! Canonical placements: sort any valid placement by (offset, rank) and drop each buffer, in that
+//! order, to the lowest aligned offset above the buffers already dropped (its *floor*) that does not
+//! collide with a fixed buffer still to come. Repeating this only lowers offsets, so it reaches a
+//! placement where every buffer already sits at its floor. The search enumerates exactly such
+//! sequences: it places one buffer at a time at its floor, and the sequence of (offset, rank) must
+//! increase, which gives every placement one position in canonical order (symmetry breaking).
+//!
+//! Pruning:
+//! - *sections*: time is cut at every lifetime endpoint; all buffers alive in a section overlap each
+//!   other, so the bytes still unplaced there stack above the section's floor, above the last offset
+//!   placed, and above the lowest offset any of them can take now. More than the capacity: no
+//!   completion.
+//! - *dominance*: when the next buffer goes to offset `o` while another unplaced buffer `x` could sit
+//!   wholly below `o` (its floor + size <= o), every completion can be improved by moving `x` down (all
+//!   later buffers are at >= o); a completion with the smallest sum of offsets is never cut this way.
+//! - *twins*: identical buffers are placed in rank order.
+//! - *splitting*: when the unplaced buffers fall into groups that no lifetime connects, each group is
+//!   solved alone, as a problem of its own above the current floors; a failure in one does not make
+//!   the search retry the others.
+
+use std::time::Instant;
+
+use super::instance::{Instance, Item, Ordering};
+
+/// Why the search stopped before an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    Deadline,
+    NodeLimit,
+}
+
+/// The answer of one decision search.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Offsets in the instance's units, one per buffer, all tops within the capacity.
+    Fits(Vec<u64>),
+    /// Proven: no placement fits the capacity.
+    Infeasible,
+    Stopped(Stopped),
+}
+
+pub(crate) struct Dfs<'a> {
+    inst: &'a Instance,
+    ord: &'a Ordering,
+    /// Position of each buffer in the branching order; re-sorted inside each split-off group.
+    rank: Vec<u32>,
+    cap: u64,
+    deadline: Option<Instant>,
+    node_limit: u64,
+    /// Scratch, per section: the lowest offset an unplaced buffer spanning it can take.
+    min_off: Vec<u64>,
+    /// Scratch, per buffer of the current group: its canonical offset now.
+    off: Vec<u64>,
+    floor: Vec<u64>,
+    load: Vec<u64>,
+    count: Vec<u32>,
+    offset: Vec<u64>,
+    placed: Vec<bool>,
+    fixed: Vec<u32>,
+    floor_trail: Vec<(u32, u64)>,
+    placed_trail: Vec<u32>,
+    pub nodes: u64,
+}
+
+/// Where to undo to.
+#[derive(Clone, Copy)]
+struct Mark(usize, usize);
+
+impl<'a> Dfs<'a> {
+    pub fn new(
+        inst: &'a Instance,
+        ord: &'a Ordering,
+        cap: u64,
+        deadline: Option<Instant>,
+        node_limit: u64,
+    ) -> Dfs<'a> {
+        let mut load = vec![0u64; inst.sections];
+        let mut count = vec![0u32; inst.sections];
+        for it in &inst.items {
+            for s in it.lo..it.hi {
+                load[s as usize] += it.size;
+                count[s as usize] += 1;
+            }
+        }
+        let fixed = (0..inst.len() as u32)
+            .filter(|&i| inst.items[i as usize].fixed.is_some())
+            .collect();
+        Dfs {
+            inst,
+            ord,
+            rank: ord.rank.clone(),
+            cap,
+            deadline,
+            node_limit,
+            min_off: vec![u64::MAX; inst.sections],
+            off: vec![0; inst.len()],
+            floor: vec![0; inst.sections],
+            load,
+            count,
+            offset: vec![0; inst.len()],
+            placed: vec![false; inst.len()],
+            fixed,
+            floor_trail: Vec::new(),
+            placed_trail: Vec::new(),
+            nodes: 0,
+        }
+    }
+
+    /// Decides whether every buffer fits under the capacity.
+    pub fn run(&mut self) -> Decision {
+        let mut all: Vec<u32> = (0..self.inst.len() as u32).collect();
+        all.sort_by_key(|&i| self.inst.items[i as usize].lo);
+        match self.solve(all, (0, -1)) {
+            Ok(true) => Decision::Fits(self.offset.clone()),
+            Ok(false) => Decision::Infeasible,
+            Err(why) => Decision::Stopped(why),
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), Stopped> {
+        self.nodes += 1;
+        if self.nodes >= self.node_limit {
+            return Err(Stopped::NodeLimit);
+        }
+        // Nodes of big groups cost milliseconds: check the clock at each of them.
+        if self.nodes.is_multiple_of(256) || self.inst.len() > 2000 {
+            if let Some(d) = self.deadline {
+                if Instant::now() >= d {
+                    return Err(Stopped::Deadline);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&self) -> Mark {
+        Mark(self.placed_trail.len(), self.floor_trail.len())
+    }
+
+    fn place(&mut self, b: u32, o: u64) {
+        let it = self.inst.items[b as usize];
+        self.placed[b as usize] = true;
+        self.offset[b as usize] = o;
+        self.placed_trail.push(b);
+        for s in it.lo..it.hi {
+            let s = s as usize;
+            self.floor_trail.push((s as u32, self.floor[s]));
+            self.floor[s] = o + it.size;
+            self.load[s] -= it.size;
+            self.count[s] -= 1;
+        }
+    }
+
+    fn undo(&mut self, mark: Mark) {
+        while self.placed_trail.len() > mark.0 {
+            let Some(b) = self.placed_trail.pop() else {
+                break;
+            };
+            let it = self.inst.items[b as usize];
+            self.placed[b as usize] = false;
+            for s in it.lo..it.hi {
+                self.load[s as usize] += it.size;
+                self.count[s as usize] += 1;
+            }
+        }
+        while self.floor_trail.len() > mark.1 {
+            let Some((s, old)) = self.floor_trail.pop() else {
+                break;
+            };
+            self.floor[s as usize] = old;
+        }
+    }
+
+    /// The canonical offset of `b` now: its floor, aligned, moved above any fixed buffer still to
+    /// come that it would collide with. `None` for a fixed buffer whose place is already covered.
+    fn offset_of(&self, b: u32) -> Option<u64> {
+        let it = self.inst.items[b as usize];
+        let floor = (it.lo..it.hi)
+            .map(|s| self.floor[s as usize])
+            .max()
+            .unwrap_or(0);
+        if let Some(f) = it.fixed {
+            return (floor <= f).then_some(f);
+        }
+        let align = |x: u64| x.div_ceil(it.align) * it.align;
+        let mut o = align(floor);
+        let mut moved = true;
+        while moved {
+            moved = false;
+            for &f in &self.fixed {
+                let fx = self.inst.items[f as usize];
+                let Some(fo) = fx.fixed else { continue };
+                if self.placed[f as usize] || fx.hi <= it.lo || it.hi <= fx.lo {
+                    continue;
+                }
+                if o < fo + fx.size && fo < o + it.size {
+                    o = align(fo + fx.size);
+                    moved = true;
+                }
+            }
+        }
+        Some(o)
+    }
+
+    /// Ranks the buffers of a group by the order's heuristic with the current section totals. The
+    /// group keeps its order by first section, which `solve` relies on.
+    fn rerank(&mut self, group: &[u32]) {
+        let inst = self.inst;
+        let heuristic = self.ord.heuristic;
+        let load = &self.load;
+        let mut keyed: Vec<_> = group
+            .iter()
+            .map(|&b| {
+                let it = inst.items[b as usize];
+                let total = (it.lo..it.hi).map(|s| load[s as usize]).max().unwrap_or(0);
+                (inst.sort_key(heuristic, b as usize, total), b)
+            })
+            .collect();
+        keyed.sort();
+        for (r, (_, b)) in keyed.into_iter().enumerate() {
+            self.rank[b as usize] = r as u32;
+        }
+    }
+
+    /// Places every buffer of `group` (sorted by first section) after `prev` = (offset, rank) in
+    /// canonical order. On failure the caller undoes what was placed.
+    fn solve(&mut self, group: Vec<u32>, prev: (u64, i64)) -> Result<bool, Stopped> {
+        let Some(&first) = group.first() else {
+            return Ok(true);
+        };
+        self.tick()?;
+        let items = &self.inst.items;
+        let span_lo = items[first as usize].lo as usize;
+        let span_hi = group
+            .iter()
+            .map(|&b| items[b as usize].hi)
+            .max()
+            .unwrap_or(0) as usize;
+
+        // Canonical offsets now, and the lowest per section.
+        for s in span_lo..span_hi {
+            self.min_off[s] = u64::MAX;
+        }
+        for &b in &group {
+            let it = items[b as usize];
+            let Some(o) = self.offset_of(b) else {
+                return Ok(false);
+            };
+            if o + it.size > self.cap {
+                return Ok(false);
+            }
+            self.off[b as usize] = o;
+            for s in it.lo..it.hi {
+                let m = &mut self.min_off[s as usize];
+                *m = (*m).min(o);
+            }
+        }
+
+        // Section bound; `crowded` is the heaviest section that keeps unplaced bytes whatever goes
+        // next, which caps the next offset.
+        let mut crowded = 0u64;
+        for s in span_lo..span_hi {
+            if self.count[s] == 0 {
+                continue;
+            }
+            let base = self.floor[s].max(prev.0).max(self.min_off[s]);
+            if base + self.load[s] > self.cap {
+                return Ok(false);
+            }
+            if self.count[s] >= 2 {
+                crowded = crowded.max(self.load[s]);
+            }
+        }
+
+        if let Some(groups) = split(&group, items) {
+            // Each group is a problem of its own above the current floors, so its canonical order
+            // starts afresh: more of its placements qualify than under the order inherited from
+            // here, which lets branches off the canonical path still succeed.
+            // Its order is re-sorted by the bytes still unplaced in each section (MiniMalloc does
+            // the same), and restored for the caller's remaining candidates.
+            for g in groups {
+                let saved: Vec<u32> = g.iter().map(|&b| self.rank[b as usize]).collect();
+                self.rerank(&g);
+                let ok = self.solve(g.clone(), (0, -1));
+                for (&b, &r) in g.iter().zip(&saved) {
+                    self.rank[b as usize] = r;
+                }
+                if !ok? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+
+        // Candidates, and the two lowest tops of unplaced buffers for the dominance cut.
+        let mut cands: Vec<(u64, i64, u32)> = Vec::with_capacity(group.len());
+        let mut low_tops = [(u64::MAX, u32::MAX); 2];
+        for &b in &group {
+            let it = items[b as usize];
+            let o = self.off[b as usize];
+            let key = (o, i64::from(self.rank[b as usize]));
+            if it.fixed.is_some() {
+                if key <= prev {
+                    return Ok(false);
+                }
+            } else {
+                let top = (o + it.size, b);
+                if top < low_tops[0] {
+                    low_tops = [top, low_tops[0]];
+                } else if top < low_tops[1] {
+                    low_tops[1] = top;
+                }
+            }
+            if key <= prev || o + crowded > self.cap {
+                continue;
+            }
+            if let Some(t) = self.ord.twin_before[b as usize] {
+                if !self.placed[t as usize] {
+                    continue;
+                }
+            }
+            cands.push((key.0, key.1, b));
+        }
+        cands.sort_unstable();
+
+        for (o, r, b) in cands {
+            let lowest_other_top = if low_tops[0].1 == b {
+                low_tops[1].0
+            } else {
+                low_tops[0].0
+            };
+            if lowest_other_top <= o {
+                // Dominated: another buffer fits wholly below `o`.
+                continue;
+            }
+            let mark = self.mark();
+            self.place(b, o);
+            let child: Vec<u32> = group.iter().copied().filter(|&x| x != b).collect();
+            if self.solve(child, (o, r))? {
+                return Ok(true);
+            }
+            self.undo(mark);
+        }
+        Ok(false)
+    }
+}
+
+/// Splits a group (sorted by first section) where no lifetime crosses; `None` when it is one piece.
+fn split(group: &[u32], items: &[Item]) -> Option<Vec<Vec<u32>>> {
+    let mut cuts = Vec::new();
+    let mut reach = 0u32;
+    for (k, &b) in group.iter().enumerate() {
+        let it = items[b as usize];
+        if k > 0 && it.lo >= reach {
+            cuts.push(k);
+        }
+        reach = reach.max(it.hi);
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut groups = Vec::with_capacity(cuts.len() + 1);
+    let mut from = 0;
+    for c in cuts.into_iter().chain(std::iter::once(group.len())) {
+        groups.push(group[from..c].to_vec());
+        from = c;
+    }
+    Some(groups)
+}

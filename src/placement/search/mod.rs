@@ -1,0 +1,319 @@
+//! Exact placement by branch and bound over canonical placements (see [`dfs`]): decide whether a
+//! capacity fits, or minimize the arena by probing capacities while keeping every incumbent.
+
+mod dfs;
+mod instance;
+
+use std::time::{Duration, Instant};
+
+use super::incumbent::Anytime;
+use super::problem::{Bytes, Problem, Solution};
+use super::validate::InvalidPlan;
+use dfs::{Decision, Dfs, Stopped};
+pub(crate) use instance::{Heuristic, Instance};
+
+/// What one decision search concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fit {
+    Fits(Solution),
+    /// Proven: nothing fits the capacity.
+    Infeasible,
+    /// The deadline came first.
+    Unknown,
+}
+
+/// Decides whether `problem` fits in `capacity` bytes before `deadline`.
+pub fn decide(problem: &Problem, capacity: Bytes, deadline: Option<Instant>) -> Fit {
+    let inst = Instance::new(problem);
+    decide_units(problem, &inst, inst.units(capacity), deadline)
+}
+
+/// Runs the branching orders in turn with a node budget that doubles each round (MiniMalloc's round
+/// robin): an order that thrashes on an instance costs no more than the one that finishes.
+fn decide_units(problem: &Problem, inst: &Instance, cap: u64, deadline: Option<Instant>) -> Fit {
+    let orders: Vec<_> = Heuristic::ALL.iter().map(|&h| inst.ordering(h)).collect();
+    let mut node_limit = (inst.len() as u64).max(64);
+    loop {
+        node_limit = node_limit.saturating_mul(2);
+        for ord in &orders {
+            match run_with_stack(inst, ord, cap, deadline, node_limit) {
+                Decision::Fits(units) => {
+                    let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
+                    return Fit::Fits(Solution::from_offsets(problem, offsets));
+                }
+                Decision::Infeasible => return Fit::Infeasible,
+                Decision::Stopped(Stopped::Deadline) => return Fit::Unknown,
+                Decision::Stopped(Stopped::NodeLimit) => {}
+            }
+        }
+    }
+}
+
+/// Above this many buffers the search is not tried: it recurses once per buffer placed and keeps
+/// each level's list of unplaced buffers, so depth and memory grow with n and n².
+pub const MAX_BUFFERS: usize = 10_000;
+
+/// Runs one search on a thread of its own whose stack fits one frame per buffer: the caller's
+/// thread may have a small stack (test threads, Python threads, the runtime's threads).
+fn run_with_stack(
+    inst: &Instance,
+    ord: &instance::Ordering,
+    cap: u64,
+    deadline: Option<Instant>,
+    node_limit: u64,
+) -> Decision {
+    let stack = (16 << 20) + inst.len() * 1024;
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("model_opt-search".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || {
+                Dfs::new(inst, ord, cap, deadline, node_limit).run()
+            });
+        match worker {
+            // The search does not panic on any input; if it ever did, report "no answer".
+            Ok(handle) => handle
+                .join()
+                .unwrap_or(Decision::Stopped(Stopped::Deadline)),
+            // No thread to be had: search on this one; small instances need little stack.
+            Err(_) => Dfs::new(inst, ord, cap, deadline, node_limit).run(),
+        }
+    })
+}
+
+/// Decision mode inside a plan: looks for a placement within `capacity` before `deadline`; proves
+/// the bound `capacity + 1` (rounded up to the unit) when none exists. `None` when time ran out.
+pub(crate) fn fit_capacity(
+    state: &mut Anytime,
+    capacity: Bytes,
+    deadline: Instant,
+) -> Result<Option<bool>, InvalidPlan> {
+    state.set_phase("search");
+    let inst = Instance::new(state.problem);
+    let cap = inst.units(capacity);
+    match decide_units(state.problem, &inst, cap, Some(deadline)) {
+        Fit::Fits(s) => {
+            state.offer(s, "search")?;
+            Ok(Some(true))
+        }
+        Fit::Infeasible => {
+            state.prove(Bytes((cap + 1) * inst.unit));
+            Ok(Some(false))
+        }
+        Fit::Unknown => Ok(None),
+    }
+}
+
+/// Minimize mode: probes capacities between the proven bound and the incumbent's peak until
+/// `deadline`. The first probe is at the bound (often the optimum); then bisection. A probe that
+/// runs out of its share of time sends the next one higher, where a plan is easier to find, and
+/// nothing found is ever lost (unlike MiniMalloc's minimize mode). Returns true when it stopped
+/// for time rather than closing the gap.
+pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, InvalidPlan> {
+    state.set_phase("search");
+    let inst = Instance::new(state.problem);
+    let mut lo = state.bound().0.div_ceil(inst.unit);
+    let mut probe_lo = lo;
+    let mut first = true;
+    let mut share = 2u32;
+    loop {
+        let Some(peak) = state.best_peak() else {
+            return Ok(false);
+        };
+        // Peaks of canonical plans are multiples of the unit: beat the incumbent by one at least.
+        let hi = peak.0.div_ceil(inst.unit);
+        if lo >= hi {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(true);
+        }
+        if probe_lo >= hi {
+            // Every capacity above the bound timed out: go back down with all the time left.
+            probe_lo = lo;
+            share = 1;
+        }
+        let cap = if first {
+            lo
+        } else {
+            probe_lo + (hi - 1 - probe_lo) / 2
+        };
+        first = false;
+        let budget = (deadline - now) / share;
+        let probe_deadline = now + budget.max(Duration::from_millis(1));
+        match decide_units(state.problem, &inst, cap, Some(probe_deadline)) {
+            Fit::Fits(s) => {
+                state.offer(s, "search")?;
+            }
+            Fit::Infeasible => {
+                lo = cap + 1;
+                probe_lo = probe_lo.max(lo);
+                state.prove(Bytes(lo * inst.unit));
+            }
+            Fit::Unknown => probe_lo = cap + 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::problem::{Buffer, Interval};
+    use crate::placement::validate::validate;
+
+    fn buf(start: u64, end: u64, size: u64) -> Buffer {
+        Buffer::new("b", Interval::new(start, end).unwrap(), Bytes(size))
+    }
+
+    #[test]
+    fn packs_at_the_max_load_when_it_can() {
+        // A long buffer with two short ones side by side in time, and one across them.
+        let p = Problem::new(vec![buf(0, 2, 2), buf(2, 4, 3), buf(1, 3, 2), buf(0, 4, 1)]);
+        match decide(&p, Bytes(6), None) {
+            Fit::Fits(s) => validate(&p.clone().with_capacity(Some(Bytes(6))), &s).unwrap(),
+            other => panic!("expected a fit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn proves_infeasible_above_the_max_load() {
+        // The optimum is one above the max load: the shapes cannot interlock without a gap.
+        let p = Problem::new(
+            [
+                (4, 7, 5),
+                (7, 9, 6),
+                (1, 4, 6),
+                (6, 8, 6),
+                (1, 2, 6),
+                (3, 5, 4),
+                (2, 7, 3),
+            ]
+            .iter()
+            .map(|&(s, e, z)| buf(s, e, z))
+            .collect(),
+        );
+        let lb = crate::placement::max_load(&p);
+        assert_eq!(decide(&p, lb, None), Fit::Infeasible);
+        assert!(matches!(decide(&p, Bytes(lb.0 + 1), None), Fit::Fits(_)));
+    }
+
+    #[test]
+    fn respects_alignment_and_fixed_offsets() {
+        let mut a = buf(0, 4, 4);
+        a.fixed_offset = Some(Bytes(8));
+        let mut b = buf(0, 4, 8);
+        b.alignment = Bytes(8);
+        let c = buf(1, 3, 8);
+        let p = Problem::new(vec![a, b, c]);
+        match decide(&p, Bytes(24), None) {
+            Fit::Fits(s) => validate(&p, &s).unwrap(),
+            other => panic!("expected a fit, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod brute {
+    use super::*;
+    use crate::placement::problem::{Buffer, Interval};
+    use proptest::prelude::*;
+
+    /// Above any optimum: everything stacked above the highest pinned buffer.
+    fn brute_limit(p: &Problem) -> u64 {
+        let stacked: u64 = p.buffers.iter().map(|b| b.size.0 + b.alignment.0).sum();
+        let pinned = p
+            .buffers
+            .iter()
+            .filter_map(|b| b.fixed_offset.map(|f| f.0 + b.size.0))
+            .max()
+            .unwrap_or(0);
+        stacked + pinned + 1
+    }
+
+    /// The smallest peak over every assignment of offsets (tiny instances only).
+    pub(crate) fn brute_force_peak(p: &Problem) -> u64 {
+        let n = p.len();
+        let mut best = brute_limit(p);
+        let mut offsets = vec![0u64; n];
+        fn rec(p: &Problem, k: usize, offsets: &mut Vec<u64>, best: &mut u64) {
+            if k == p.len() {
+                let peak = (0..k)
+                    .map(|i| offsets[i] + p.buffers[i].size.0)
+                    .max()
+                    .unwrap_or(0);
+                *best = (*best).min(peak);
+                return;
+            }
+            let b = &p.buffers[k];
+            let mut o = 0;
+            while o + b.size.0 < *best {
+                let ok = (0..k).all(|j| {
+                    let c = &p.buffers[j];
+                    !b.lifetime.intersects(&c.lifetime)
+                        || o + b.size.0 <= offsets[j]
+                        || offsets[j] + c.size.0 <= o
+                });
+                if ok && o % b.alignment.0.max(1) == 0 && b.fixed_offset.is_none_or(|f| f.0 == o) {
+                    offsets[k] = o;
+                    rec(p, k + 1, offsets, best);
+                }
+                o += 1;
+            }
+        }
+        rec(p, 0, &mut offsets, &mut best);
+        best
+    }
+
+    pub(crate) fn tiny_problem() -> impl Strategy<Value = Problem> {
+        proptest::collection::vec((0u64..6, 1u64..4, 1u64..5, 0u64..3, 0u64..12), 1..7).prop_map(
+            |v| {
+                Problem::new(
+                    v.into_iter()
+                        .enumerate()
+                        .map(|(i, (s, l, size, a, f))| {
+                            let mut b = Buffer::new(
+                                format!("b{i}"),
+                                Interval {
+                                    start: s,
+                                    end: s + l,
+                                },
+                                Bytes(size),
+                            );
+                            b.alignment = Bytes([1, 1, 2][a as usize]);
+                            // One buffer in four is pinned, at an aligned offset.
+                            if f < 6 && f % 2 == 0 {
+                                b.fixed_offset = Some(Bytes(f));
+                            }
+                            b
+                        })
+                        .collect(),
+                )
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn search_agrees_with_brute_force(p in tiny_problem()) {
+            let best = brute_force_peak(&p);
+            let limit = brute_limit(&p);
+            if best >= limit {
+                // Pinned buffers that collide: nothing fits anywhere.
+                prop_assert_eq!(decide(&p, Bytes(limit + 16), None), Fit::Infeasible);
+                return Ok(());
+            }
+            match decide(&p, Bytes(best), None) {
+                Fit::Fits(s) => {
+                    prop_assert!(crate::placement::validate(&p, &s).is_ok());
+                    prop_assert!(s.peak.0 <= best);
+                }
+                other => prop_assert!(false, "optimum {} not found: {:?}", best, other),
+            }
+            if best > 0 {
+                prop_assert_eq!(decide(&p, Bytes(best - 1), None), Fit::Infeasible);
+            }
+        }
+    }
+}
