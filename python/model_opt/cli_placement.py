@@ -7,36 +7,17 @@ import sys
 from pathlib import Path
 
 from model_opt._native import PLACEMENT_METHODS, CapacityError, InputError, plan_csv, validate_csv
+from model_opt.cli_args import nonnegative_bytes, seconds
 
 EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def _bytes_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer number of bytes") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a non-negative number of seconds")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help="place the buffers of a MiniMalloc CSV file")
     p.add_argument("input", type=Path, metavar="INPUT.csv")
-    p.add_argument("--capacity", type=_bytes_arg, metavar="BYTES", help="arena capacity to fit within")
+    p.add_argument("--capacity", type=nonnegative_bytes, metavar="BYTES", help="arena capacity to fit within")
     p.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
-    p.add_argument("--time-limit", type=_seconds_arg, default=5.0, metavar="SECONDS")
+    p.add_argument("--time-limit", type=seconds, default=5.0, metavar="SECONDS")
     p.add_argument("--output", "-o", type=Path, metavar="OUT.csv", help="write the solution CSV here")
     p.add_argument(
         "--progress",
@@ -48,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     v = subparsers.add_parser("validate", help="check the offsets of a solution CSV file")
     v.add_argument("input", type=Path, metavar="SOLUTION.csv")
-    v.add_argument("--capacity", type=_bytes_arg, metavar="BYTES")
+    v.add_argument("--capacity", type=nonnegative_bytes, metavar="BYTES")
     v.set_defaults(func=run_validate)
 
     b = subparsers.add_parser(
@@ -56,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("inputs", type=Path, nargs="+", metavar="PATH", help="CSV files or directories")
     b.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
-    b.add_argument("--time-limit", type=_seconds_arg, default=5.0, metavar="SECONDS")
+    b.add_argument("--time-limit", type=seconds, default=5.0, metavar="SECONDS")
     b.set_defaults(func=run_bench)
 
 

@@ -6,27 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from model_opt.cli_args import positive_int, seconds
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a non-negative number of seconds")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--model", nargs="+", default=["alexnet"], metavar="NAME", help="models, or 'all'")
     b.add_argument("--mode", nargs="+", choices=["train", "eval"], default=["train"])
-    b.add_argument("--batch-size", nargs="+", type=_positive_int, default=[32], metavar="N")
-    b.add_argument(
-        "--time-limit", type=_seconds_arg, default=10.0, metavar="SECONDS", help="per configuration"
-    )
+    b.add_argument("--batch-size", nargs="+", type=positive_int, default=[32], metavar="N")
+    b.add_argument("--time-limit", type=seconds, default=10.0, metavar="SECONDS", help="per configuration")
     b.add_argument("--method", default="auto", help="scheduling method (see model_opt.SCHEDULE_METHODS)")
     b.add_argument(
         "--measure", action="store_true", help="also run both orders for real and measure their peaks (slow)"

@@ -1,6 +1,6 @@
 //! The peak of an order, and a lower bound on the peak of every order.
 
-use super::graph::{Graph, OpId};
+use super::graph::{Graph, OpId, Tensor};
 use super::ScheduleError;
 use crate::placement::Bytes;
 
@@ -9,6 +9,22 @@ use crate::placement::Bytes;
 pub fn memory_profile(graph: &Graph, order: &[OpId]) -> Result<Vec<u64>, ScheduleError> {
     graph.check_order(order)?;
     Ok(profile_unchecked(graph, order))
+}
+
+/// The last step (position in an order of `n` operators, `pos[op]` = its step) at which tensor `t` is
+/// live: the end for outputs, else its last consumer, else its producer (a tensor nobody reads).
+pub(crate) fn last_step(t: &Tensor, pos: &[usize], n: usize) -> usize {
+    let created = pos[t.producer];
+    if t.output {
+        n - 1
+    } else {
+        t.consumers
+            .iter()
+            .map(|&c| pos[c])
+            .max()
+            .unwrap_or(created)
+            .max(created)
+    }
 }
 
 /// [`memory_profile`] for an order already known to be valid (the schedulers' inner loops).
@@ -22,16 +38,7 @@ pub(crate) fn profile_unchecked(graph: &Graph, order: &[OpId]) -> Vec<u64> {
     let mut delta = vec![0i128; n + 1];
     for t in graph.tensors() {
         let start = pos[t.producer];
-        let last = if t.output {
-            n - 1
-        } else {
-            t.consumers
-                .iter()
-                .map(|&c| pos[c])
-                .max()
-                .unwrap_or(start)
-                .max(start)
-        };
+        let last = last_step(t, &pos, n);
         delta[start] += t.size.0 as i128;
         delta[last + 1] -= t.size.0 as i128;
     }

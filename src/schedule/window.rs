@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::graph::{Graph, OpId, Tensor};
 use super::ilp::{self, IlpOptions};
-use super::simulate::{lower_bound, peak_unchecked, profile_unchecked};
+use super::simulate::{last_step, lower_bound, peak_unchecked, profile_unchecked};
 use super::ScheduleError;
 use crate::placement::Bytes;
 
@@ -115,16 +115,7 @@ fn subgraph(
     let mut tensors = Vec::new();
     for t in graph.tensors() {
         let created = pos[t.producer];
-        let last = if t.output {
-            n - 1
-        } else {
-            t.consumers
-                .iter()
-                .map(|&c| pos[c])
-                .max()
-                .unwrap_or(created)
-                .max(created)
-        };
+        let last = last_step(t, &pos, n);
         if last < start || created >= end {
             continue; // not live in the window
         }
