@@ -2,7 +2,8 @@
 
     .venv/bin/python benches/record_traces.py [--out benches/data] [--time-limit 1]
 
-For each model (torchvision resnet18 and resnet50, an nn.Transformer), one warm-up step, one profiled
+For each model (torchvision resnet18, resnet50 and resnet152; nn.Transformers of 3+3 and 12+12
+layers), one warm-up step, one profiled
 step, then `model_opt.save_trace`. Each trace is planned with `greedy` and `auto`; prints a markdown
 table (buffers, lower bound, arena, status, time) for BENCHMARKS.md.
 """
@@ -35,20 +36,25 @@ def workloads() -> dict[str, Callable[[], None]]:
 
     torch.manual_seed(0)
     out: dict[str, Callable[[], None]] = {}
-    for name, batch, px in (("resnet18_b8_112px", 8, 112), ("resnet50_b4_112px", 4, 112)):
+    for name, batch, px in (
+        ("resnet18_b8_112px", 8, 112),
+        ("resnet50_b4_112px", 4, 112),
+        ("resnet152_b2_64px", 2, 64),
+    ):
         model = getattr(torchvision.models, name.split("_")[0])(num_classes=10)
         x, y = torch.randn(batch, 3, px, px), torch.randint(0, 10, (batch,))
         out[name] = _step(model, lambda m=model, x=x, y=y: nn.functional.cross_entropy(m(x), y))
-    tr = nn.Transformer(
-        d_model=128,
-        nhead=4,
-        num_encoder_layers=3,
-        num_decoder_layers=3,
-        dim_feedforward=256,
-        batch_first=True,
-    )
-    src, tgt = torch.randn(8, 32, 128), torch.randn(8, 24, 128)
-    out["transformer_b8"] = _step(tr, lambda: nn.functional.mse_loss(tr(src, tgt), tgt))
+    for name, layers in (("transformer_3x3_b8", 3), ("transformer_12x12_b8", 12)):
+        tr = nn.Transformer(
+            d_model=128,
+            nhead=4,
+            num_encoder_layers=layers,
+            num_decoder_layers=layers,
+            dim_feedforward=256,
+            batch_first=True,
+        )
+        src, tgt = torch.randn(8, 32, 128), torch.randn(8, 24, 128)
+        out[name] = _step(tr, lambda tr=tr, src=src, tgt=tgt: nn.functional.mse_loss(tr(src, tgt), tgt))
     return out
 
 
