@@ -14,9 +14,10 @@ import statistics
 import time
 from typing import Callable
 
-import model_opt
 import torch
 from torch import nn
+
+import model_opt
 
 
 def make(model_name: str) -> Callable[[], float]:

@@ -12,7 +12,7 @@ echo "== cargo clippy" >&2
 cargo clippy --release --all-targets --quiet -- -D warnings
 cargo clippy --release --features python --quiet -- -D warnings
 echo "== ruff" >&2
-.venv/bin/ruff check python tests
+.venv/bin/ruff check python tests benches
 echo "== Rust tests" >&2
 cargo test --release
 echo "== Python tests" >&2
