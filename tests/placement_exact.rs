@@ -95,6 +95,23 @@ fn challenging_c_is_minimized_to_its_optimum() {
     assert_eq!(r.status, Status::Optimal);
 }
 
+/// A trace the runtime recorded (benches/record_traces.py): one training step of a 12+12-layer
+/// nn.Transformer, 3252 buffers. Greedy stays 0.08% over the bound; the plain search makes no
+/// progress on it, because long-lived buffers cross every moment of the step.
+#[test]
+fn auto_reaches_the_lower_bound_on_a_recorded_transformer_trace() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data/transformer_12x12_b8.csv");
+    let problem = read_csv_file(&path).expect("trace readable").problem;
+    assert_eq!(problem.len(), 3252);
+    for capacity in [None, Some(model_opt::placement::max_load(&problem))] {
+        let problem = problem.clone().with_capacity(capacity);
+        let r = plan(&problem, &options(Method::Auto, 10.0)).unwrap();
+        check_report(&problem, &r);
+        assert_eq!(r.solution.peak, r.lower_bound, "{}", r.method);
+        assert_eq!(r.status, Status::Optimal);
+    }
+}
+
 #[test]
 fn a_timeout_returns_the_incumbent_and_its_bound() {
     // D: no proof of its optimum is known; a short search must still return its best plan.

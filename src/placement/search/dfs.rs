@@ -24,6 +24,7 @@
 use std::time::Instant;
 
 use super::instance::{Instance, Item, Ordering};
+use super::sections::{Floors, FloorsMark, MinOffsets};
 
 /// Why the search stopped before an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,23 +52,22 @@ pub(crate) struct Dfs<'a> {
     deadline: Option<Instant>,
     node_limit: u64,
     /// Scratch, per section: the lowest offset an unplaced buffer spanning it can take.
-    min_off: Vec<u64>,
+    min_off: MinOffsets,
     /// Scratch, per buffer of the current group: its canonical offset now.
     off: Vec<u64>,
-    floor: Vec<u64>,
+    floor: Floors,
     load: Vec<u64>,
     count: Vec<u32>,
     offset: Vec<u64>,
     placed: Vec<bool>,
     fixed: Vec<u32>,
-    floor_trail: Vec<(u32, u64)>,
     placed_trail: Vec<u32>,
     pub nodes: u64,
 }
 
 /// Where to undo to.
 #[derive(Clone, Copy)]
-struct Mark(usize, usize);
+struct Mark(usize, FloorsMark);
 
 impl<'a> Dfs<'a> {
     pub fn new(
@@ -95,15 +95,14 @@ impl<'a> Dfs<'a> {
             cap,
             deadline,
             node_limit,
-            min_off: vec![u64::MAX; inst.sections],
+            min_off: MinOffsets::new(inst.sections),
             off: vec![0; inst.len()],
-            floor: vec![0; inst.sections],
+            floor: Floors::new(inst.sections),
             load,
             count,
             offset: vec![0; inst.len()],
             placed: vec![false; inst.len()],
             fixed,
-            floor_trail: Vec::new(),
             placed_trail: Vec::new(),
             nodes: 0,
         }
@@ -114,6 +113,30 @@ impl<'a> Dfs<'a> {
         let mut all: Vec<u32> = (0..self.inst.len() as u32).collect();
         all.sort_by_key(|&i| self.inst.items[i as usize].lo);
         match self.solve(all, (0, -1)) {
+            Ok(true) => Decision::Fits(self.offset.clone()),
+            Ok(false) => Decision::Infeasible,
+            Err(why) => Decision::Stopped(why),
+        }
+    }
+
+    /// Places `pinned`, in that order, each at its canonical offset (so each sits on top of the
+    /// pinned buffers it overlaps that came before it), then searches the other buffers around
+    /// them. With the long-lived buffers pinned, the short-lived rest splits into small independent
+    /// windows. A pinning is a guess, not a choice the search may undo: `Infeasible` here only says
+    /// that nothing fits around this pinning.
+    pub fn run_pinned(&mut self, pinned: &[u32]) -> Decision {
+        for &b in pinned {
+            let size = self.inst.items[b as usize].size;
+            match self.offset_of(b) {
+                Some(o) if o + size <= self.cap => self.place(b, o),
+                _ => return Decision::Infeasible,
+            }
+        }
+        let mut rest: Vec<u32> = (0..self.inst.len() as u32)
+            .filter(|&i| !self.placed[i as usize])
+            .collect();
+        rest.sort_by_key(|&i| self.inst.items[i as usize].lo);
+        match self.solve(rest, (0, -1)) {
             Ok(true) => Decision::Fits(self.offset.clone()),
             Ok(false) => Decision::Infeasible,
             Err(why) => Decision::Stopped(why),
@@ -137,7 +160,7 @@ impl<'a> Dfs<'a> {
     }
 
     fn mark(&self) -> Mark {
-        Mark(self.placed_trail.len(), self.floor_trail.len())
+        Mark(self.placed_trail.len(), self.floor.mark())
     }
 
     fn place(&mut self, b: u32, o: u64) {
@@ -145,10 +168,10 @@ impl<'a> Dfs<'a> {
         self.placed[b as usize] = true;
         self.offset[b as usize] = o;
         self.placed_trail.push(b);
+        self.floor
+            .raise(it.lo as usize, it.hi as usize, o + it.size);
         for s in it.lo..it.hi {
             let s = s as usize;
-            self.floor_trail.push((s as u32, self.floor[s]));
-            self.floor[s] = o + it.size;
             self.load[s] -= it.size;
             self.count[s] -= 1;
         }
@@ -166,22 +189,14 @@ impl<'a> Dfs<'a> {
                 self.count[s as usize] += 1;
             }
         }
-        while self.floor_trail.len() > mark.1 {
-            let Some((s, old)) = self.floor_trail.pop() else {
-                break;
-            };
-            self.floor[s as usize] = old;
-        }
+        self.floor.undo(mark.1);
     }
 
     /// The canonical offset of `b` now: its floor, aligned, moved above any fixed buffer still to
     /// come that it would collide with. `None` for a fixed buffer whose place is already covered.
     fn offset_of(&self, b: u32) -> Option<u64> {
         let it = self.inst.items[b as usize];
-        let floor = (it.lo..it.hi)
-            .map(|s| self.floor[s as usize])
-            .max()
-            .unwrap_or(0);
+        let floor = self.floor.max(it.lo as usize, it.hi as usize);
         if let Some(f) = it.fixed {
             return (floor <= f).then_some(f);
         }
@@ -241,9 +256,7 @@ impl<'a> Dfs<'a> {
             .unwrap_or(0) as usize;
 
         // Canonical offsets now, and the lowest per section.
-        for s in span_lo..span_hi {
-            self.min_off[s] = u64::MAX;
-        }
+        self.min_off.clear(span_lo, span_hi);
         for &b in &group {
             let it = items[b as usize];
             let Some(o) = self.offset_of(b) else {
@@ -253,10 +266,7 @@ impl<'a> Dfs<'a> {
                 return Ok(false);
             }
             self.off[b as usize] = o;
-            for s in it.lo..it.hi {
-                let m = &mut self.min_off[s as usize];
-                *m = (*m).min(o);
-            }
+            self.min_off.lower(it.lo as usize, it.hi as usize, o);
         }
 
         // Section bound; `crowded` is the heaviest section that keeps unplaced bytes whatever goes
@@ -266,7 +276,7 @@ impl<'a> Dfs<'a> {
             if self.count[s] == 0 {
                 continue;
             }
-            let base = self.floor[s].max(prev.0).max(self.min_off[s]);
+            let base = self.floor.get(s).max(prev.0).max(self.min_off.get(s));
             if base + self.load[s] > self.cap {
                 return Ok(false);
             }

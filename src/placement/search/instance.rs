@@ -26,6 +26,8 @@ pub(crate) struct Instance {
     pub unit: u64,
     /// For each buffer, the largest total of sizes in any section it spans.
     pub total: Vec<u64>,
+    /// From the first birth to the last death, in event time.
+    span: u64,
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -70,6 +72,10 @@ impl Instance {
             })
             .collect();
         let sections = times.len().saturating_sub(1);
+        let span = match (times.first(), times.last()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
         let mut load = vec![0u64; sections];
         for it in &items {
             for s in it.lo..it.hi {
@@ -85,6 +91,7 @@ impl Instance {
             sections,
             unit,
             total,
+            span,
         }
     }
 
@@ -96,6 +103,11 @@ impl Instance {
 
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// From the first birth to the last death, in event time.
+    pub fn time_span(&self) -> u64 {
+        self.span
     }
 }
 

@@ -1,8 +1,11 @@
 //! Exact placement by branch and bound over canonical placements (see [`dfs`]): decide whether a
-//! capacity fits, or minimize the arena by probing capacities while keeping every incumbent.
+//! capacity fits, or minimize the arena by probing capacities while keeping every incumbent. Both
+//! first try the pinnings of [`pinned`], which settle recorded training traces at their bound.
 
 mod dfs;
 mod instance;
+mod pinned;
+mod sections;
 
 use std::time::{Duration, Instant};
 
@@ -62,26 +65,53 @@ fn run_with_stack(
     deadline: Option<Instant>,
     node_limit: u64,
 ) -> Decision {
+    on_search_stack(inst, &|| {
+        Dfs::new(inst, ord, cap, deadline, node_limit).run()
+    })
+}
+
+/// Runs `search` on a thread with a stack deep enough for `inst`.
+fn on_search_stack(inst: &Instance, search: &(dyn Fn() -> Decision + Sync)) -> Decision {
     let stack = (16 << 20) + inst.len() * 1024;
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("model_opt-search".into())
             .stack_size(stack)
-            .spawn_scoped(scope, || {
-                Dfs::new(inst, ord, cap, deadline, node_limit).run()
-            });
+            .spawn_scoped(scope, search);
         match worker {
             // The search does not panic on any input; if it ever did, report "no answer".
             Ok(handle) => handle
                 .join()
                 .unwrap_or(Decision::Stopped(Stopped::Deadline)),
             // No thread to be had: search on this one; small instances need little stack.
-            Err(_) => Dfs::new(inst, ord, cap, deadline, node_limit).run(),
+            Err(_) => search(),
         }
     })
 }
 
-/// Decision mode inside a plan: looks for a placement within `capacity` before `deadline`; proves
+/// Tries the pinnings of [`pinned`] at `cap` (in units) and offers what fits. True when a plan
+/// within `cap` was found.
+fn try_pinned(
+    state: &mut Anytime,
+    inst: &Instance,
+    cap: u64,
+    deadline: Instant,
+) -> Result<bool, InvalidPlan> {
+    match pinned::first_fit(inst, cap, deadline, |search| on_search_stack(inst, search)) {
+        pinned::Pinned::Fits(units) => {
+            let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
+            state.offer(
+                Solution::from_offsets(state.problem, offsets),
+                "search(pinned)",
+            )?;
+            Ok(true)
+        }
+        pinned::Pinned::NotFound | pinned::Pinned::Deadline => Ok(false),
+    }
+}
+
+/// Decision mode inside a plan: looks for a placement within `capacity` before `deadline` (the
+/// pinnings first, then the plain search, which alone can prove anything); proves
 /// the bound `capacity + 1` (rounded up to the unit) when none exists. `None` when time ran out.
 pub(crate) fn fit_capacity(
     state: &mut Anytime,
@@ -91,6 +121,9 @@ pub(crate) fn fit_capacity(
     state.set_phase("search");
     let inst = Instance::new(state.problem);
     let cap = inst.units(capacity);
+    if try_pinned(state, &inst, cap, deadline)? {
+        return Ok(Some(true));
+    }
     match decide_units(state.problem, &inst, cap, Some(deadline)) {
         Fit::Fits(s) => {
             state.offer(s, "search")?;
@@ -113,6 +146,11 @@ pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, I
     state.set_phase("search");
     let inst = Instance::new(state.problem);
     let mut lo = state.bound().0.div_ceil(inst.unit);
+    // Recorded traces usually fit their bound around long-lived buffers pinned first; when they
+    // do, that is the optimum, and the plain search may find nothing in seconds on them.
+    if state.best_peak().is_some_and(|p| p.0 > lo * inst.unit) {
+        try_pinned(state, &inst, lo, deadline)?;
+    }
     let mut probe_lo = lo;
     let mut first = true;
     let mut share = 2u32;
