@@ -1,0 +1,93 @@
+//! Bindings for the model of PyTorch's caching allocator: replay a MiniMalloc CSV trace.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::errors::csv_error;
+use crate::caching_model::{replay_csv, Action, PoolKind, Replay};
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(caching_allocator_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(caching_allocator_replay, m)?)?;
+    Ok(())
+}
+
+fn run(py: Python<'_>, path: PathBuf) -> PyResult<Replay> {
+    py.detach(|| replay_csv(&path)).map_err(csv_error)
+}
+
+fn report_dict<'py>(py: Python<'py>, out: &Replay) -> PyResult<Bound<'py, PyDict>> {
+    let r = &out.report;
+    let d = PyDict::new(py);
+    d.set_item("buffers", out.addresses.len())?;
+    d.set_item("allocations", r.allocations)?;
+    d.set_item("reserved_peak_bytes", r.reserved_peak)?;
+    d.set_item("allocated_at_peak_bytes", r.allocated_at_reserved_peak)?;
+    d.set_item("requested_at_peak_bytes", r.requested_at_reserved_peak)?;
+    d.set_item("fragmentation", r.fragmentation)?;
+    d.set_item("peak_allocated_bytes", r.peak_allocated)?;
+    d.set_item("peak_requested_bytes", r.peak_requested)?;
+    d.set_item("segments", r.segments)?;
+    d.set_item("small_segments", r.small_segments)?;
+    d.set_item("large_segments", r.large_segments)?;
+    Ok(d)
+}
+
+/// Replays a MiniMalloc CSV trace through a model of PyTorch's CUDA caching allocator.
+///
+/// Returns a dict: buffers, allocations, reserved_peak_bytes, allocated_at_peak_bytes,
+/// requested_at_peak_bytes, fragmentation ((reserved - allocated) / reserved when reserved memory
+/// peaks), peak_allocated_bytes, peak_requested_bytes (the trace's max load), segments,
+/// small_segments, large_segments. Raises `InputError` for a malformed file.
+#[pyfunction]
+fn caching_allocator_peak<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let out = run(py, path)?;
+    report_dict(py, &out)
+}
+
+/// Like `caching_allocator_peak`, plus the replay itself: `events`, a list of
+/// `(action, buffer, addr, size, stream, time)` with action one of `segment_alloc`, `alloc`,
+/// `free` (buffer is the row index in the CSV; size is the requested size, or the segment's);
+/// `addresses`, each buffer's address (None for 0 bytes); and `segment_layout`, the final segments
+/// as dicts (address, total_size, stream, segment_type, blocks: [(address, size, requested,
+/// allocated)]).
+#[pyfunction]
+fn caching_allocator_replay<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let out = run(py, path)?;
+    let d = report_dict(py, &out)?;
+    let events = PyList::empty(py);
+    for e in &out.events {
+        let action = match e.action {
+            Action::SegmentAlloc => "segment_alloc",
+            Action::Alloc => "alloc",
+            Action::Free => "free",
+        };
+        events.append((action, e.buffer, e.addr, e.size, e.stream, e.time))?;
+    }
+    d.set_item("events", events)?;
+    d.set_item("addresses", out.addresses.clone())?;
+    let layout = PyList::empty(py);
+    for (i, s) in out.allocator.segments().iter().enumerate() {
+        let seg = PyDict::new(py);
+        seg.set_item("address", s.addr)?;
+        seg.set_item("total_size", s.size)?;
+        seg.set_item("stream", s.stream)?;
+        let kind = match s.pool {
+            PoolKind::Small => "small",
+            PoolKind::Large => "large",
+        };
+        seg.set_item("segment_type", kind)?;
+        let blocks: Vec<(u64, u64, u64, bool)> = out
+            .allocator
+            .segment_blocks(i)
+            .iter()
+            .map(|b| (b.addr, b.size, b.requested, b.allocated))
+            .collect();
+        seg.set_item("blocks", blocks)?;
+        layout.append(seg)?;
+    }
+    d.set_item("segment_layout", layout)?;
+    Ok(d)
+}
