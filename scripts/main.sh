@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up what is missing, then plan the challenging MiniMalloc instances and print a table
-# (instance, buffers, lower bound, peak, peak / lower bound, method, status, time).
-# Extra arguments go to `model-opt bench-placement` (e.g. --method greedy --time-limit 10).
+# The main job: set up what is missing, then run `model-opt demo`: train a torchvision resnet18 (random
+# weights, CPU, a few steps, small batch) with model_opt end to end — capture and reorder, profile, plan,
+# planned steps — check its losses against eager PyTorch and print what it saves. Exit 0 when every
+# check passes. Extra arguments go to `model-opt demo` (e.g. --model resnet50 --batch-size 8 --steps 5).
+# The placement table over the MiniMalloc instances: .venv/bin/model-opt bench-placement ../shared/data/minimalloc/challenging
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
-DATA="${MODEL_OPT_DATA:-$ROOT/../shared/data}/minimalloc/challenging"
-[ -d "$DATA" ] || { echo "main: data set not found at $DATA (set MODEL_OPT_DATA to the folder holding minimalloc/)" >&2; exit 2; }
-exec "$ROOT/.venv/bin/model-opt" bench-placement "$DATA" "$@"
+exec "$ROOT/.venv/bin/model-opt" demo "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what model_opt needs and skips what is there: system packages (apt-get), the virtual
-# environment .venv/ with maturin, pytest, ruff, PyTorch and torchvision, and this project built into it.
+# environment .venv/ with maturin, pytest, ruff, PyTorch, torchvision and matplotlib, and this project built into it.
 # Sourced by scripts/main.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c 'import maturin, pytest, ruff, torch, torchvision, ninja' >/dev/null 2>&1; then
+if ! $PY -c 'import maturin, pytest, ruff, torch, torchvision, ninja, matplotlib' >/dev/null 2>&1; then
     say "installing Python packages into .venv (PyTorch is large; this takes a few minutes once)"
     $PY -m pip install -q --upgrade pip
     $PY -m pip install -q -r requirements-dev.txt

@@ -4,6 +4,7 @@
 //! replayed by the runtime. The PyO3 bindings live in `python` and are built only with the `python`
 //! feature (maturin turns it on).
 
+pub mod caching_model;
 pub mod ffi;
 pub mod placement;
 pub mod runtime;

@@ -11,6 +11,7 @@ from model_opt._native import (
     InputError,
     ModelOptError,
     __version__,
+    caching_allocator_peak,
     plan_csv,
     schedule_graph,
     simulate_order,
@@ -26,6 +27,7 @@ from model_opt.runtime import (
     stats,
     step,
 )
+from model_opt.snapshot import save_snapshot
 
 __all__ = [
     "PLACEMENT_METHODS",
@@ -35,12 +37,16 @@ __all__ = [
     "ModelOptError",
     "__version__",
     "allocator",
+    "caching_allocator_peak",
     "install_cpu_allocator",
     "optimize",
     "plan",
     "plan_csv",
+    "plot_live_bytes",
+    "plot_plan",
     "profile",
     "reset_peak_stats",
+    "save_snapshot",
     "save_trace",
     "schedule_graph",
     "simulate_order",
@@ -58,3 +64,23 @@ def optimize(*args, **kwargs):  # type: ignore[no-untyped-def]
     from model_opt.reorder import optimize as _optimize
 
     return _optimize(*args, **kwargs)
+
+
+def plot_plan(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Draws a placement solution CSV as a PNG (address vs time, one rectangle per buffer).
+
+    See `model_opt.plot.plot_plan`. Imported lazily: needs matplotlib only when called.
+    """
+    from model_opt.plot import plot_plan as _plot_plan
+
+    return _plot_plan(*args, **kwargs)
+
+
+def plot_live_bytes(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Draws live bytes over a step as a PNG (e.g. eager order, reordered, the arena as a line).
+
+    See `model_opt.plot.plot_live_bytes`. Imported lazily: needs matplotlib only when called.
+    """
+    from model_opt.plot import plot_live_bytes as _plot_live_bytes
+
+    return _plot_live_bytes(*args, **kwargs)

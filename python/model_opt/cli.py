@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from model_opt import cli_placement, cli_reorder
+from model_opt import cli_bench, cli_demo, cli_placement, cli_plot, cli_reorder, cli_snapshot
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = [cli_placement, cli_reorder]
+SUBCOMMAND_MODULES = [cli_placement, cli_reorder, cli_demo, cli_bench, cli_plot, cli_snapshot]
 
 EXIT_OK = 0
 EXIT_NO_FIT = 1

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod caching_model;
 mod errors;
 mod placement;
 mod runtime;
@@ -12,6 +13,7 @@ mod schedule;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    caching_model::register(m)?;
     placement::register(m)?;
     runtime::register(m)?;
     schedule::register(m)?;

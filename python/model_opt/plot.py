@@ -1,0 +1,213 @@
+"""Plots of plans and live bytes, written as PNG files with matplotlib (Agg backend, no display needed).
+
+* `plot_plan` draws a placement solution (MiniMalloc CSV with an ``offset`` column, as written by
+  ``model-opt plan --output`` or ``model_opt.plan_csv(..., output=...)``): time on x, address on y,
+  one rectangle per buffer, the lower bound and the peak as horizontal lines.
+* `plot_live_bytes` draws live bytes over a step: any number of named curves (e.g. the eager order and
+  the reordered order of a captured step, from `live_bytes_of_step`) and horizontal reference lines
+  (e.g. the arena).
+
+matplotlib is imported lazily: ``import model_opt`` does not need it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("model_opt's plots need matplotlib: pip install matplotlib") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_buffers(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int, int | None]]:
+    """The buffers of a MiniMalloc CSV file as ``(id, lower, upper, size, offset or None)``."""
+    rows = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                offset = row.get("offset")
+                rows.append(
+                    (
+                        row["id"],
+                        int(row["lower"]),
+                        int(row["upper"]),
+                        int(row["size"]),
+                        int(offset) if offset not in (None, "") else None,
+                    )
+                )
+            except (KeyError, ValueError, TypeError) as e:
+                raise ValueError(f"{path}:{line}: not a MiniMalloc row ({e})") from None
+    return rows
+
+
+def live_bytes_of_buffers(
+    buffers: Sequence[tuple[str, int, int, int, int | None]],
+) -> tuple[list[int], list[int]]:
+    """Live bytes over time of buffers with half-open lifetimes ``[lower, upper)``: the times where the
+    load changes and the load from each of them on (a step function)."""
+    deltas: dict[int, int] = {}
+    for _, lo, hi, size, _ in buffers:
+        deltas[lo] = deltas.get(lo, 0) + size
+        deltas[hi] = deltas.get(hi, 0) - size
+    times, loads, load = [], [], 0
+    for t in sorted(deltas):
+        load += deltas[t]
+        times.append(t)
+        loads.append(load)
+    return times, loads
+
+
+def plot_plan(
+    solution_csv: str | os.PathLike[str], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Draws a placement solution as a PNG: address (MiB) against time, one rectangle per buffer.
+
+    Args:
+        solution_csv: MiniMalloc CSV with an ``offset`` column (a solution).
+        path: the PNG to write.
+        title: the plot title (default: the file name, buffer count, peak and lower bound).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: when a row is malformed or a buffer has no offset.
+    """
+    plt = _pyplot()
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    buffers = read_buffers(solution_csv)
+    if any(b[4] is None for b in buffers):
+        raise ValueError(f"{solution_csv}: not a solution (a buffer has no offset); plan it first")
+    peak = max((b[4] + b[3] for b in buffers if b[4] is not None), default=0)
+    _, loads = live_bytes_of_buffers(buffers)
+    bound = max(loads, default=0)
+    t_end = max((b[2] for b in buffers), default=1)
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=110)
+    cmap = plt.get_cmap("tab20")
+    # Buffers that live one event would be a hairline on a long step: draw them at least ~3 px wide.
+    min_width = t_end / 400
+    rects = [
+        Rectangle((lo, (off or 0) / MIB), max(hi - lo, min_width), size / MIB)
+        for (_, lo, hi, size, off) in buffers
+    ]
+    colors = [cmap(i % 20) for i in range(len(rects))]
+    edge = "black" if len(rects) <= 300 else "none"
+    ax.add_collection(PatchCollection(rects, facecolor=colors, edgecolor=edge, linewidth=0.2))
+    ax.axhline(peak / MIB, color="crimson", linewidth=1.2, label=f"peak {peak / MIB:.2f} MiB")
+    ax.axhline(
+        bound / MIB, color="black", linestyle="--", linewidth=1.0, label=f"lower bound {bound / MIB:.2f} MiB"
+    )
+    ax.set_xlim(0, t_end)
+    ax.set_ylim(0, max(peak, 1) / MIB * 1.18)  # room for the legend above the plan
+    ax.set_xlabel("time (event index)")
+    ax.set_ylabel("address (MiB)")
+    ratio = peak / bound if bound else 1.0
+    ax.set_title(
+        title or f"{Path(solution_csv).name}: {len(buffers)} buffers, peak / lower bound = {ratio:.4f}"
+    )
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_live_bytes(
+    curves: Mapping[str, Sequence[int]],
+    path: str | os.PathLike[str],
+    lines: Mapping[str, int] | None = None,
+    title: str = "live bytes over the step",
+    xlabel: str = "operator (position in the order)",
+) -> Path:
+    """Draws live bytes over a step as a PNG: one step curve per entry of ``curves`` (bytes at each
+    position, e.g. the eager and the reordered order from `live_bytes_of_step`) and one horizontal line
+    per entry of ``lines`` (e.g. ``{"resident + arena": n}``).
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
+    for name, values in curves.items():
+        values = list(values)
+        peak = max(values, default=0)
+        ax.step(
+            range(len(values)),
+            [v / MIB for v in values],
+            where="post",
+            linewidth=1.2,
+            label=f"{name} (peak {peak / MIB:.2f} MiB)",
+        )
+    styles = ["--", ":", "-."]
+    for i, (name, value) in enumerate((lines or {}).items()):
+        ax.axhline(
+            value / MIB,
+            linestyle=styles[i % len(styles)],
+            color="black",
+            linewidth=1.0,
+            label=f"{name} {value / MIB:.2f} MiB",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("live bytes (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+
+def live_bytes_of_step(step: Any) -> dict[str, list[int]]:
+    """Simulated live bytes (resident state included) after each operator of a `ReorderedStep` (from
+    ``model_opt.optimize``), in the captured eager order and in the reordered order."""
+    from model_opt._native import simulate_order
+
+    num_ops, tensors, edges, resident = step.captured.dataflow.native_args()
+    eager = list(simulate_order(num_ops, tensors, edges, list(range(num_ops)), resident))
+    reordered = list(simulate_order(num_ops, tensors, edges, list(step.report["order"]), resident))
+    return {"eager order": eager, "reordered": reordered}
+
+
+def plot_trace_live_bytes(
+    trace_csv: str | os.PathLike[str], path: str | os.PathLike[str], arena_bytes: int | None = None
+) -> Path:
+    """Draws the live bytes of a recorded trace (``model_opt.save_trace``) over event time, with the
+    arena as a line when given (or the peak of the trace's own offsets when it is a solution)."""
+    buffers = read_buffers(trace_csv)
+    times, loads = live_bytes_of_buffers(buffers)
+    lines: dict[str, int] = {}
+    if arena_bytes is not None:
+        lines["arena"] = arena_bytes
+    elif buffers and all(b[4] is not None for b in buffers):
+        lines["plan peak"] = max(b[4] + b[3] for b in buffers if b[4] is not None)
+    # Expand the step function to one value per event so the x axis is event time.
+    series: list[int] = []
+    for i, t in enumerate(times):
+        nxt = times[i + 1] if i + 1 < len(times) else t + 1
+        series.extend([loads[i]] * max(nxt - t, 1))
+    return plot_live_bytes(
+        {"live (trace)": series},
+        path,
+        lines,
+        title=f"{Path(trace_csv).name}: live bytes",
+        xlabel="time (event index)",
+    )
