@@ -4,9 +4,9 @@ Each row reuses `model_opt.bench_reorder` for the capture and the schedule (simu
 and reordered order, the order lower bound, solve time). Where the step is small enough to run for real
 cheaply (simulated eager peak at most ``trace_max_gb``), the reordered step also runs once on CPU under
 model_opt's allocator in profile mode; its recorded trace is planned offline (``model_opt.plan_csv``),
-giving the arena and the trace's lower bound, and, when this build has the model of PyTorch's caching
-allocator (``model_opt.caching_allocator_peak``), what that allocator would reserve for the same trace
-and its fragmentation. Other rows show "n/a" there.
+giving the arena and the trace's lower bound, and, from the model of PyTorch's caching allocator
+(``model_opt.caching_allocator_peak``), what that allocator would reserve for the same trace and its
+fragmentation. Rows too large to run show "n/a" there.
 """
 
 from __future__ import annotations
@@ -127,7 +127,6 @@ def _record_trace(
     import torch
 
     import model_opt
-    from model_opt.demo import caching_columns
     from model_opt.reorder import schedule_captured
 
     model_opt.install_cpu_allocator()
@@ -145,15 +144,13 @@ def _record_trace(
     row.trace_lower_bound_gb = int(placed["lower_bound"]) / GB
     row.plan_method = str(placed["method"])
     row.plan_s = float(placed["seconds"])
-    fn = getattr(model_opt, "caching_allocator_peak", None)
-    if fn is not None:
-        try:
-            reserved, frag = caching_columns(dict(fn(str(trace))))
-        except Exception as e:  # the comparison is informative: shown in the row, the arena stays
-            row.trace_note = f"caching model error: {type(e).__name__}: {e}"[:120]
-            return
-        row.caching_reserved_gb = None if reserved is None else reserved / GB
-        row.caching_fragmentation = frag
+    try:
+        detail = model_opt.caching_allocator_peak(str(trace))
+    except model_opt.ModelOptError as e:  # informative column: shown in the row, the arena stays
+        row.trace_note = f"caching model error: {e}"[:120]
+        return
+    row.caching_reserved_gb = int(detail["reserved_peak_bytes"]) / GB
+    row.caching_fragmentation = float(detail["fragmentation"])
 
 
 def run_row(

@@ -132,36 +132,13 @@ def _check_losses(got: list[float], want: list[float], exact: bool) -> bool:
 
 
 def _caching_allocator(trace: Path, report: DemoReport) -> None:
-    """Fills the caching-allocator columns when ``model_opt.caching_allocator_peak`` exists."""
+    """Fills the caching-allocator columns: what PyTorch's CUDA caching allocator would reserve."""
     import model_opt
 
-    fn = getattr(model_opt, "caching_allocator_peak", None)
-    if fn is None:
-        return
-    detail = dict(fn(str(trace)))
+    detail = dict(model_opt.caching_allocator_peak(str(trace)))
     report.caching_detail = {k: v for k, v in detail.items() if isinstance(v, (int, float, str, bool))}
-    report.caching_reserved_bytes, report.caching_fragmentation = caching_columns(detail)
-
-
-def caching_columns(detail: dict[str, Any]) -> tuple[int | None, float | None]:
-    """The reserved peak (bytes) and fragmentation of a ``caching_allocator_peak`` result, found by key
-    name so that small naming differences do not matter."""
-    reserved = None
-    frag = None
-    for key in ("reserved_peak_bytes", "peak_reserved_bytes", "reserved_bytes", "reserved_peak", "reserved"):
-        if isinstance(detail.get(key), (int, float)):
-            reserved = int(detail[key])
-            break
-    if reserved is None:
-        for key, value in detail.items():
-            if "reserved" in key and isinstance(value, (int, float)):
-                reserved = int(value)
-                break
-    for key, value in detail.items():
-        if "fragmentation" in key and isinstance(value, (int, float)):
-            frag = float(value)
-            break
-    return reserved, frag
+    report.caching_reserved_bytes = int(detail["reserved_peak_bytes"])
+    report.caching_fragmentation = float(detail["fragmentation"])
 
 
 def _plots(folder: Path, trace: Path, step: Any, report: DemoReport, time_limit: float) -> list[str]:

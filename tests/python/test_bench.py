@@ -1,39 +1,24 @@
 """`model-opt bench` writes its CSV and markdown table; rows small enough to run get the recorded trace's
-arena (>= its lower bound) and, when a caching-allocator model is present, its reservation. Runs in a
-fresh interpreter (it installs the CPU allocator), with a stand-in `caching_allocator_peak` when the build
-has none, so the column's plumbing is tested either way."""
+arena (>= its lower bound) and the caching-allocator model's reservation. Runs in a fresh interpreter
+(it installs the CPU allocator)."""
 
 from __future__ import annotations
 
 import csv
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torchvision")
 
-WORKER = """
-import sys, model_opt
-from model_opt.cli import main
-if not hasattr(model_opt, "caching_allocator_peak"):
-    def caching_allocator_peak(path):
-        from model_opt.plot import live_bytes_of_buffers, read_buffers
-        peak = max(live_bytes_of_buffers(read_buffers(path))[1])
-        return {"reserved_peak_bytes": 2 * peak, "fragmentation": 0.5}
-    model_opt.caching_allocator_peak = caching_allocator_peak
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_bench_writes_csv_and_markdown_with_arena_columns(tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = ["bench", "--model", "alexnet", "--mode", "train", "eval", "--batch-size", "1"]
     args += ["--time-limit", "1", "--output-dir", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(WORKER), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "model_opt.cli", *args], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = list(csv.DictReader((out / "bench.csv").open()))
