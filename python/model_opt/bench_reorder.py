@@ -36,6 +36,16 @@ MODELS = [
     "gpt2",
 ]
 
+
+def resolve_models(names: list[str]) -> list[str]:
+    """The models named on a command line (``all`` = every one); raises ValueError naming unknown ones."""
+    models = list(MODELS) if names == ["all"] else names
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; use {list(MODELS)} or 'all'")
+    return models
+
+
 GB = 1e9
 
 

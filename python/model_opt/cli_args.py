@@ -29,12 +29,20 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """A non-negative number of seconds."""
+def nonnegative_float(text: str, unit: str = "") -> float:
+    """A number, 0 or more (NaN refused)."""
+    what = f"a number of {unit}" if unit else "a number"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a non-negative number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"{text} must be a non-negative number" + (f" of {unit}" if unit else "")
+        )
     return value
+
+
+def seconds(text: str) -> float:
+    """A non-negative number of seconds."""
+    return nonnegative_float(text, "seconds")

@@ -6,19 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_opt.cli_args import positive_int, seconds
+from model_opt._native import SCHEDULE_METHODS
+from model_opt.cli_args import nonnegative_float, positive_int, seconds
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-
-
-def _gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of GB") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--mode", nargs="+", choices=["train", "eval"], default=["train"])
     b.add_argument("--batch-size", nargs="+", type=positive_int, default=[1], metavar="N")
     b.add_argument("--time-limit", type=seconds, default=10.0, metavar="SECONDS", help="per solve")
-    b.add_argument("--method", default="auto", help="scheduling method (see model_opt.SCHEDULE_METHODS)")
+    b.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     b.add_argument(
         "--trace-max-gb",
-        type=_gigabytes,
+        type=nonnegative_float,
         default=1.0,
         metavar="GB",
         help="record a real trace only when the simulated eager peak is at most this (0: never)",
@@ -52,17 +43,13 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from model_opt import bench, bench_reorder
-        from model_opt._native import SCHEDULE_METHODS
     except ImportError as e:
         print(f"model-opt bench: needs PyTorch and torchvision ({e})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    models = bench_reorder.MODELS if args.model == ["all"] else args.model
-    unknown = [m for m in models if m not in bench_reorder.MODELS]
-    if unknown:
-        print(f"model-opt bench: unknown model(s) {unknown}; use {bench_reorder.MODELS}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.method not in SCHEDULE_METHODS:
-        print(f"model-opt bench: unknown method {args.method}; use {SCHEDULE_METHODS}", file=sys.stderr)
+    try:
+        models = bench_reorder.resolve_models(args.model)
+    except ValueError as e:
+        print(f"model-opt bench: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from model_opt._native import SCHEDULE_METHODS
 from model_opt.cli_args import positive_int, seconds
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--mode", nargs="+", choices=["train", "eval"], default=["train"])
     b.add_argument("--batch-size", nargs="+", type=positive_int, default=[32], metavar="N")
     b.add_argument("--time-limit", type=seconds, default=10.0, metavar="SECONDS", help="per configuration")
-    b.add_argument("--method", default="auto", help="scheduling method (see model_opt.SCHEDULE_METHODS)")
+    b.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     b.add_argument(
         "--measure", action="store_true", help="also run both orders for real and measure their peaks (slow)"
     )
@@ -34,19 +35,13 @@ def run_bench(args: argparse.Namespace) -> int:
         import torch
 
         from model_opt import bench_reorder as bench
-        from model_opt._native import SCHEDULE_METHODS
     except ImportError as e:
         print(f"model-opt bench-reorder: needs PyTorch and torchvision ({e})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    models = bench.MODELS if args.model == ["all"] else args.model
-    unknown = [m for m in models if m not in bench.MODELS]
-    if unknown:
-        print(f"model-opt bench-reorder: unknown model(s) {unknown}; use {bench.MODELS}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.method not in SCHEDULE_METHODS:
-        print(
-            f"model-opt bench-reorder: unknown method {args.method}; use {SCHEDULE_METHODS}", file=sys.stderr
-        )
+    try:
+        models = bench.resolve_models(args.model)
+    except ValueError as e:
+        print(f"model-opt bench-reorder: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     torch.set_num_threads(1)
     rows = []
