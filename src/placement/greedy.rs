@@ -9,7 +9,9 @@
 use std::fmt;
 
 use super::overlap_index::OverlapIndex;
+use super::placed_by_offset::PlacedByOffset;
 use super::problem::{BufferId, Bytes, Problem, Solution};
+use super::sorted_merge::SortedMerge;
 
 /// The order in which buffers are placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,41 +196,68 @@ pub fn conflict_counts(problem: &Problem) -> Vec<usize> {
 
 fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
     let bufs = &problem.buffers;
+    let index = &shared.index;
+    let span_of = |j: usize, offsets: &[Bytes]| (offsets[j].0, offsets[j].0 + bufs[j].size.0);
+    let life_of = |j: usize| (bufs[j].lifetime.start, bufs[j].lifetime.end);
     let mut offsets = vec![Bytes::ZERO; problem.len()];
     let mut placed = vec![false; problem.len()];
+    let mut by_offset = PlacedByOffset::new(index);
     // Buffers with fixed offsets go first, where they must be; the rest fit around them.
     for (i, b) in bufs.iter().enumerate() {
         if let Some(fixed) = b.fixed_offset {
             offsets[i] = fixed;
             placed[i] = true;
+            let position = index.position(BufferId(i));
+            by_offset.insert(index, life_of(i), position, span_of(i, &offsets));
         }
     }
-    // (offset, offset + size) of the placed buffers that conflict with the one being placed.
-    let mut neighbours: Vec<(u64, u64)> = Vec::new();
+    // Placed neighbours at the ragged ends of the start-order range, which no sorted block holds.
+    let mut loose: Vec<(u64, u64)> = Vec::new();
     for id in order(problem, rule.order, &shared.conflicts) {
         let b = &bufs[id.0];
         if placed[id.0] {
             continue;
         }
-        neighbours.clear();
-        shared
-            .index
-            .for_each_overlapping(b.lifetime.start, b.lifetime.end, |j| {
-                if placed[j.0] {
-                    neighbours.push((offsets[j.0].0, offsets[j.0].0 + bufs[j.0].size.0));
+        let (start, end) = life_of(id.0);
+        loose.clear();
+        let mut lists: Vec<&[(u64, u64)]> = Vec::new();
+        by_offset.for_each_in_range(
+            index.starting_inside(start, end),
+            |p| {
+                let j = index.at_position(p).0;
+                if placed[j] {
+                    loose.push(span_of(j, &offsets));
                 }
-            });
-        neighbours.sort_unstable();
-        offsets[id.0] = Bytes(find_gap(&neighbours, b.size.0, b.alignment.0, rule.fit));
+            },
+            |list| lists.push(list),
+        );
+        loose.sort_unstable();
+        index.for_each_stab_node(start, |node| lists.push(by_offset.node(node)));
+        lists.push(&loose);
+        // Every placed neighbour in ascending (offset, end): the sequence sorting them would give.
+        let neighbours = SortedMerge::new(lists);
+        offsets[id.0] = Bytes(find_gap(neighbours, b.size.0, b.alignment.0, rule.fit));
         placed[id.0] = true;
+        by_offset.insert(
+            index,
+            (start, end),
+            index.position(id),
+            span_of(id.0, &offsets),
+        );
     }
     Solution::from_offsets(problem, offsets)
 }
 
-/// The offset a buffer of `size` takes among `neighbours` (sorted by offset). Scanning them, `cursor`
-/// is the lowest aligned address above every neighbour seen so far; a neighbour starting at or above
-/// `cursor + size` closes a free gap `[cursor, its offset)`.
-fn find_gap(neighbours: &[(u64, u64)], size: u64, alignment: u64, fit: Fit) -> u64 {
+/// The offset a buffer of `size` takes among `neighbours` (ascending by offset). Scanning them,
+/// `cursor` is the lowest aligned address above every neighbour seen so far; a neighbour starting at or
+/// above `cursor + size` closes a free gap `[cursor, its offset)`. Taking an iterator lets first fit
+/// stop reading at the first gap.
+fn find_gap(
+    neighbours: impl IntoIterator<Item = (u64, u64)>,
+    size: u64,
+    alignment: u64,
+    fit: Fit,
+) -> u64 {
     let align = |x: u64| {
         if alignment <= 1 {
             x
@@ -239,11 +268,14 @@ fn find_gap(neighbours: &[(u64, u64)], size: u64, alignment: u64, fit: Fit) -> u
     let mut top = 0u64;
     let mut cursor = 0u64;
     let mut best: Option<(u64, u64)> = None; // (gap length, offset)
-    for &(offset, end) in neighbours {
+    for (offset, end) in neighbours {
         if offset >= cursor + size {
             let gap = offset - cursor;
             match fit {
                 Fit::First => return cursor,
+                // A gap is never smaller than `size` and a later one must be strictly smaller to
+                // win, so an exact fit is final: no need to read the rest.
+                Fit::Best if gap == size => return cursor,
                 Fit::Best => {
                     if best.is_none_or(|(g, _)| gap < g) {
                         best = Some((gap, cursor));

@@ -8,9 +8,11 @@ pub mod ilp;
 pub mod incumbent;
 pub mod lower_bound;
 pub mod overlap_index;
+mod placed_by_offset;
 pub mod plan;
 pub mod problem;
 pub mod search;
+mod sorted_merge;
 pub mod validate;
 
 pub use incumbent::{Progress, ProgressFn};

@@ -15,6 +15,8 @@ pub struct OverlapIndex {
     /// Buffer indices sorted by start time, and those start times.
     by_start: Vec<u32>,
     starts: Vec<u64>,
+    /// Each buffer's position in `by_start`.
+    position: Vec<u32>,
 }
 
 impl OverlapIndex {
@@ -30,33 +32,38 @@ impl OverlapIndex {
         let m = points.len();
         let mut nodes = vec![Vec::new(); 2 * m];
         for (i, b) in problem.buffers.iter().enumerate() {
-            // Leaves (start times) inside the lifetime: [lo, hi), never empty since its start is one.
-            let mut lo = points.partition_point(|&p| p < b.lifetime.start) + m;
-            let mut hi = points.partition_point(|&p| p < b.lifetime.end) + m;
-            while lo < hi {
-                if lo & 1 == 1 {
-                    nodes[lo].push(i as u32);
-                    lo += 1;
-                }
-                if hi & 1 == 1 {
-                    hi -= 1;
-                    nodes[hi].push(i as u32);
-                }
-                lo >>= 1;
-                hi >>= 1;
-            }
+            for_each_cover_node(&points, b.lifetime.start, b.lifetime.end, |k| {
+                nodes[k].push(i as u32)
+            });
+        }
+        let mut position = vec![0u32; by_start.len()];
+        for (p, &i) in by_start.iter().enumerate() {
+            position[i as usize] = p as u32;
         }
         OverlapIndex {
             points,
             nodes,
             by_start,
             starts,
+            position,
         }
     }
 
-    /// Calls `visit` once for every buffer whose lifetime meets `[start, end)`, including the queried
-    /// buffer itself. `start` must be the start time of some buffer of the problem.
-    pub fn for_each_overlapping(&self, start: u64, end: u64, mut visit: impl FnMut(BufferId)) {
+    /// Number of segment-tree nodes; node ids passed to callers are below this.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Calls `visit` with every node that holds a buffer living `[start, end)`; `start` must be the
+    /// start time of some buffer of the problem. Those nodes are fixed; only which of their buffers
+    /// are placed changes, which is what lets a caller keep per-node state across placements.
+    pub fn for_each_node_holding(&self, start: u64, end: u64, visit: impl FnMut(usize)) {
+        for_each_cover_node(&self.points, start, end, visit);
+    }
+
+    /// Calls `visit` with every node whose buffers are live at `start` (the leaf-to-root path), which
+    /// must be the start time of some buffer of the problem.
+    pub fn for_each_stab_node(&self, start: u64, mut visit: impl FnMut(usize)) {
         let m = self.points.len();
         let leaf = self.points.partition_point(|&p| p < start);
         debug_assert!(
@@ -65,16 +72,70 @@ impl OverlapIndex {
         );
         let mut node = leaf + m;
         while node >= 1 {
-            for &i in &self.nodes[node] {
-                visit(BufferId(i as usize));
-            }
+            visit(node);
             node >>= 1;
         }
+    }
+
+    /// The positions, in start order, of the buffers that start inside `(start, end)`: the
+    /// overlapping buffers the stab at `start` misses.
+    pub fn starting_inside(&self, start: u64, end: u64) -> std::ops::Range<usize> {
         let from = self.starts.partition_point(|&s| s <= start);
         let to = self.starts.partition_point(|&s| s < end);
-        for &i in &self.by_start[from..to.max(from)] {
-            visit(BufferId(i as usize));
+        from..to.max(from)
+    }
+
+    /// The buffer at a position in start order.
+    pub fn at_position(&self, position: usize) -> BufferId {
+        BufferId(self.by_start[position] as usize)
+    }
+
+    /// A buffer's position in start order.
+    pub fn position(&self, id: BufferId) -> usize {
+        self.position[id.0] as usize
+    }
+
+    /// Number of buffers (positions in start order).
+    pub fn len(&self) -> usize {
+        self.by_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
+    }
+
+    /// The buffers held by one node.
+    pub fn node(&self, node: usize) -> impl Iterator<Item = BufferId> + '_ {
+        self.nodes[node].iter().map(|&i| BufferId(i as usize))
+    }
+
+    /// Calls `visit` once for every buffer whose lifetime meets `[start, end)`, including the queried
+    /// buffer itself. `start` must be the start time of some buffer of the problem.
+    pub fn for_each_overlapping(&self, start: u64, end: u64, mut visit: impl FnMut(BufferId)) {
+        self.for_each_stab_node(start, |node| self.node(node).for_each(&mut visit));
+        for p in self.starting_inside(start, end) {
+            visit(self.at_position(p));
         }
+    }
+}
+
+/// The canonical nodes of the bottom-up segment tree over `points` that together cover the leaves
+/// (start times) inside `[start, end)`; never empty when `start` is one of the points.
+fn for_each_cover_node(points: &[u64], start: u64, end: u64, mut visit: impl FnMut(usize)) {
+    let m = points.len();
+    let mut lo = points.partition_point(|&p| p < start) + m;
+    let mut hi = points.partition_point(|&p| p < end) + m;
+    while lo < hi {
+        if lo & 1 == 1 {
+            visit(lo);
+            lo += 1;
+        }
+        if hi & 1 == 1 {
+            hi -= 1;
+            visit(hi);
+        }
+        lo >>= 1;
+        hi >>= 1;
     }
 }
 
