@@ -121,9 +121,7 @@ impl DeviceState {
             return self.divergent(backend, size, stream, limits, c);
         };
         if replay.abandoned {
-            self.step.transient_fallbacks += 1;
-            c.transient_fallbacks += 1;
-            return self.fallback(backend, size, stream, c);
+            return self.transient_fallback(backend, size, stream, c);
         }
         let Some(index) = replay.choose(size, stream, limits.lookahead) else {
             return self.divergent(backend, size, stream, limits, c);
@@ -135,10 +133,8 @@ impl DeviceState {
             return self.fallback(backend, size, stream, c);
         };
         if replay.is_poisoned(index) {
-            self.step.transient_fallbacks += 1;
-            c.transient_fallbacks += 1;
             c.record_stream_fallbacks += 1;
-            return self.fallback(backend, size, stream, c);
+            return self.transient_fallback(backend, size, stream, c);
         }
         // The safety check (invariant 1): size fits the slot (guaranteed by `choose`), the stream
         // matches (ditto), and the range overlaps nothing live, from this step or an earlier one.
@@ -161,9 +157,7 @@ impl DeviceState {
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
         c.divergences += 1;
-        c.transient_fallbacks += 1;
         self.step.divergences += 1;
-        self.step.transient_fallbacks += 1;
         if let Some(replay) = self.replay.as_mut() {
             replay.step_divergences += 1;
             if replay.step_divergences > limits.max_divergences && !replay.abandoned {
@@ -172,6 +166,19 @@ impl DeviceState {
                 c.abandoned_steps += 1;
             }
         }
+        self.transient_fallback(backend, size, stream, c)
+    }
+
+    /// A transient (planned-for) request served by the fallback pool instead, counted as such.
+    fn transient_fallback(
+        &mut self,
+        backend: &dyn Backend,
+        size: usize,
+        stream: usize,
+        c: &mut Counters,
+    ) -> Result<usize, BackendError> {
+        self.step.transient_fallbacks += 1;
+        c.transient_fallbacks += 1;
         self.fallback(backend, size, stream, c)
     }
 
