@@ -140,6 +140,12 @@ pub fn place(problem: &Problem, rule: Rule) -> Solution {
     place_with(problem, rule, &Shared::new(problem))
 }
 
+/// Places the buffers in the given order (each buffer once; buffers with a fixed offset go first
+/// wherever they appear) with one fit. Improvement heuristics call this with orders of their own.
+pub fn place_in_order(problem: &Problem, order: &[BufferId], fit: Fit) -> Solution {
+    place_ordered(problem, order, fit, &OverlapIndex::new(problem))
+}
+
 /// What every rule needs and can share: conflict counts (for that order) and the overlap index.
 struct Shared {
     conflicts: Vec<usize>,
@@ -195,8 +201,12 @@ pub fn conflict_counts(problem: &Problem) -> Vec<usize> {
 }
 
 fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
+    let ids = order(problem, rule.order, &shared.conflicts);
+    place_ordered(problem, &ids, rule.fit, &shared.index)
+}
+
+fn place_ordered(problem: &Problem, ids: &[BufferId], fit: Fit, index: &OverlapIndex) -> Solution {
     let bufs = &problem.buffers;
-    let index = &shared.index;
     let span_of = |j: usize, offsets: &[Bytes]| (offsets[j].0, offsets[j].0 + bufs[j].size.0);
     let life_of = |j: usize| (bufs[j].lifetime.start, bufs[j].lifetime.end);
     let mut offsets = vec![Bytes::ZERO; problem.len()];
@@ -213,7 +223,7 @@ fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
     }
     // Placed neighbours at the ragged ends of the start-order range, which no sorted block holds.
     let mut loose: Vec<(u64, u64)> = Vec::new();
-    for id in order(problem, rule.order, &shared.conflicts) {
+    for &id in ids {
         let b = &bufs[id.0];
         if placed[id.0] {
             continue;
@@ -236,7 +246,7 @@ fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
         lists.push(&loose);
         // Every placed neighbour in ascending (offset, end): the sequence sorting them would give.
         let neighbours = SortedMerge::new(lists);
-        offsets[id.0] = Bytes(find_gap(neighbours, b.size.0, b.alignment.0, rule.fit));
+        offsets[id.0] = Bytes(find_gap(neighbours, b.size.0, b.alignment.0, fit));
         placed[id.0] = true;
         by_offset.insert(
             index,
