@@ -1,11 +1,12 @@
 //! The method runner behind [`plan`](super::plan::plan): the greedy portfolio always runs first (it
-//! is fast and gives every later method an incumbent); then, for `auto`, the exact search and the
-//! ILP share what is left of the time limit. Everything found or proven lands in the [`Anytime`]
+//! is fast and gives every later method an incumbent; `auto` holds a plan as soon as its first rule
+//! ends); then, for `auto`, the exact search and the ILP share what is left of the time limit. Everything found or proven lands in the [`Anytime`]
 //! state, so running out of time never loses an incumbent.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use super::greedy::greedy;
+use super::greedy;
 use super::ilp::{self, IlpEnd, IlpOptions};
 use super::incumbent::Anytime;
 use super::plan::{Method, PlanOptions};
@@ -34,11 +35,11 @@ fn settled(state: &Anytime) -> bool {
 }
 
 pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, InvalidPlan> {
-    state.set_phase("greedy");
-    let (solution, rule) = greedy(state.problem);
-    state.offer(solution, format!("greedy({rule})"))?;
-    if options.method == Method::Greedy || settled(state) {
-        return Ok(Ran::default());
+    let cut = !greedy_phase(state, options)?;
+    if options.method == Method::Greedy || settled(state) || state.expired() {
+        return Ok(Ran {
+            timed_out: cut && !settled(state),
+        });
     }
     let mut stopped = false;
     match options.method {
@@ -60,6 +61,29 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
     Ok(Ran {
         timed_out: stopped && !settled(state),
     })
+}
+
+/// The greedy portfolio, every plan offered as soon as its rule ends. `auto` stops the portfolio at
+/// the time limit once it holds a plan (the first rule's, at worst); the single methods run it
+/// whole, as the start every later method builds on. Either way it stops when nothing is left to
+/// improve. Returns false when the time limit cut the portfolio short.
+fn greedy_phase(state: &mut Anytime, options: &PlanOptions) -> Result<bool, InvalidPlan> {
+    state.set_phase("greedy");
+    let problem = state.problem;
+    let deadline = (options.method == Method::Auto).then(|| state.deadline());
+    let mut invalid = None;
+    let complete = greedy::portfolio(problem, deadline, |solution, rule| {
+        if let Err(e) = state.offer(solution, format!("greedy({rule})")) {
+            invalid = Some(e);
+            return ControlFlow::Break(());
+        }
+        if settled(state) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    invalid.map_or(Ok(complete || settled(state)), Err)
 }
 
 /// Returns true when the search stopped for time.

@@ -7,11 +7,13 @@
 //! and TelaMalloc papers compare against.
 
 use std::fmt;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
-use super::overlap_index::OverlapIndex;
-use super::placed_by_offset::PlacedByOffset;
+use super::occupancy::Occupancy;
 use super::problem::{BufferId, Bytes, Problem, Solution};
-use super::sorted_merge::SortedMerge;
 
 /// The order in which buffers are placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,66 +99,107 @@ impl fmt::Display for Rule {
 /// Runs every rule and returns the best plan with the rule that found it. The rules are independent,
 /// so they are spread over the available cores; ties go to the earlier rule in [`Rule::ALL`].
 pub fn greedy(problem: &Problem) -> (Solution, Rule) {
+    let mut results: Vec<(Solution, Rule)> = Vec::with_capacity(Rule::ALL.len());
+    let _complete = portfolio(problem, None, |solution, rule| {
+        results.push((solution, rule));
+        ControlFlow::Continue(())
+    });
+    let rank = |rule: &Rule| Rule::ALL.iter().position(|r| r == rule);
+    results
+        .into_iter()
+        .min_by_key(|(solution, rule)| (solution.peak, rank(rule)))
+        // Nothing stops this portfolio early, so every rule has given a plan.
+        .unwrap_or_else(|| (place(problem, Rule::ALL[0]), Rule::ALL[0]))
+}
+
+/// Runs the rules of [`Rule::ALL`], in that order, on every core and hands each plan to `found` on
+/// the calling thread as soon as it is ready, so a caller holds an answer after one rule instead
+/// of eight. Once `found` breaks, or `deadline` has passed and at least one plan was handed over,
+/// the rules still running stop unfinished and the others never start. Returns true when every
+/// rule ran to its end.
+pub fn portfolio(
+    problem: &Problem,
+    deadline: Option<Instant>,
+    mut found: impl FnMut(Solution, Rule) -> ControlFlow<()>,
+) -> bool {
     let shared = Shared::new(problem);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(Rule::ALL.len());
-    let chunk = Rule::ALL.len().div_ceil(threads);
-    let results: Vec<(Solution, Rule)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = Rule::ALL
-            .chunks(chunk)
-            .map(|rules| {
-                let shared = &shared;
-                scope.spawn(move || {
-                    rules
-                        .iter()
-                        .map(|&rule| (place_with(problem, rule, shared), rule))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    let mut best: Option<(Solution, Rule)> = None;
-    for (solution, rule) in results {
-        if best.as_ref().is_none_or(|(b, _)| solution.peak < b.peak) {
-            best = Some((solution, rule));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (send, receive) = mpsc::channel::<(Solution, Rule)>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let send = send.clone();
+            let (shared, next, stop) = (&shared, &next, &stop);
+            scope.spawn(move || {
+                while let Some(&rule) = Rule::ALL.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let ids = order(problem, rule.order, &shared.conflicts);
+                    match place_ordered(problem, &ids, rule.fit, stop) {
+                        // The receiver only goes away once every plan is unwanted.
+                        Some(solution) => {
+                            if send.send((solution, rule)).is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    }
+                }
+            });
         }
-    }
-    // `Rule::ALL` is not empty, so there is always a best.
-    best.unwrap_or_else(|| {
-        (
-            Solution::from_offsets(problem, vec![Bytes::ZERO; problem.len()]),
-            Rule::ALL[0],
-        )
+        drop(send);
+        let mut any = false;
+        let complete = loop {
+            let wait = match deadline {
+                Some(d) if any => d.saturating_duration_since(Instant::now()),
+                _ => Duration::MAX,
+            };
+            match receive.recv_timeout(wait) {
+                Ok((solution, rule)) => {
+                    any = true;
+                    if found(solution, rule).is_break() {
+                        break false;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break false,
+                Err(RecvTimeoutError::Disconnected) => break true,
+            }
+        };
+        // Leaving the scope joins the workers; tell them to stop first.
+        stop.store(true, Ordering::Relaxed);
+        complete
     })
 }
 
 /// Places the problem's buffers with one rule.
 pub fn place(problem: &Problem, rule: Rule) -> Solution {
-    place_with(problem, rule, &Shared::new(problem))
+    let ids = order(problem, rule.order, &conflict_counts(problem));
+    place_in_order(problem, &ids, rule.fit)
 }
 
 /// Places the buffers in the given order (each buffer once; buffers with a fixed offset go first
 /// wherever they appear) with one fit. Improvement heuristics call this with orders of their own.
 pub fn place_in_order(problem: &Problem, order: &[BufferId], fit: Fit) -> Solution {
-    place_ordered(problem, order, fit, &OverlapIndex::new(problem))
+    place_ordered(problem, order, fit, &AtomicBool::new(false))
+        .unwrap_or_else(|| unreachable!("nothing sets this stop flag"))
 }
 
-/// What every rule needs and can share: conflict counts (for that order) and the overlap index.
+/// How many buffers a rule places between two looks at its stop flag.
+const STOP_CHECK_EVERY: usize = 1024;
+
+/// What every rule needs and can share: conflict counts (for that order).
 struct Shared {
     conflicts: Vec<usize>,
-    index: OverlapIndex,
 }
 
 impl Shared {
     fn new(problem: &Problem) -> Shared {
         Shared {
             conflicts: conflict_counts(problem),
-            index: OverlapIndex::new(problem),
         }
     }
 }
@@ -200,62 +243,43 @@ pub fn conflict_counts(problem: &Problem) -> Vec<usize> {
         .collect()
 }
 
-fn place_with(problem: &Problem, rule: Rule, shared: &Shared) -> Solution {
-    let ids = order(problem, rule.order, &shared.conflicts);
-    place_ordered(problem, &ids, rule.fit, &shared.index)
-}
-
-fn place_ordered(problem: &Problem, ids: &[BufferId], fit: Fit, index: &OverlapIndex) -> Solution {
+/// Places the buffers in `ids` order; `None` when `stop` was set before it finished.
+fn place_ordered(
+    problem: &Problem,
+    ids: &[BufferId],
+    fit: Fit,
+    stop: &AtomicBool,
+) -> Option<Solution> {
     let bufs = &problem.buffers;
-    let span_of = |j: usize, offsets: &[Bytes]| (offsets[j].0, offsets[j].0 + bufs[j].size.0);
-    let life_of = |j: usize| (bufs[j].lifetime.start, bufs[j].lifetime.end);
     let mut offsets = vec![Bytes::ZERO; problem.len()];
     let mut placed = vec![false; problem.len()];
-    let mut by_offset = PlacedByOffset::new(index);
+    let mut occupancy = Occupancy::new(problem);
     // Buffers with fixed offsets go first, where they must be; the rest fit around them.
     for (i, b) in bufs.iter().enumerate() {
         if let Some(fixed) = b.fixed_offset {
             offsets[i] = fixed;
             placed[i] = true;
-            let position = index.position(BufferId(i));
-            by_offset.insert(index, life_of(i), position, span_of(i, &offsets));
+            occupancy.insert(BufferId(i), (fixed.0, fixed.0 + b.size.0));
         }
     }
-    // Placed neighbours at the ragged ends of the start-order range, which no sorted block holds.
-    let mut loose: Vec<(u64, u64)> = Vec::new();
-    for &id in ids {
+    for (k, &id) in ids.iter().enumerate() {
+        // Checked now and then: a rule at 100k buffers takes a good fraction of a second.
+        if k % STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let b = &bufs[id.0];
         if placed[id.0] {
             continue;
         }
-        let (start, end) = life_of(id.0);
-        loose.clear();
-        let mut lists: Vec<&[(u64, u64)]> = Vec::new();
-        by_offset.for_each_in_range(
-            index.starting_inside(start, end),
-            |p| {
-                let j = index.at_position(p).0;
-                if placed[j] {
-                    loose.push(span_of(j, &offsets));
-                }
-            },
-            |list| lists.push(list),
-        );
-        loose.sort_unstable();
-        index.for_each_stab_node(start, |node| lists.push(by_offset.node(node)));
-        lists.push(&loose);
-        // Every placed neighbour in ascending (offset, end): the sequence sorting them would give.
-        let neighbours = SortedMerge::new(lists);
-        offsets[id.0] = Bytes(find_gap(neighbours, b.size.0, b.alignment.0, fit));
+        let offset = match fit {
+            Fit::First => occupancy.lowest_free(id, b.size.0, b.alignment.0),
+            Fit::Best => find_gap(occupancy.in_use(id), b.size.0, b.alignment.0, fit),
+        };
+        offsets[id.0] = Bytes(offset);
         placed[id.0] = true;
-        by_offset.insert(
-            index,
-            (start, end),
-            index.position(id),
-            span_of(id.0, &offsets),
-        );
+        occupancy.insert(id, (offset, offset + b.size.0));
     }
-    Solution::from_offsets(problem, offsets)
+    Some(Solution::from_offsets(problem, offsets))
 }
 
 /// The offset a buffer of `size` takes among `neighbours` (ascending by offset). Scanning them,
@@ -268,13 +292,7 @@ fn find_gap(
     alignment: u64,
     fit: Fit,
 ) -> u64 {
-    let align = |x: u64| {
-        if alignment <= 1 {
-            x
-        } else {
-            x.div_ceil(alignment) * alignment
-        }
-    };
+    let align = |x: u64| Bytes(x).align_up(Bytes(alignment)).0;
     let mut top = 0u64;
     let mut cursor = 0u64;
     let mut best: Option<(u64, u64)> = None; // (gap length, offset)

@@ -68,7 +68,9 @@ impl fmt::Display for Method {
 #[derive(Clone)]
 pub struct PlanOptions {
     pub method: Method,
-    /// Wall-clock budget for the methods that search; the greedy portfolio always runs to completion.
+    /// Wall-clock budget. `auto` always returns a plan: if the limit passes before the first greedy
+    /// rule ends, it returns that rule's plan as soon as it is ready. The single methods run the whole
+    /// greedy portfolio first, whatever the limit.
     pub time_limit: Duration,
     /// Threads HiGHS may use (the search runs on the calling thread).
     pub threads: u32,
