@@ -112,9 +112,10 @@ pub fn greedy(problem: &Problem) -> (Solution, Rule) {
         .unwrap_or_else(|| (place(problem, Rule::ALL[0]), Rule::ALL[0]))
 }
 
-/// Runs the rules of [`Rule::ALL`], in that order, on every core and hands each plan to `found` on
-/// the calling thread as soon as it is ready, so a caller holds an answer after one rule instead
-/// of eight. Once `found` breaks, or `deadline` has passed and at least one plan was handed over,
+/// Runs the rules of [`Rule::ALL`], first fit before best fit, on every core and hands each plan to
+/// `found` on the calling thread as soon as it is ready, so a caller holds an answer after one rule
+/// instead of eight. First fit goes first because it is several times faster at 100k buffers and
+/// wins most often on random instances. Once `found` breaks, or `deadline` has passed and at least one plan was handed over,
 /// the rules still running stop unfinished and the others never start. Returns true when every
 /// rule ran to its end.
 pub fn portfolio(
@@ -134,7 +135,7 @@ pub fn portfolio(
             let send = send.clone();
             let (shared, next, stop) = (&shared, &next, &stop);
             scope.spawn(move || {
-                while let Some(&rule) = Rule::ALL.get(next.fetch_add(1, Ordering::Relaxed)) {
+                while let Some(&rule) = SCHEDULE.get(next.fetch_add(1, Ordering::Relaxed)) {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -187,6 +188,18 @@ pub fn place_in_order(problem: &Problem, order: &[BufferId], fit: Fit) -> Soluti
     place_ordered(problem, order, fit, &AtomicBool::new(false))
         .unwrap_or_else(|| unreachable!("nothing sets this stop flag"))
 }
+
+/// The order in which [`portfolio`] starts the rules.
+const SCHEDULE: [Rule; 8] = [
+    Rule::ALL[0],
+    Rule::ALL[4],
+    Rule::ALL[6],
+    Rule::ALL[2],
+    Rule::ALL[1],
+    Rule::ALL[5],
+    Rule::ALL[7],
+    Rule::ALL[3],
+];
 
 /// How many buffers a rule places between two looks at its stop flag.
 const STOP_CHECK_EVERY: usize = 1024;
@@ -273,50 +286,13 @@ fn place_ordered(
         }
         let offset = match fit {
             Fit::First => occupancy.lowest_free(id, b.size.0, b.alignment.0),
-            Fit::Best => find_gap(occupancy.in_use(id), b.size.0, b.alignment.0, fit),
+            Fit::Best => occupancy.tightest_free(id, b.size.0, b.alignment.0),
         };
         offsets[id.0] = Bytes(offset);
         placed[id.0] = true;
         occupancy.insert(id, (offset, offset + b.size.0));
     }
     Some(Solution::from_offsets(problem, offsets))
-}
-
-/// The offset a buffer of `size` takes among `neighbours` (ascending by offset). Scanning them,
-/// `cursor` is the lowest aligned address above every neighbour seen so far; a neighbour starting at or
-/// above `cursor + size` closes a free gap `[cursor, its offset)`. Taking an iterator lets first fit
-/// stop reading at the first gap.
-fn find_gap(
-    neighbours: impl IntoIterator<Item = (u64, u64)>,
-    size: u64,
-    alignment: u64,
-    fit: Fit,
-) -> u64 {
-    let align = |x: u64| Bytes(x).align_up(Bytes(alignment)).0;
-    let mut top = 0u64;
-    let mut cursor = 0u64;
-    let mut best: Option<(u64, u64)> = None; // (gap length, offset)
-    for (offset, end) in neighbours {
-        if offset >= cursor + size {
-            let gap = offset - cursor;
-            match fit {
-                Fit::First => return cursor,
-                // A gap is never smaller than `size` and a later one must be strictly smaller to
-                // win, so an exact fit is final: no need to read the rest.
-                Fit::Best if gap == size => return cursor,
-                Fit::Best => {
-                    if best.is_none_or(|(g, _)| gap < g) {
-                        best = Some((gap, cursor));
-                    }
-                }
-            }
-        }
-        if end > top {
-            top = end;
-            cursor = align(top);
-        }
-    }
-    best.map_or(cursor, |(_, offset)| offset)
 }
 
 #[cfg(test)]
@@ -378,6 +354,14 @@ mod tests {
             let s = place(&p, rule);
             validate(&p, &s).unwrap();
         }
+    }
+
+    #[test]
+    fn the_schedule_runs_every_rule_once_first_fit_first() {
+        let mut scheduled = SCHEDULE.to_vec();
+        assert!(scheduled[..4].iter().all(|r| r.fit == Fit::First));
+        scheduled.sort_by_key(|r| Rule::ALL.iter().position(|a| a == r));
+        assert_eq!(scheduled, Rule::ALL);
     }
 
     #[test]

@@ -13,7 +13,6 @@ pub mod overlap_index;
 pub mod plan;
 pub mod problem;
 pub mod search;
-mod sorted_merge;
 pub mod validate;
 
 pub use incumbent::{Progress, ProgressFn};

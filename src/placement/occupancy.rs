@@ -12,7 +12,6 @@
 
 use super::merged_spans::{MergedSpans, Span};
 use super::problem::{BufferId, Bytes, Problem};
-use super::sorted_merge::SortedMerge;
 
 pub struct Occupancy {
     /// For each buffer, the leaves `[lo, hi)` its lifetime covers (leaf i is the i-th distinct
@@ -32,7 +31,7 @@ pub struct Occupancy {
     read: Vec<bool>,
 }
 
-/// How far [`Occupancy::lowest_free`] has got in one set.
+/// How far the leapfrog has got in one set.
 struct Cursor {
     set: u32,
     /// Index of the set's first span that ends above the candidate.
@@ -95,29 +94,55 @@ impl Occupancy {
         for_each_node_above(self.width, lo, hi, |node| add(sub(node)));
     }
 
-    /// The spans in use at some moment of buffer `id`'s lifetime, ascending by start (overlapping
-    /// where they come from different nodes).
-    pub fn in_use(&mut self, id: BufferId) -> SortedMerge<'_, Span> {
+    /// First fit: the lowest multiple of `alignment` where `size` bytes are free during all of buffer
+    /// `id`'s lifetime.
+    pub fn lowest_free(&mut self, id: BufferId, size: u64, alignment: u64) -> u64 {
+        if size == 0 {
+            return 0;
+        }
         self.collect_sets(id);
-        let lists = self
-            .scratch
-            .iter()
-            .map(|c| self.sets[c.set as usize].as_slice())
-            .collect();
-        SortedMerge::new(lists)
+        self.free_from(0, size, alignment)
     }
 
-    /// The lowest multiple of `alignment` where `size` bytes are free during all of buffer `id`'s
-    /// lifetime:
-    /// what first fit over [`in_use`](Self::in_use) returns, found without merging the sets.
-    /// Leapfrog: each set in turn pushes the candidate above the spans that block it, until a pass
-    /// over all sets moves it no more. The candidate only grows, so each set keeps a cursor at its
-    /// first span ending above the candidate, and that span's start: below it the set cannot block,
-    /// so most checks after a move never read the set.
-    pub fn lowest_free(&mut self, id: BufferId, size: u64, alignment: u64) -> u64 {
+    /// Best fit: among the free gaps of buffer `id`'s lifetime that hold `size` bytes at a multiple
+    /// of `alignment`, the one with the least room, at its lowest such offset (ties go to the
+    /// lowest gap); above everything when no gap is bounded. The gaps are visited bottom up, each
+    /// found by the first-fit leapfrog from the end of the one before, and an exact fit ends the
+    /// walk.
+    pub fn tightest_free(&mut self, id: BufferId, size: u64, alignment: u64) -> u64 {
+        if size == 0 {
+            return 0;
+        }
         self.collect_sets(id);
+        let mut best: Option<(u64, u64)> = None; // (room, offset)
+        let mut candidate = 0;
+        loop {
+            candidate = self.free_from(candidate, size, alignment);
+            // Every set's next span starts at or above `candidate + size`: the first of them ends
+            // the gap.
+            let gap_end = self.scratch.iter().map(|c| c.free_below).min();
+            let Some(gap_end) = gap_end.filter(|&e| e != u64::MAX) else {
+                return best.map_or(candidate, |(_, offset)| offset);
+            };
+            let room = gap_end - candidate;
+            if room == size {
+                return candidate;
+            }
+            if best.is_none_or(|(r, _)| room < r) {
+                best = Some((room, candidate));
+            }
+            candidate = gap_end;
+        }
+    }
+
+    /// The lowest multiple of `alignment` at or above `candidate` (or the end of a span blocking
+    /// it) where `size` bytes are free in every set of `scratch`. Leapfrog: each set in turn
+    /// pushes the candidate above the spans that block it, until a pass over all sets moves it no
+    /// more. The candidate only grows, so each set keeps a cursor at its first span ending above
+    /// the candidate, and that span's start: below it the set cannot block, so most checks after
+    /// a move never read the set.
+    fn free_from(&mut self, mut candidate: u64, size: u64, alignment: u64) -> u64 {
         let Occupancy { sets, scratch, .. } = self;
-        let mut candidate = 0u64;
         loop {
             let before = candidate;
             for entry in scratch.iter_mut() {
@@ -272,8 +297,11 @@ mod tests {
                 }
             }
             let mut got = [false; 256];
-            for (s, e) in occupancy.in_use(BufferId(i)) {
-                got[s as usize..e as usize].fill(true);
+            occupancy.collect_sets(BufferId(i));
+            for cursor in &occupancy.scratch {
+                for &(s, e) in occupancy.sets[cursor.set as usize].as_slice() {
+                    got[s as usize..e as usize].fill(true);
+                }
             }
             assert_eq!(got, want, "query {:?}", b.lifetime);
             let start = next(240);
