@@ -101,7 +101,7 @@ impl Occupancy {
             return 0;
         }
         self.collect_sets(id);
-        self.free_from(0, size, alignment)
+        self.free_from(0, size, alignment).0
     }
 
     /// Best fit: among the free gaps of buffer `id`'s lifetime that hold `size` bytes at a multiple
@@ -117,36 +117,38 @@ impl Occupancy {
         let mut best: Option<(u64, u64)> = None; // (room, offset)
         let mut candidate = 0;
         loop {
-            candidate = self.free_from(candidate, size, alignment);
-            // Every set's next span starts at or above `candidate + size`: the first of them ends
-            // the gap.
-            let gap_end = self.scratch.iter().map(|c| c.free_below).min();
-            let Some(gap_end) = gap_end.filter(|&e| e != u64::MAX) else {
-                return best.map_or(candidate, |(_, offset)| offset);
-            };
-            let room = gap_end - candidate;
+            let (free, gap_end) = self.free_from(candidate, size, alignment);
+            if gap_end == u64::MAX {
+                return best.map_or(free, |(_, offset)| offset);
+            }
+            let room = gap_end - free;
             if room == size {
-                return candidate;
+                return free;
             }
             if best.is_none_or(|(r, _)| room < r) {
-                best = Some((room, candidate));
+                best = Some((room, free));
             }
             candidate = gap_end;
         }
     }
 
     /// The lowest multiple of `alignment` at or above `candidate` (or the end of a span blocking
-    /// it) where `size` bytes are free in every set of `scratch`. Leapfrog: each set in turn
+    /// it) where `size` bytes are free in every set of `scratch`, and where that free gap ends (the
+    /// lowest span start above it, `u64::MAX` if none). Leapfrog: each set in turn
     /// pushes the candidate above the spans that block it, until a pass over all sets moves it no
     /// more. The candidate only grows, so each set keeps a cursor at its first span ending above
     /// the candidate, and that span's start: below it the set cannot block, so most checks after
     /// a move never read the set.
-    fn free_from(&mut self, mut candidate: u64, size: u64, alignment: u64) -> u64 {
+    fn free_from(&mut self, mut candidate: u64, size: u64, alignment: u64) -> (u64, u64) {
         let Occupancy { sets, scratch, .. } = self;
         loop {
             let before = candidate;
+            // Every set's next span starts at or above `candidate + size` once the candidate
+            // stays put: the first of them ends the gap.
+            let mut gap_end = u64::MAX;
             for entry in scratch.iter_mut() {
                 if candidate + size <= entry.free_below {
+                    gap_end = gap_end.min(entry.free_below);
                     continue;
                 }
                 let spans = sets[entry.set as usize].as_slice();
@@ -160,6 +162,7 @@ impl Occupancy {
                         }
                         next => {
                             entry.free_below = next.map_or(u64::MAX, |&(start, _)| start);
+                            gap_end = gap_end.min(entry.free_below);
                             break;
                         }
                     }
@@ -167,7 +170,7 @@ impl Occupancy {
                 entry.cursor = k as u32;
             }
             if candidate == before {
-                return candidate;
+                return (candidate, gap_end);
             }
         }
     }
