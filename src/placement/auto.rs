@@ -1,13 +1,16 @@
 //! The method runner behind [`plan`](super::plan::plan): the greedy portfolio always runs first (it
 //! is fast and gives every later method an incumbent; `auto` holds a plan as soon as its first rule
-//! ends); then, for `auto`, the exact search and the ILP share what is left of the time limit. Everything found or proven lands in the [`Anytime`]
+//! ends); then, for `auto`, the exact search and the ILP share what is left of the time limit, and
+//! the iterated greedy of [`improve`] takes over where they find nothing (or the problem is too
+//! large for them). Everything found or proven lands in the [`Anytime`]
 //! state, so running out of time never loses an incumbent.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use super::greedy;
+use super::greedy::{self, Rule};
 use super::ilp::{self, IlpEnd, IlpOptions};
+use super::improve::improve;
 use super::incumbent::Anytime;
 use super::plan::{Method, PlanOptions};
 use super::search;
@@ -15,8 +18,12 @@ use super::validate::InvalidPlan;
 
 /// The share of the time left that `auto` gives the search before the ILP starts: the search
 /// settles most instances in well under a second, and the ILP is the better tool for what the
-/// search cannot close (proving bounds).
+/// search cannot close (proving bounds). Above [`SMALL`] buffers the search either succeeds fast
+/// (recorded training traces, within 0.2 s) or not at all (random instances of 5,000 buffers: nothing
+/// in 3 s), while the iterated greedy that runs after it keeps finding better plans, so it gets less.
 const SEARCH_SHARE: f64 = 0.6;
+const SEARCH_SHARE_LARGE: f64 = 0.2;
+const SMALL: usize = 2000;
 
 /// How the methods ended.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,10 +42,10 @@ fn settled(state: &Anytime) -> bool {
 }
 
 pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, InvalidPlan> {
-    let cut = !greedy_phase(state, options)?;
+    let (complete, best_rule) = greedy_phase(state, options)?;
     if options.method == Method::Greedy || settled(state) || state.expired() {
         return Ok(Ran {
-            timed_out: cut && !settled(state),
+            timed_out: !complete && !settled(state),
         });
     }
     let mut stopped = false;
@@ -47,14 +54,32 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
         Method::Search => stopped = search_phase(state, state.deadline())?,
         Method::Ilp => stopped = ilp_phase(state, options, state.deadline())?,
         Method::Auto => {
-            let share = state.remaining().mul_f64(SEARCH_SHARE);
-            stopped = search_phase(state, Instant::now() + share)?;
-            if !settled(state) && !state.expired() {
-                stopped = ilp_phase(state, options, state.deadline())?;
+            let greedy_peak = state.best_peak();
+            let exact = state.problem.len() <= search::MAX_BUFFERS;
+            if exact {
+                let share = if state.problem.len() <= SMALL {
+                    SEARCH_SHARE
+                } else {
+                    SEARCH_SHARE_LARGE
+                };
+                let share = state.remaining().mul_f64(share);
+                stopped = search_phase(state, Instant::now() + share)?;
+                if !settled(state) && !state.expired() {
+                    stopped = ilp_phase(state, options, state.deadline())?;
+                }
             }
-            // The ILP may stop early (a gap, a model too large): the search gets the rest.
+            // What is left goes to the search if it has been finding better plans (the ILP may
+            // stop early: a gap, a model too large), else to the iterated greedy, which is what
+            // improves plans too large or too loose for the search.
             if !settled(state) && state.remaining() > Duration::from_millis(10) {
-                stopped = search_phase(state, state.deadline())?;
+                if exact && state.best_peak() < greedy_peak {
+                    stopped = search_phase(state, state.deadline())?;
+                } else if let Some(rule) = best_rule {
+                    let conflicts = greedy::conflict_counts(state.problem);
+                    let start = greedy::order(state.problem, rule.order, &conflicts);
+                    improve(state, &start, rule.fit, state.deadline())?;
+                    stopped = !settled(state);
+                }
             }
         }
     }
@@ -66,16 +91,25 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
 /// The greedy portfolio, every plan offered as soon as its rule ends. `auto` stops the portfolio at
 /// the time limit once it holds a plan (the first rule's, at worst); the single methods run it
 /// whole, as the start every later method builds on. Either way it stops when nothing is left to
-/// improve. Returns false when the time limit cut the portfolio short.
-fn greedy_phase(state: &mut Anytime, options: &PlanOptions) -> Result<bool, InvalidPlan> {
+/// improve. Returns whether every rule ran (or nothing was left to improve), and the rule of the
+/// best plan.
+fn greedy_phase(
+    state: &mut Anytime,
+    options: &PlanOptions,
+) -> Result<(bool, Option<Rule>), InvalidPlan> {
     state.set_phase("greedy");
     let problem = state.problem;
     let deadline = (options.method == Method::Auto).then(|| state.deadline());
     let mut invalid = None;
+    let mut best = None;
     let complete = greedy::portfolio(problem, deadline, |solution, rule| {
-        if let Err(e) = state.offer(solution, format!("greedy({rule})")) {
-            invalid = Some(e);
-            return ControlFlow::Break(());
+        match state.offer(solution, format!("greedy({rule})")) {
+            Ok(true) => best = Some(rule),
+            Ok(false) => {}
+            Err(e) => {
+                invalid = Some(e);
+                return ControlFlow::Break(());
+            }
         }
         if settled(state) {
             ControlFlow::Break(())
@@ -83,7 +117,7 @@ fn greedy_phase(state: &mut Anytime, options: &PlanOptions) -> Result<bool, Inva
             ControlFlow::Continue(())
         }
     });
-    invalid.map_or(Ok(complete || settled(state)), Err)
+    invalid.map_or(Ok((complete || settled(state), best)), Err)
 }
 
 /// Returns true when the search stopped for time.

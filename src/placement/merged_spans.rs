@@ -48,10 +48,6 @@ impl MergedSpans {
     pub fn as_slice(&self) -> &[Span] {
         &self.spans
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod auto;
 pub mod csv;
 pub mod greedy;
 pub mod ilp;
+pub mod improve;
 pub mod incumbent;
 pub mod lower_bound;
 mod merged_spans;
