@@ -101,19 +101,30 @@ fn main() {
         println!("| {name} | {} |", cells.join(" | "));
     }
 
-    println!("\n### Greedy portfolio on random instances (median of 5 runs)\n");
-    println!("| buffers | lower bound | peak | peak / lower bound | winning rule | time (ms) |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n### Greedy on random instances (median of 5 runs; 3 at 100k)\n");
+    println!("| buffers | lower bound | peak | peak / lower bound | winning rule | size/first-fit alone (ms) | slowest rule alone (ms) | portfolio (ms) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for n in [1_000, 10_000, 100_000] {
         let p = random_problem(n, 0x9E37_79B9_7F4A_7C15 ^ n as u64);
         let runs = if n >= 100_000 { 3 } else { 5 };
+        let rule_times: Vec<(Rule, Duration)> = Rule::ALL
+            .iter()
+            .map(|&rule| (rule, timed(runs, || place(&p, rule)).1))
+            .collect();
+        let (slowest, slowest_time) = rule_times
+            .iter()
+            .max_by_key(|(_, t)| *t)
+            .copied()
+            .expect("eight rules");
         let ((s, rule), t) = timed(runs, || greedy(&p));
         validate(&p, &s).expect("valid plan");
         let lb = max_load(&p);
         println!(
-            "| {n} | {lb} | {} | {:.4} | {rule} | {:.1} |",
+            "| {n} | {lb} | {} | {:.4} | {rule} | {:.1} | {:.1} ({slowest}) | {:.1} |",
             s.peak,
             s.peak.0 as f64 / lb.0 as f64,
+            rule_times[0].1.as_secs_f64() * 1e3,
+            slowest_time.as_secs_f64() * 1e3,
             t.as_secs_f64() * 1e3
         );
     }
