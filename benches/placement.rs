@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use model_opt::placement::csv::read_csv_file;
-use model_opt::placement::{plan, Buffer, Bytes, Interval, Method, PlanOptions, Problem, Progress};
+use model_opt::placement::random::{random_problem, Shape};
+use model_opt::placement::{plan, Bytes, Method, PlanOptions, Problem, Progress};
 
 fn data_dir() -> PathBuf {
     std::env::var_os("MODEL_OPT_DATA")
@@ -105,46 +106,12 @@ fn minimize(name: &str, seconds: f64, runs: usize) {
     );
 }
 
-/// A deterministic random instance shaped like a training step: most buffers short-lived, a few
-/// living long, sizes skewed towards small, multiples of 512 bytes.
-fn random_problem(n: usize, seed: u64) -> Problem {
-    let mut s = seed | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let horizon = 2 * n as u64;
-    let buffers = (0..n)
-        .map(|i| {
-            let start = next() % horizon;
-            let long = next() % 10 == 0;
-            let len = if long {
-                1 + next() % (horizon / 4).max(1)
-            } else {
-                1 + next() % 32
-            };
-            let size = 512 * (1 + (next() % 64) * (next() % 64) / 8);
-            Buffer::new(
-                format!("r{i}"),
-                Interval::new(start, start + len).unwrap_or(Interval {
-                    start,
-                    end: start + 1,
-                }),
-                Bytes(size),
-            )
-        })
-        .collect();
-    Problem::new(buffers)
-}
-
 fn random(sizes: &[(usize, f64)]) {
     println!("\n### Random instances: `auto` against the greedy portfolio (one run each)\n");
     println!("| buffers | lower bound | greedy / lower bound | greedy time (s) | auto limit (s) | auto's first plan at (s) | first plan / lower bound | auto / lower bound | auto status | auto found by | auto time (s) | auto <= greedy |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(n, seconds) in sizes {
-        let problem = random_problem(n, 0x9e37_79b9_7f4a_7c15 ^ n as u64);
+        let problem = random_problem(n, 0x9e37_79b9_7f4a_7c15 ^ n as u64, Shape::Sparse);
         let t = Instant::now();
         let greedy = plan(&problem, &options(Method::Greedy, seconds));
         let greedy_time = t.elapsed().as_secs_f64();

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use model_opt::placement::csv::read_csv_file;
 use model_opt::placement::greedy::{greedy, place, Rule};
-use model_opt::placement::{max_load, validate, Buffer, Bytes, Interval, Problem};
+use model_opt::placement::random::{random_problem, Shape};
+use model_opt::placement::{max_load, validate, Problem};
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -24,36 +25,6 @@ fn timed<T>(runs: usize, mut f: impl FnMut() -> T) -> (T, Duration) {
         times.push(t.elapsed());
     }
     (last.expect("at least one run"), median(times))
-}
-
-/// A deterministic random instance (xorshift) shaped like a training trace: many short-lived buffers,
-/// some long-lived, sizes spread over four orders of magnitude.
-fn random_problem(n: usize, seed: u64) -> Problem {
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let horizon = (n as u64) * 2;
-    let buffers = (0..n)
-        .map(|i| {
-            let start = next() % horizon;
-            let len = if next() % 10 == 0 {
-                1 + next() % (horizon / 4)
-            } else {
-                1 + next() % 64
-            };
-            let size = 512 * (1 + next() % (1 << (next() % 14)));
-            Buffer::new(
-                i.to_string(),
-                Interval::new(start, start + len).expect("len >= 1"),
-                Bytes(size),
-            )
-        })
-        .collect();
-    Problem::new(buffers)
 }
 
 fn main() {
@@ -105,7 +76,7 @@ fn main() {
     println!("| buffers | lower bound | peak | peak / lower bound | winning rule | size/first-fit alone (ms) | slowest rule alone (ms) | portfolio (ms) |");
     println!("|---|---|---|---|---|---|---|---|");
     for n in [1_000, 10_000, 100_000] {
-        let p = random_problem(n, 0x9E37_79B9_7F4A_7C15 ^ n as u64);
+        let p = random_problem(n, 0x9E37_79B9_7F4A_7C15 ^ n as u64, Shape::Dense);
         let runs = if n >= 100_000 { 3 } else { 5 };
         let rule_times: Vec<(Rule, Duration)> = Rule::ALL
             .iter()

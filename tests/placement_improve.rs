@@ -3,38 +3,11 @@
 
 use std::time::Duration;
 
-use model_opt::placement::{
-    plan, validate, Buffer, Bytes, Interval, Method, PlanOptions, Problem, Status,
-};
+use model_opt::placement::random::{self, Shape};
+use model_opt::placement::{plan, validate, Method, PlanOptions, Problem, Status};
 
-/// The random instances of `benches/placement.rs`: most buffers short-lived, a few living long,
-/// sizes skewed towards small, multiples of 512 bytes.
 fn random_problem(n: usize, seed: u64) -> Problem {
-    let mut s = seed | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let horizon = 2 * n as u64;
-    let buffers = (0..n)
-        .map(|i| {
-            let start = next() % horizon;
-            let len = if next() % 10 == 0 {
-                1 + next() % (horizon / 4).max(1)
-            } else {
-                1 + next() % 32
-            };
-            let size = 512 * (1 + (next() % 64) * (next() % 64) / 8);
-            Buffer::new(
-                format!("r{i}"),
-                Interval::new(start, start + len).expect("len >= 1"),
-                Bytes(size),
-            )
-        })
-        .collect();
-    Problem::new(buffers)
+    random::random_problem(n, seed, Shape::Sparse)
 }
 
 fn options(method: Method, seconds: f64) -> PlanOptions {

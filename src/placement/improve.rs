@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::greedy::{place_in_order, Fit};
 use super::incumbent::Anytime;
-use super::overlap_index::OverlapIndex;
 use super::problem::{BufferId, Bytes, Problem, Solution};
+use super::random::XorShift;
 use super::validate::InvalidPlan;
 
 /// The most buffers live with the critical one that a try moves along with it.
@@ -107,8 +107,6 @@ fn run(
 /// The best order found so far and its plan.
 struct Walk<'p> {
     problem: &'p Problem,
-    /// For finding the buffers live with a critical one.
-    index: OverlapIndex,
     order: Vec<BufferId>,
     fit: Fit,
     plan: Solution,
@@ -124,7 +122,6 @@ impl<'p> Walk<'p> {
         let (peak, at_peak) = measure(problem, best);
         Walk {
             problem,
-            index: OverlapIndex::new(problem),
             order: start.to_vec(),
             fit,
             plan: best.clone(),
@@ -204,13 +201,12 @@ impl<'p> Walk<'p> {
         // It goes earlier, with a few buffers live at the same time: placed sooner, they take the low
         // gaps that the buffers placed before them left too fragmented for the critical one.
         let mut moved = vec![critical];
-        let mut neighbours = Vec::new();
+        // One pass over all buffers: a try costs a whole greedy run anyway.
         let life = bufs[critical].lifetime;
-        self.index.for_each_overlapping(life.start, life.end, |id| {
-            if id.0 != critical && bufs[id.0].fixed_offset.is_none() {
-                neighbours.push(id.0);
-            }
-        });
+        let mut neighbours: Vec<usize> = (0..bufs.len())
+            .filter(|&j| j != critical && bufs[j].fixed_offset.is_none())
+            .filter(|&j| bufs[j].lifetime.intersects(&life))
+            .collect();
         for _ in 0..self.rng.below(MAX_NEIGHBOURS.min(neighbours.len()) + 1) {
             let pick = self.rng.below(neighbours.len());
             moved.push(neighbours.swap_remove(pick));
@@ -254,60 +250,18 @@ fn measure(problem: &Problem, plan: &Solution) -> (u64, usize) {
     (peak, at_peak)
 }
 
-/// Marsaglia's xorshift64: deterministic, no dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut s = self.0;
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        self.0 = s;
-        s
-    }
-
-    /// A number in `0..n` (`n` > 0); the modulo bias is irrelevant here.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::placement::greedy::{conflict_counts, greedy, order};
     use crate::placement::lower_bound::max_load;
     use crate::placement::problem::{Buffer, Interval};
+    use crate::placement::random::{self, Shape};
     use crate::placement::validate::validate;
 
     /// The random instances of `benches/placement.rs`.
     fn random_problem(n: usize, seed: u64) -> Problem {
-        let mut s = seed | 1;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        let horizon = 2 * n as u64;
-        let buffers = (0..n)
-            .map(|i| {
-                let start = next() % horizon;
-                let len = if next() % 10 == 0 {
-                    1 + next() % (horizon / 4).max(1)
-                } else {
-                    1 + next() % 32
-                };
-                let size = 512 * (1 + (next() % 64) * (next() % 64) / 8);
-                Buffer::new(
-                    format!("r{i}"),
-                    Interval::new(start, start + len).unwrap(),
-                    Bytes(size),
-                )
-            })
-            .collect();
-        Problem::new(buffers)
+        random::random_problem(n, seed, Shape::Sparse)
     }
 
     /// The greedy portfolio's plan offered to a fresh state, with the winning rule's order and fit.

@@ -10,9 +10,9 @@ pub mod incumbent;
 pub mod lower_bound;
 mod merged_spans;
 mod occupancy;
-pub mod overlap_index;
 pub mod plan;
 pub mod problem;
+pub mod random;
 pub mod search;
 pub mod validate;
 
