@@ -53,6 +53,7 @@ impl MergedSpans {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::random::XorShift;
 
     #[test]
     fn overlapping_and_touching_spans_merge() {
@@ -76,13 +77,8 @@ mod tests {
     #[test]
     fn matches_a_bitmap() {
         // Deterministic pseudo-random spans over 200 bytes, checked byte by byte.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |m: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % m
-        };
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1du64);
+        let mut next = move |m: u64| rng.next_u64() % m;
         let mut m = MergedSpans::default();
         let mut bytes = [false; 200];
         for _ in 0..60 {

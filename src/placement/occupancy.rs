@@ -269,18 +269,14 @@ fn for_each_cover_node(width: usize, lo: usize, hi: usize, mut visit: impl FnMut
 mod tests {
     use super::*;
     use crate::placement::problem::{Buffer, Bytes, Interval};
+    use crate::placement::random::XorShift;
 
     /// Every span in use during a lifetime is reported (as itself or inside a merged span), and
     /// nothing reported is free at every moment of it.
     #[test]
     fn reports_exactly_the_bytes_in_use() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |m: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % m
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = move |m: u64| rng.next_u64() % m;
         let buffers: Vec<Buffer> = (0..300)
             .map(|i| {
                 let start = next(100);

@@ -141,6 +141,7 @@ fn check_no_overlap(problem: &Problem, solution: &Solution) -> Result<(), Invali
 mod tests {
     use super::*;
     use crate::placement::problem::{Buffer, Interval};
+    use crate::placement::random::XorShift;
 
     fn problem() -> Problem {
         Problem::new(vec![
@@ -196,13 +197,8 @@ mod tests {
     /// on random plans dense enough that about half of them have one.
     #[test]
     fn sweep_agrees_with_checking_every_pair() {
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move |m: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % m
-        };
+        let mut rng = XorShift(0x853c_49e6_748f_ea9bu64);
+        let mut next = move |m: u64| rng.next_u64() % m;
         let (mut overlapping, mut clean) = (0, 0);
         for _ in 0..400 {
             let n = 1 + next(12) as usize;
