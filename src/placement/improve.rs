@@ -9,14 +9,14 @@
 //! lets it walk plateaus; once the last critical buffer goes down, the peak drops.
 //!
 //! Every try is a whole greedy run, so a try costs what one rule costs (about 30 ms at 10k buffers,
-//! 0.6 s with first fit and 2 s with best fit at 100k). Re-placing only a few buffers around a critical one, the rest held in
-//! place, costs far less per try but did no better on the random instances (no gain at 1k, less at
-//! 10k, 1.0595 to 1.0593 of the bound in 10 s at 100k), probably because the space under a critical
-//! buffer is mostly taken by long-lived buffers, which cannot move without moving all along their
-//! lifetimes.
+//! 0.4 s with first fit and 1.6–2 s with best fit at 100k); tries run one per core at a time.
+//! Re-placing only a few buffers around a critical one, the rest held in place, costs far less per
+//! try but did no better on the random instances (no gain at 1k, less at 10k, 1.0595 to 1.0593 of
+//! the bound in 10 s at 100k), probably because the space under a critical buffer is mostly taken
+//! by long-lived buffers, which cannot move without moving all along their lifetimes.
 //!
 //! Decisions use a seeded xorshift generator; the clock only decides when to stop, so two runs with
-//! the same number of tries give the same plan.
+//! the same number of tries (on machines with as many cores) give the same plan.
 
 use std::time::{Duration, Instant};
 
@@ -75,8 +75,9 @@ fn run(
     let mut walk = Walk::new(problem, best, start, fit);
     // Stop once the peak meets the proven bound, or fits the capacity when one is asked for.
     let target = problem.capacity.unwrap_or(Bytes::ZERO).max(state.bound()).0;
-    // Offering validates the whole plan (costly at 100k), so offers are spaced to keep validation
-    // under about a tenth of the time; the last improvement is always offered before returning.
+    // Offering validates the whole plan (~35 ms at 100k buffers), so offers are spaced to keep
+    // validation under about a tenth of the time; the last improvement is always offered before
+    // returning.
     let mut offered = walk.peak;
     let mut next_offer = Instant::now();
     // A try is one greedy run, which takes about as long every time: no try starts that the last
