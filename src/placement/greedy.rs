@@ -153,8 +153,11 @@ pub fn portfolio(
             });
         }
         drop(send);
+        // However this thread leaves the scope (a panic in `found` included), the workers it
+        // then joins must stop first.
+        let _stop_on_leave = StopOnDrop(&stop);
         let mut any = false;
-        let complete = loop {
+        loop {
             let wait = match deadline {
                 Some(d) if any => d.saturating_duration_since(Instant::now()),
                 _ => Duration::MAX,
@@ -169,10 +172,7 @@ pub fn portfolio(
                 Err(RecvTimeoutError::Timeout) => break false,
                 Err(RecvTimeoutError::Disconnected) => break true,
             }
-        };
-        // Leaving the scope joins the workers; tell them to stop first.
-        stop.store(true, Ordering::Relaxed);
-        complete
+        }
     })
 }
 
@@ -200,6 +200,15 @@ const SCHEDULE: [Rule; 8] = [
     Rule::ALL[7],
     Rule::ALL[3],
 ];
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// How many buffers a rule places between two looks at its stop flag.
 const STOP_CHECK_EVERY: usize = 1024;
@@ -362,6 +371,36 @@ mod tests {
         assert!(scheduled[..4].iter().all(|r| r.fit == Fit::First));
         scheduled.sort_by_key(|r| Rule::ALL.iter().position(|a| a == r));
         assert_eq!(scheduled, Rule::ALL);
+    }
+
+    #[test]
+    fn the_portfolio_hands_over_every_plan_or_stops_when_told() {
+        use crate::placement::random::{random_problem, Shape};
+        let p = random_problem(3000, 11, Shape::Sparse);
+        let mut rules = Vec::new();
+        let complete = portfolio(&p, None, |s, rule| {
+            validate(&p, &s).unwrap();
+            rules.push(rule);
+            ControlFlow::Continue(())
+        });
+        assert!(complete);
+        rules.sort_by_key(|r| Rule::ALL.iter().position(|a| a == r));
+        assert_eq!(rules, Rule::ALL);
+        // Told to stop after the first plan: no other plan is handed over.
+        let mut calls = 0;
+        let complete = portfolio(&p, None, |_, _| {
+            calls += 1;
+            ControlFlow::Break(())
+        });
+        assert!(!complete);
+        assert_eq!(calls, 1);
+        // A deadline already past still lets the first plan through.
+        let mut calls = 0;
+        portfolio(&p, Some(Instant::now()), |_, _| {
+            calls += 1;
+            ControlFlow::Continue(())
+        });
+        assert!(calls >= 1);
     }
 
     #[test]
