@@ -131,28 +131,23 @@ pub fn portfolio(
     let stop = AtomicBool::new(false);
     let (send, receive) = mpsc::channel::<(Solution, Rule)>();
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let send = send.clone();
-            let (shared, next, stop) = (&shared, &next, &stop);
-            scope.spawn(move || {
-                while let Some(&rule) = SCHEDULE.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let ids = order(problem, rule.order, &shared.conflicts);
-                    match place_ordered(problem, &ids, rule.fit, stop) {
-                        // The receiver only goes away once every plan is unwanted.
-                        Some(solution) => {
-                            if send.send((solution, rule)).is_err() {
-                                return;
-                            }
-                        }
-                        None => return,
-                    }
+        // The first rule runs alone: on large instances two rules at once slow each other down
+        // (each one's free-space tree is tens of megabytes), and the first plan is what a caller
+        // with a short time limit waits for. Its worker starts the others once that plan is sent.
+        let work = Work {
+            problem,
+            shared: &shared,
+            next: &next,
+            stop: &stop,
+        };
+        scope.spawn(move || {
+            work.run(send, |send| {
+                for _ in 1..threads {
+                    let send = send.clone();
+                    scope.spawn(move || work.run(send, |_| {}));
                 }
-            });
-        }
-        drop(send);
+            })
+        });
         // However this thread leaves the scope (a panic in `found` included), the workers it
         // then joins must stop first.
         let _stop_on_leave = StopOnDrop(&stop);
@@ -174,6 +169,44 @@ pub fn portfolio(
             }
         }
     })
+}
+
+/// One portfolio worker's view: it takes the next rule of [`SCHEDULE`] until none is left or it
+/// is told to stop.
+#[derive(Clone, Copy)]
+struct Work<'a> {
+    problem: &'a Problem,
+    shared: &'a Shared,
+    next: &'a AtomicUsize,
+    stop: &'a AtomicBool,
+}
+
+impl Work<'_> {
+    /// Runs rules and sends their plans; `after_first` is called once, after the first plan is
+    /// sent. Returns when no rule is left, when stopped, or when nobody listens.
+    fn run(
+        self,
+        send: mpsc::Sender<(Solution, Rule)>,
+        after_first: impl FnOnce(&mpsc::Sender<(Solution, Rule)>),
+    ) {
+        let mut after_first = Some(after_first);
+        while let Some(&rule) = SCHEDULE.get(self.next.fetch_add(1, Ordering::Relaxed)) {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let ids = order(self.problem, rule.order, &self.shared.conflicts);
+            let Some(solution) = place_ordered(self.problem, &ids, rule.fit, self.stop) else {
+                return;
+            };
+            // The receiver only goes away once every plan is unwanted.
+            if send.send((solution, rule)).is_err() {
+                return;
+            }
+            if let Some(f) = after_first.take() {
+                f(&send);
+            }
+        }
+    }
 }
 
 /// Places the problem's buffers with one rule.
