@@ -2,8 +2,8 @@
 //! is fast and gives every later method an incumbent; `auto` holds a plan as soon as its first rule
 //! ends); then, for `auto`, the exact search and the ILP share what is left of the time limit, and
 //! the iterated greedy of [`improve`] takes over where they find nothing (or the problem is too
-//! large for them). Everything found or proven lands in the [`Anytime`]
-//! state, so running out of time never loses an incumbent.
+//! large for them). Everything found or proven lands in the [`Anytime`] state, so running out of
+//! time never loses an incumbent.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -18,12 +18,12 @@ use super::validate::InvalidPlan;
 
 /// The share of the time left that `auto` gives the search before the ILP starts: the search
 /// settles most instances in well under a second, and the ILP is the better tool for what the
-/// search cannot close (proving bounds). Above [`SMALL`] buffers the search either succeeds fast
+/// search cannot close (proving bounds). Above [`FULL_SHARE_UP_TO`] buffers the search either succeeds fast
 /// (recorded training traces, within 0.2 s) or not at all (random instances of 5,000 buffers: nothing
 /// in 3 s), while the iterated greedy that runs after it keeps finding better plans, so it gets less.
 const SEARCH_SHARE: f64 = 0.6;
 const SEARCH_SHARE_LARGE: f64 = 0.2;
-const SMALL: usize = 2000;
+const FULL_SHARE_UP_TO: usize = 2000;
 
 /// How the methods ended.
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,7 +57,7 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
             let greedy_peak = state.best_peak();
             let exact = state.problem.len() <= search::MAX_BUFFERS;
             if exact {
-                let share = if state.problem.len() <= SMALL {
+                let share = if state.problem.len() <= FULL_SHARE_UP_TO {
                     SEARCH_SHARE
                 } else {
                     SEARCH_SHARE_LARGE

@@ -100,7 +100,7 @@ impl fmt::Display for Rule {
 /// so they are spread over the available cores; ties go to the earlier rule in [`Rule::ALL`].
 pub fn greedy(problem: &Problem) -> (Solution, Rule) {
     let mut results: Vec<(Solution, Rule)> = Vec::with_capacity(Rule::ALL.len());
-    let _complete = portfolio(problem, None, |solution, rule| {
+    portfolio(problem, None, |solution, rule| {
         results.push((solution, rule));
         ControlFlow::Continue(())
     });
@@ -112,18 +112,19 @@ pub fn greedy(problem: &Problem) -> (Solution, Rule) {
         .unwrap_or_else(|| (place(problem, Rule::ALL[0]), Rule::ALL[0]))
 }
 
-/// Runs the rules of [`Rule::ALL`], first fit before best fit, on every core (the first rule alone)
-/// and hands each plan to `found` on the calling thread as soon as it is ready, so a caller holds an answer after one rule
-/// instead of eight. First fit goes first because it is several times faster at 100k buffers and
-/// wins most often on random instances. Once `found` breaks, or `deadline` has passed and at least one plan was handed over,
-/// the rules still running stop unfinished and the others never start. Returns true when every
-/// rule ran to its end.
+/// Runs the rules of [`Rule::ALL`], first fit before best fit, on every core (the first rule
+/// alone) and hands each plan to `found` on the calling thread as soon as it is ready, so a caller
+/// holds an answer after one rule instead of eight. First fit goes first because it is several
+/// times faster at 100k buffers and wins most often on random instances. Once `found` breaks, or
+/// `deadline` has passed and at least one plan was handed over, the rules still running stop
+/// unfinished and the others never start. Returns true when every rule ran to its end.
 pub fn portfolio(
     problem: &Problem,
     deadline: Option<Instant>,
     mut found: impl FnMut(Solution, Rule) -> ControlFlow<()>,
 ) -> bool {
-    let shared = Shared::new(problem);
+    // Computed once for all workers; only the conflicts order reads them.
+    let conflicts = conflict_counts(problem);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(Rule::ALL.len());
@@ -136,7 +137,7 @@ pub fn portfolio(
         // with a short time limit waits for. Its worker starts the others once that plan is sent.
         let work = Work {
             problem,
-            shared: &shared,
+            conflicts: &conflicts,
             next: &next,
             stop: &stop,
         };
@@ -176,7 +177,7 @@ pub fn portfolio(
 #[derive(Clone, Copy)]
 struct Work<'a> {
     problem: &'a Problem,
-    shared: &'a Shared,
+    conflicts: &'a [usize],
     next: &'a AtomicUsize,
     stop: &'a AtomicBool,
 }
@@ -194,7 +195,7 @@ impl Work<'_> {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let ids = order(self.problem, rule.order, &self.shared.conflicts);
+            let ids = order(self.problem, rule.order, self.conflicts);
             let Some(solution) = place_ordered(self.problem, &ids, rule.fit, self.stop) else {
                 return;
             };
@@ -245,19 +246,6 @@ impl Drop for StopOnDrop<'_> {
 
 /// How many buffers a rule places between two looks at its stop flag.
 const STOP_CHECK_EVERY: usize = 1024;
-
-/// What every rule needs and can share: conflict counts (for that order).
-struct Shared {
-    conflicts: Vec<usize>,
-}
-
-impl Shared {
-    fn new(problem: &Problem) -> Shared {
-        Shared {
-            conflicts: conflict_counts(problem),
-        }
-    }
-}
 
 /// The order of a rule; ties broken by the other keys, then by id, so every run is deterministic.
 pub fn order(problem: &Problem, order: Order, conflicts: &[usize]) -> Vec<BufferId> {
