@@ -10,7 +10,11 @@ use model_opt::runtime::{HostBackend, Mode, Runtime, RuntimeConfig, HOST_DEVICE}
 use runtime_support::{persistent_ids, random_program, Driver, Op, Rng};
 
 fn runtime() -> Runtime {
-    Runtime::new(Arc::new(HostBackend::new()), RuntimeConfig::default())
+    runtime_with(RuntimeConfig::default())
+}
+
+fn runtime_with(config: RuntimeConfig) -> Runtime {
+    Runtime::new(Arc::new(HostBackend::new()), config)
 }
 
 fn quick() -> PlanOptions {
@@ -164,13 +168,10 @@ fn perturbed_replays_stay_correct() {
         let streams = 1 + (seed % 2) as usize;
         let program = random_program(&mut rng, 120, streams);
         // Without the automatic re-plan, so that the plan stays the one of `program` throughout.
-        let rt = Runtime::new(
-            Arc::new(HostBackend::new()),
-            RuntimeConfig {
-                auto_replan: false,
-                ..RuntimeConfig::default()
-            },
-        );
+        let rt = runtime_with(RuntimeConfig {
+            auto_replan: false,
+            ..RuntimeConfig::default()
+        });
         let mut d = profile_and_plan(&rt, &program);
         let mut total_divergences = 0;
         for step in 0..25 {
@@ -245,13 +246,10 @@ fn kept_outputs_of_earlier_steps_block_their_slots() {
 fn too_many_divergences_abandon_the_step_plan() {
     let mut rng = Rng::new(3);
     let program = random_program(&mut rng, 100, 1);
-    let rt = Runtime::new(
-        Arc::new(HostBackend::new()),
-        RuntimeConfig {
-            max_divergences: 5,
-            ..RuntimeConfig::default()
-        },
-    );
+    let rt = runtime_with(RuntimeConfig {
+        max_divergences: 5,
+        ..RuntimeConfig::default()
+    });
     let mut d = profile_and_plan(&rt, &program);
     let grown: Vec<Op> = program
         .iter()
@@ -395,13 +393,10 @@ fn an_unrepresentative_profile_heals_by_replanning() {
     // The profiled step is not like the others (think of the first step of training).
     let first = random_program(&mut Rng::new(32), 90, 2);
     for auto in [true, false] {
-        let rt = Runtime::new(
-            Arc::new(HostBackend::new()),
-            RuntimeConfig {
-                auto_replan: auto,
-                ..RuntimeConfig::default()
-            },
-        );
+        let rt = runtime_with(RuntimeConfig {
+            auto_replan: auto,
+            ..RuntimeConfig::default()
+        });
         let mut d = profile_and_plan(&rt, &first);
         let mut divergences = Vec::new();
         for _ in 0..6 {
