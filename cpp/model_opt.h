@@ -17,7 +17,9 @@
 extern "C" {
 #endif
 
-/* Allocator hooks (CUDAPluggableAllocator). Size 0 returns NULL. */
+/* Allocator hooks (CUDAPluggableAllocator). Size 0 returns NULL; so does a size no device can hold
+ * (above PTRDIFF_MAX), with an out-of-memory message. record_stream of a pointer that is not live
+ * records an error and does nothing. */
 void* model_opt_alloc(size_t size, int device, void* stream);
 void model_opt_free(void* ptr, size_t size, int device, void* stream);
 void model_opt_init(int device_count);                          /* set_init_fn */
@@ -41,10 +43,11 @@ int model_opt_end_step(void);
  * "plan_active"); -1 for an unknown name. */
 int64_t model_opt_stat(const char* name);
 
-/* Copies the last error (NUL-terminated, truncated to len) into buf; returns the full length, 0 when
- * there is none. */
+/* Copies the calling thread's last error (NUL-terminated, truncated to len) into buf; returns the
+ * full length, 0 when there is none. Errors are kept per thread, like errno: read it on the thread
+ * whose call failed, right after the call. */
 size_t model_opt_last_error(char* buf, size_t len);
-void model_opt_clear_last_error(void);
+void model_opt_clear_last_error(void); /* forgets the calling thread's last error */
 
 #ifdef __cplusplus
 }

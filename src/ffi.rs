@@ -95,9 +95,13 @@ pub extern "C" fn model_opt_set_memory_fraction(_fraction: f64, _device: c_int) 
 
 /// Record-stream hook (`set_record_stream_fn`): `ptr` is used on `stream` too.
 #[no_mangle]
-pub extern "C" fn model_opt_record_stream(ptr: *mut c_void, _stream: *mut c_void) {
+pub extern "C" fn model_opt_record_stream(ptr: *mut c_void, stream: *mut c_void) {
     guarded("model_opt_record_stream", (), || {
-        global().record_stream(ptr as usize);
+        if !global().record_stream(ptr as usize, stream as usize) {
+            set_last_error(format!(
+                "record_stream of {ptr:p}, which is not a live allocation of model_opt; ignored"
+            ));
+        }
     })
 }
 

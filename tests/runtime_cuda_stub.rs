@@ -6,39 +6,13 @@
 
 mod runtime_support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::cuda::preload_driver;
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
+use runtime_support::stub_driver::{build_stub, stub_fn};
 use runtime_support::{random_program, Driver, Op, Rng};
-
-fn build_stub() -> PathBuf {
-    let src =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/runtime_support/stub_libcuda.c");
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stub_libcuda.so");
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()))
-        .args(["-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed to build the stub driver");
-    assert!(status.success(), "building the stub driver failed");
-    out
-}
-
-/// Reads a function of the stub through dlsym on the already-loaded library.
-fn stub_fn<T: Copy>(name: &str) -> T {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: RTLD_DEFAULT lookup of a symbol the stub exports; T is the matching fn pointer type.
-    unsafe {
-        let p = libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr());
-        assert!(!p.is_null(), "stub symbol {name} not found");
-        std::mem::transmute_copy::<*mut libc::c_void, T>(&p)
-    }
-}
 
 #[test]
 fn cuda_backend_runs_on_the_stub_driver() {

@@ -331,7 +331,7 @@ fn record_stream_sends_the_buffer_to_the_fallback() {
     d.step += 1;
     let step = d.step;
     let a = d.alloc((step, 0), 4096, 0);
-    assert!(rt.record_stream(a.addr));
+    assert!(rt.record_stream(a.addr, 1));
     d.alloc((step, 1), 4096, 0);
     d.free((step, 0));
     d.free((step, 1));
@@ -345,7 +345,45 @@ fn record_stream_sends_the_buffer_to_the_fallback() {
         (1, 1, 0)
     );
     assert_eq!(rt.stats().counters.record_stream_fallbacks, 1);
-    assert!(!rt.record_stream(0x1000), "unknown pointer");
+    assert!(!rt.record_stream(0x1000, 1), "unknown pointer");
+}
+
+#[test]
+fn a_second_free_after_record_stream_is_refused_and_frees_nothing() {
+    // alloc p, record_stream(p), free p, free p again: the second free must be reported like any
+    // double free, and no later allocation may be handed memory that is still live.
+    for planned in [false, true] {
+        let rt = runtime();
+        let mut d = Driver::new(&rt, HOST_DEVICE);
+        let program = vec![
+            Op::Alloc {
+                id: 0,
+                size: 4096,
+                stream: 0,
+            },
+            Op::Free { id: 0 },
+        ];
+        if planned {
+            d = profile_and_plan(&rt, &program);
+            rt.begin_step().unwrap();
+        }
+        let p = rt.alloc(HOST_DEVICE, 4096, 0).unwrap();
+        assert!(rt.record_stream(p, 7));
+        rt.free(HOST_DEVICE, p).unwrap();
+        let err = rt.free(HOST_DEVICE, p).unwrap_err();
+        assert!(err.to_string().contains("already freed"), "{err}");
+        assert_eq!(rt.stats().counters.unknown_frees, 1);
+        assert!(!rt.record_stream(p, 7), "a freed pointer is not live");
+        let q = d.alloc((100, 0), 4096, 0);
+        rt.empty_cache().unwrap();
+        let r = d.alloc((100, 1), 4096, 0);
+        assert!(r.addr + r.size <= q.addr || q.addr + q.size <= r.addr);
+        d.free_all(); // checks q's and r's fill patterns
+        if planned {
+            rt.end_step().unwrap();
+        }
+        assert_eq!(rt.stats().counters.allocated_bytes, 0);
+    }
 }
 
 #[test]

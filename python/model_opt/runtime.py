@@ -117,13 +117,15 @@ def allocator() -> Any:
 
 
 def _shim_source() -> Path:
+    """The CPU shim's C++ source: shipped in the wheel as model_opt/_cpp/ (in a source tree that is a
+    link to cpp/, resolved so the compiled shim's cache does not depend on the way in)."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "_cpp" / "cpu_shim.cpp", here.parents[1] / "cpp" / "cpu_shim.cpp"):
         if candidate.is_file():
-            return candidate
+            return candidate.resolve()
     raise ModelOptError(
         "cpu_shim.cpp not found (looked in model_opt/_cpp/ and the repository's cpp/); reinstall model_opt "
-        "from a source tree"
+        "from a wheel built by maturin or from a source tree"
     )
 
 
@@ -284,7 +286,11 @@ def save_trace(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def last_error(clear: bool = False) -> str | None:
-    """The last error recorded by a C hook (those cannot raise), or None."""
+    """The most recent error recorded by a C hook on any thread (hooks cannot raise), or None.
+
+    ``clear=True`` forgets it. (C and C++ callers read their own thread's error with
+    ``model_opt_last_error``.)
+    """
     return _native.runtime_last_error(clear)
 
 

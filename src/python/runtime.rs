@@ -10,7 +10,7 @@ use pyo3::types::PyDict;
 use super::errors::{plan_error, InputError, ModelOptError};
 use crate::ffi;
 use crate::placement::PlanOptions;
-use crate::runtime::global::{clear_last_error, global, last_error};
+use crate::runtime::global::{clear_latest_error, global, latest_error};
 use crate::runtime::{RuntimeError, StepStats};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -141,7 +141,7 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("max_divergences", s.max_divergences)?;
     d.set_item("devices", s.devices)?;
     d.set_item("last_step", step_dict(py, &s.last_step)?)?;
-    d.set_item("last_error", last_error())?;
+    d.set_item("last_error", latest_error())?;
     Ok(d)
 }
 
@@ -157,13 +157,14 @@ fn runtime_trace_csv() -> PyResult<(String, String)> {
     global().trace_csv().map_err(runtime_error)
 }
 
-/// The last error a C hook recorded (it cannot raise), or None; `clear=True` forgets it.
+/// The most recent error a C hook recorded on any thread (hooks cannot raise), or None;
+/// `clear=True` forgets it.
 #[pyfunction]
 #[pyo3(signature = (clear=false))]
 fn runtime_last_error(clear: bool) -> Option<String> {
-    let e = last_error();
+    let e = latest_error();
     if clear {
-        clear_last_error();
+        clear_latest_error();
     }
     e
 }

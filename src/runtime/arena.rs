@@ -134,4 +134,69 @@ mod tests {
         assert!(a.try_claim(512, 512, 3, 1).is_some());
         a.free(&b, -1).unwrap();
     }
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum ArenaOp {
+        Claim { offset: usize, len: usize },
+        Release { pick: usize },
+        ReleaseAt { offset: usize },
+    }
+
+    fn arena_op() -> impl Strategy<Value = ArenaOp> {
+        prop_oneof![
+            3 => (0usize..20, 0usize..6).prop_map(|(o, l)| ArenaOp::Claim { offset: o * 512, len: l * 512 }),
+            2 => any::<usize>().prop_map(|pick| ArenaOp::Release { pick }),
+            1 => (0usize..10_000).prop_map(|offset| ArenaOp::ReleaseAt { offset }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// `try_claim` against a plain list of live ranges checked pair by pair: a claim succeeds
+        /// exactly when the range is non-empty, inside the arena and disjoint from every live one.
+        #[test]
+        fn claims_agree_with_a_list_of_live_ranges(ops in proptest::collection::vec(arena_op(), 1..60)) {
+            const SIZE: usize = 8192;
+            let b = HostBackend::new();
+            let mut a = Arena::reserve(&b, -1, SIZE).unwrap();
+            let mut model: Vec<(usize, usize)> = Vec::new(); // (offset, end)
+            for (entry, op) in ops.into_iter().enumerate() {
+                match op {
+                    ArenaOp::Claim { offset, len } => {
+                        let end = offset + len;
+                        let ok = len > 0
+                            && end <= SIZE
+                            && model.iter().all(|&(o, e)| e <= offset || end <= o);
+                        let got = a.try_claim(offset, len, entry, len);
+                        prop_assert_eq!(got.is_some(), ok, "claim [{}, {}) with live {:?}", offset, end, model);
+                        if let Some(addr) = got {
+                            prop_assert_eq!(addr, a.base() + offset);
+                            model.push((offset, end));
+                        }
+                    }
+                    ArenaOp::Release { pick } => {
+                        if model.is_empty() {
+                            continue;
+                        }
+                        let (o, e) = model.swap_remove(pick % model.len());
+                        let live = a.release(a.base() + o);
+                        prop_assert_eq!(live.map(|l| l.end), Some(e));
+                    }
+                    ArenaOp::ReleaseAt { offset } => {
+                        let expected = model.iter().position(|&(o, _)| o == offset);
+                        let live = a.release(a.base() + offset);
+                        prop_assert_eq!(live.is_some(), expected.is_some());
+                        if let Some(i) = expected {
+                            model.swap_remove(i);
+                        }
+                    }
+                }
+                prop_assert_eq!(a.live_count(), model.len());
+                prop_assert_eq!(a.is_idle(), model.is_empty());
+            }
+            a.free(&b, -1).unwrap();
+        }
+    }
 }

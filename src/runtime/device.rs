@@ -1,10 +1,10 @@
 //! The state of one device: its fallback pool, its arena and plan, its recording, and the requests
 //! routed between them. The runtime calls these with its lock held.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use super::arena::Arena;
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, Event};
 use super::fallback::FallbackPool;
 use super::replay::Replay;
 use super::stats::{Counters, StepStats};
@@ -27,6 +27,15 @@ pub struct ReplayLimits {
     pub lookahead: usize,
 }
 
+/// What a quarantined allocation waits for before its memory is reused.
+#[derive(Debug, Default)]
+pub struct Quarantined {
+    /// One event per stream that used it, recorded when it was freed.
+    events: Vec<Event>,
+    /// An event could not be recorded or queried: only a device synchronization releases it.
+    needs_sync: bool,
+}
+
 #[derive(Debug)]
 pub struct DeviceState {
     pub device: i32,
@@ -36,10 +45,11 @@ pub struct DeviceState {
     pub retired: Vec<Arena>,
     pub replay: Option<Replay>,
     pub trace: Trace,
-    /// Live addresses passed to `record_stream`.
-    pub record_streamed: HashSet<usize>,
-    /// Freed addresses that another stream may still use: released after the device synchronizes.
-    pub quarantine: Vec<usize>,
+    /// Live addresses passed to `record_stream`, with the streams that use them.
+    pub record_streamed: HashMap<usize, Vec<usize>>,
+    /// Freed addresses that other streams may still use: still held (so nothing else gets them and a
+    /// second free is refused) until the events recorded on those streams at the free have completed.
+    pub quarantine: HashMap<usize, Quarantined>,
     pub step: StepStats,
 }
 
@@ -52,8 +62,8 @@ impl DeviceState {
             retired: Vec::new(),
             replay: None,
             trace: Trace::new(),
-            record_streamed: HashSet::new(),
-            quarantine: Vec::new(),
+            record_streamed: HashMap::new(),
+            quarantine: HashMap::new(),
             step: StepStats::default(),
         }
     }
@@ -88,6 +98,9 @@ impl DeviceState {
         limits: ReplayLimits,
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
+        if !self.quarantine.is_empty() {
+            self.release_completed(backend);
+        }
         let addr = match route {
             Route::Fallback => self.fallback(backend, size, stream, c)?,
             Route::Record => {
@@ -189,7 +202,7 @@ impl DeviceState {
             || self.retired.iter().any(|a| a.get(addr).is_some())
     }
 
-    /// Takes back `addr`; false when this device did not hand it out.
+    /// Takes back `addr`; false when this device did not hand it out (or it was freed already).
     #[inline]
     pub fn free(
         &mut self,
@@ -198,17 +211,22 @@ impl DeviceState {
         recording: bool,
         c: &mut Counters,
     ) -> bool {
+        // Checked for emptiness first: hashing on every free would cost more than the rest of it.
+        if !self.quarantine.is_empty() && self.quarantine.contains_key(&addr) {
+            return false; // freed already; its memory is still held for another stream
+        }
         if recording {
             self.trace.record_free(addr);
         }
-        // Checked for emptiness first: hashing on every free would cost more than the rest of it.
-        if !self.record_streamed.is_empty() && self.record_streamed.remove(&addr) {
-            let Some(bytes) = self.requested_at(addr) else {
-                return false;
-            };
-            c.on_free(bytes);
-            self.quarantine.push(addr);
-            return true;
+        if !self.record_streamed.is_empty() {
+            if let Some(streams) = self.record_streamed.remove(&addr) {
+                let Some(bytes) = self.requested_at(addr) else {
+                    return false;
+                };
+                c.on_free(bytes);
+                self.quarantine_until_streams_finish(backend, addr, &streams);
+                return true;
+            }
         }
         match self.release(backend, addr) {
             Some(bytes) => {
@@ -216,6 +234,59 @@ impl DeviceState {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Holds the memory at `addr` until the work queued so far on `streams` is done.
+    fn quarantine_until_streams_finish(
+        &mut self,
+        backend: &dyn Backend,
+        addr: usize,
+        streams: &[usize],
+    ) {
+        let mut q = Quarantined::default();
+        for &stream in streams {
+            match backend.record_event(self.device, stream) {
+                Ok(Some(event)) => q.events.push(event),
+                Ok(None) => {}
+                Err(_) => q.needs_sync = true,
+            }
+        }
+        if q.events.is_empty() && !q.needs_sync {
+            self.release(backend, addr); // nothing runs asynchronously: reusable now
+        } else {
+            self.quarantine.insert(addr, q);
+        }
+    }
+
+    /// Releases the quarantined memory whose streams have finished with it; never blocks.
+    pub fn release_completed(&mut self, backend: &dyn Backend) {
+        let device = self.device;
+        let done: Vec<usize> = self
+            .quarantine
+            .iter_mut()
+            .filter_map(|(&addr, q)| {
+                if q.needs_sync {
+                    return None;
+                }
+                let mut pending = Vec::new();
+                for &event in &q.events {
+                    match backend.event_done(device, event) {
+                        Ok(true) => backend.destroy_event(device, event),
+                        Ok(false) => pending.push(event),
+                        Err(_) => {
+                            q.needs_sync = true;
+                            pending.push(event);
+                        }
+                    }
+                }
+                q.events = pending;
+                (q.events.is_empty() && !q.needs_sync).then_some(addr)
+            })
+            .collect();
+        for addr in done {
+            self.quarantine.remove(&addr);
+            self.release(backend, addr);
         }
     }
 
@@ -248,10 +319,10 @@ impl DeviceState {
         self.pool.free(addr).map(|f| f.requested)
     }
 
-    /// Marks a live allocation as used by another stream: its plan entry goes to the fallback from
-    /// now on, and its memory is reused only after the device synchronizes.
-    pub fn record_stream(&mut self, addr: usize) -> bool {
-        if !self.owns(addr) {
+    /// Marks a live allocation as used by `stream` too: its plan entry goes to the fallback from now
+    /// on, and once freed its memory is reused only after the work queued on `stream` is done.
+    pub fn record_stream(&mut self, addr: usize, stream: usize) -> bool {
+        if !self.owns(addr) || self.quarantine.contains_key(&addr) {
             return false;
         }
         if let (Some(arena), Some(replay)) = (self.arena.as_ref(), self.replay.as_mut()) {
@@ -259,17 +330,23 @@ impl DeviceState {
                 replay.poison(live.entry);
             }
         }
-        self.record_streamed.insert(addr);
+        let streams = self.record_streamed.entry(addr).or_default();
+        if !streams.contains(&stream) {
+            streams.push(stream);
+        }
         true
     }
 
-    /// Synchronizes the device and releases quarantined memory.
+    /// Waits for the device and releases all quarantined memory (`empty_cache`).
     pub fn flush_quarantine(&mut self, backend: &dyn Backend) -> Result<(), BackendError> {
         if self.quarantine.is_empty() {
             return Ok(());
         }
         backend.synchronize(self.device)?;
-        for addr in std::mem::take(&mut self.quarantine) {
+        for (addr, q) in std::mem::take(&mut self.quarantine) {
+            for event in q.events {
+                backend.destroy_event(self.device, event);
+            }
             self.release(backend, addr);
         }
         Ok(())
@@ -289,6 +366,11 @@ impl DeviceState {
 
     /// Frees everything this device reserved (the runtime is going away).
     pub fn release_all(&mut self, backend: &dyn Backend) {
+        for (_, q) in self.quarantine.drain() {
+            for event in q.events {
+                backend.destroy_event(self.device, event);
+            }
+        }
         self.pool.release_all(backend, self.device);
         if let Some(a) = self.arena.take() {
             let _ = a.free(backend, self.device);

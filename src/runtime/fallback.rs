@@ -48,17 +48,27 @@ pub struct Freed {
     pub stream: usize,
 }
 
-pub fn round_size(size: usize) -> usize {
-    size.max(1).div_ceil(ROUNDING) * ROUNDING
+/// No request can be larger: the most any allocation can be (Rust's and the C library's limit), far
+/// above any device. Everything the runtime computes from a size (rounding, segments, offsets) stays
+/// below `usize::MAX` because of it, and the arithmetic is checked besides.
+pub const MAX_REQUEST: usize = isize::MAX as usize;
+
+/// `size` rounded up to [`ROUNDING`]; `None` above [`MAX_REQUEST`].
+pub fn round_size(size: usize) -> Option<usize> {
+    if size > MAX_REQUEST {
+        return None;
+    }
+    size.max(1).checked_next_multiple_of(ROUNDING)
 }
 
-fn segment_size(rounded: usize) -> usize {
+/// The backend allocation that holds a block of `rounded` bytes; `None` when it cannot be computed.
+fn segment_size(rounded: usize) -> Option<usize> {
     if rounded <= SMALL_REQUEST {
-        SMALL_SEGMENT
+        Some(SMALL_SEGMENT)
     } else if rounded <= MEDIUM_REQUEST {
-        MEDIUM_SEGMENT
+        Some(MEDIUM_SEGMENT)
     } else {
-        rounded.div_ceil(LARGE_ROUNDING) * LARGE_ROUNDING
+        rounded.checked_next_multiple_of(LARGE_ROUNDING)
     }
 }
 
@@ -98,7 +108,9 @@ impl FallbackPool {
         size: usize,
         stream: usize,
     ) -> Result<usize, BackendError> {
-        let rounded = round_size(size);
+        let Some(rounded) = round_size(size) else {
+            return Err(BackendError::too_large(backend.name(), device, size));
+        };
         let found = self
             .free
             .range((stream, rounded, 0)..=(stream, usize::MAX, usize::MAX))
@@ -144,7 +156,9 @@ impl FallbackPool {
         rounded: usize,
         stream: usize,
     ) -> Result<usize, BackendError> {
-        let seg = segment_size(rounded);
+        let Some(seg) = segment_size(rounded) else {
+            return Err(BackendError::too_large(backend.name(), device, rounded));
+        };
         let addr = match backend.alloc(device, seg) {
             Ok(a) => a,
             Err(e) if e.is_out_of_memory() => {
@@ -294,5 +308,123 @@ mod tests {
         assert_eq!(p.reserved_bytes(), 2 * SMALL_SEGMENT);
         p.free(c);
         p.release_all(&b, -1);
+    }
+
+    #[test]
+    fn sizes_near_the_top_of_the_address_space_are_refused_not_wrapped() {
+        // Before the checks, these rounded to 0 and the pool handed out memory it did not own.
+        assert_eq!(round_size(0), Some(ROUNDING));
+        assert_eq!(round_size(MAX_REQUEST), Some(MAX_REQUEST + 1));
+        assert_eq!(round_size(MAX_REQUEST + 1), None);
+        assert_eq!(round_size(usize::MAX), None);
+        assert_eq!(segment_size(MAX_REQUEST + 1), Some(MAX_REQUEST + 1));
+        assert_eq!(segment_size(usize::MAX - ROUNDING + 1), None);
+        let b = HostBackend::new();
+        let mut p = FallbackPool::new();
+        for size in [
+            usize::MAX,
+            usize::MAX - 1,
+            usize::MAX - (1 << 20) + 1,
+            usize::MAX - (1 << 20),
+            1 << 63,
+            MAX_REQUEST + 1,
+        ] {
+            let e = p.alloc(&b, -1, size, 0).unwrap_err();
+            assert!(e.is_out_of_memory(), "{size}: {e}");
+            assert!(
+                e.to_string()
+                    .contains("larger than the largest possible allocation"),
+                "{e}"
+            );
+        }
+        // The largest size that rounds is passed to the backend, which cannot serve it either.
+        let e = p.alloc(&b, -1, MAX_REQUEST, 0).unwrap_err();
+        assert!(e.is_out_of_memory(), "{e}");
+        assert_eq!((p.reserved_bytes(), p.live_bytes()), (0, 0));
+        // And the pool still works, with memory of its own.
+        let a = p.alloc(&b, -1, 4096, 0).unwrap();
+        let c = p.alloc(&b, -1, 1000, 0).unwrap();
+        assert_eq!(c, a + 4096);
+        assert_eq!(p.reserved_bytes(), SMALL_SEGMENT);
+        p.release_all(&b, -1);
+    }
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum PoolOp {
+        Alloc { size: usize, stream: usize },
+        Free { pick: usize },
+        FreeForeign { pick: usize, delta: usize },
+        ReleaseCached,
+    }
+
+    fn pool_op() -> impl Strategy<Value = PoolOp> {
+        prop_oneof![
+            4 => (prop_oneof![1usize..2048, 2048usize..(3 << 20)], 0usize..2)
+                .prop_map(|(size, stream)| PoolOp::Alloc { size, stream }),
+            3 => any::<usize>().prop_map(|pick| PoolOp::Free { pick }),
+            1 => (any::<usize>(), 1usize..600).prop_map(|(pick, delta)| PoolOp::FreeForeign { pick, delta }),
+            1 => Just(PoolOp::ReleaseCached),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// The pool against a map of the blocks in use: every block is aligned, at least the
+        /// rounded size, disjoint from every block in use, and of its request's stream; frees of
+        /// anything but a block start in use are refused; the byte counts add up.
+        #[test]
+        fn blocks_agree_with_a_map_of_live_ranges(ops in proptest::collection::vec(pool_op(), 1..80)) {
+            let b = HostBackend::new();
+            let mut p = FallbackPool::new();
+            // addr -> (rounded size, requested, stream)
+            let mut model: BTreeMap<usize, (usize, usize, usize)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    PoolOp::Alloc { size, stream } => {
+                        let addr = p.alloc(&b, -1, size, stream).unwrap();
+                        let rounded = round_size(size).unwrap();
+                        prop_assert_eq!(addr % ROUNDING, 0);
+                        for (&a, &(len, _, _)) in &model {
+                            prop_assert!(a + len <= addr || addr + rounded <= a,
+                                "[{:#x}, +{}) overlaps live [{:#x}, +{})", addr, rounded, a, len);
+                        }
+                        prop_assert_eq!(p.requested(addr), Some(size));
+                        model.insert(addr, (rounded, size, stream));
+                    }
+                    PoolOp::Free { pick } => {
+                        if model.is_empty() {
+                            continue;
+                        }
+                        let addr = *model.keys().nth(pick % model.len()).unwrap();
+                        let (_, requested, stream) = model.remove(&addr).unwrap();
+                        prop_assert_eq!(p.free(addr), Some(Freed { requested, stream }));
+                        prop_assert_eq!(p.free(addr), None, "double free");
+                    }
+                    PoolOp::FreeForeign { pick, delta } => {
+                        // An address inside (or just past the start of) a live block is not a block.
+                        if let Some(&addr) = model.keys().nth(pick % model.len().max(1)) {
+                            prop_assert_eq!(p.free(addr + delta), None);
+                            prop_assert!(!p.owns(addr + delta));
+                        }
+                    }
+                    PoolOp::ReleaseCached => {
+                        p.release_cached(&b, -1);
+                    }
+                }
+                let live: usize = model.values().map(|v| v.0).sum();
+                prop_assert!(p.live_bytes() >= live, "live {} < model {}", p.live_bytes(), live);
+                // A block is the rounded size unless splitting would leave less than 512 bytes.
+                prop_assert!(p.live_bytes() < live + model.len() * ROUNDING + 1);
+                prop_assert!(p.reserved_bytes() >= p.live_bytes());
+            }
+            for addr in model.keys().copied().collect::<Vec<_>>() {
+                p.free(addr);
+            }
+            prop_assert_eq!(p.live_bytes(), 0);
+            p.release_cached(&b, -1);
+            prop_assert_eq!(p.reserved_bytes(), 0, "every segment returned once nothing is live");
+        }
     }
 }

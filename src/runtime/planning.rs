@@ -161,4 +161,89 @@ mod tests {
         assert_eq!(p.lower_bound, 1536);
         assert_eq!(p.persistent_bytes, 8);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+        /// A recorded step of random sizes, streams and lifetimes, planned: checked pair by pair,
+        /// independently of the validator: two transient buffers alive at the same event never share
+        /// a byte (and never when they are on different streams, whatever their lifetimes), every
+        /// slot is aligned and inside the arena, persistent buffers have no offset.
+        #[test]
+        fn planned_offsets_keep_live_buffers_apart(
+            ops in proptest::collection::vec((1usize..5000, 0usize..3, 0u8..3), 1..60),
+        ) {
+            let mut t = Trace::new();
+            let mut live: Vec<usize> = Vec::new();
+            for (addr, (size, stream, frees)) in (1usize..).zip(ops) {
+                t.record_alloc(addr, size, stream);
+                live.push(addr);
+                for _ in 0..frees {
+                    if live.len() > 1 {
+                        let addr = live.remove(size % live.len());
+                        t.record_free(addr);
+                    }
+                }
+            }
+            t.finish();
+            let p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
+            for b in &t.buffers {
+                let e = p.entries[b.index];
+                prop_assert_eq!(e.offset.is_none(), b.is_persistent());
+                prop_assert_eq!(e.slot % 512, 0);
+                prop_assert!(e.slot >= b.size);
+                if let Some(o) = e.offset {
+                    prop_assert_eq!(o % 512, 0);
+                    prop_assert!(o + e.slot <= p.arena_bytes);
+                }
+            }
+            for x in t.transient() {
+                for y in t.transient() {
+                    if x.index >= y.index {
+                        continue;
+                    }
+                    let together = x.alloc_event < y.free_event.unwrap() && y.alloc_event < x.free_event.unwrap();
+                    if !together && x.stream == y.stream {
+                        continue;
+                    }
+                    let (ex, ey) = (p.entries[x.index], p.entries[y.index]);
+                    let (ox, oy) = (ex.offset.unwrap(), ey.offset.unwrap());
+                    prop_assert!(ox + ex.slot <= oy || oy + ey.slot <= ox,
+                        "buffers {} and {} share bytes", x.index, y.index);
+                }
+            }
+        }
+
+        /// The recorded lifetimes against a direct count of events.
+        #[test]
+        fn trace_lifetimes_count_allocations_and_frees(
+            ops in proptest::collection::vec((any::<bool>(), 0usize..8), 1..80),
+        ) {
+            let mut t = Trace::new();
+            let mut live: Vec<(usize, usize)> = Vec::new(); // (addr, index)
+            let mut expected: Vec<(u64, Option<u64>)> = Vec::new();
+            let mut event = 0u64;
+            for (alloc, pick) in ops {
+                if alloc || live.is_empty() {
+                    let addr = 1000 + expected.len();
+                    t.record_alloc(addr, 8, 0);
+                    live.push((addr, expected.len()));
+                    expected.push((event, None));
+                    event += 1;
+                } else {
+                    let (addr, index) = live.remove(pick % live.len());
+                    t.record_free(addr);
+                    t.record_free(addr); // a second free is not an event
+                    expected[index].1 = Some(event);
+                    event += 1;
+                }
+            }
+            t.finish();
+            prop_assert_eq!(t.events, event);
+            for (b, &(start, end)) in t.buffers.iter().zip(&expected) {
+                prop_assert_eq!((b.alloc_event, b.free_event), (start, end));
+            }
+        }
+    }
 }

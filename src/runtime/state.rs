@@ -8,9 +8,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::arena::Arena;
-use super::backend::Backend;
+use super::backend::{Backend, BackendError, HOST_DEVICE};
 use super::device::{DeviceState, ReplayLimits, Route};
 use super::error::RuntimeError;
+use super::fallback::MAX_REQUEST;
 use super::global;
 use super::mode::Mode;
 use super::planning::{plan_trace, DevicePlan};
@@ -152,6 +153,16 @@ impl Runtime {
         }
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        if size > MAX_REQUEST {
+            // Refused before any size arithmetic: no rounding of it can be trusted not to wrap.
+            inner.counters.out_of_memory += 1;
+            let kind = if device == HOST_DEVICE {
+                "host"
+            } else {
+                "cuda"
+            };
+            return Err(BackendError::too_large(kind, device, size).into());
+        }
         let route = inner.route();
         let limits = ReplayLimits {
             max_divergences: inner.config.max_divergences,
@@ -213,10 +224,14 @@ impl Runtime {
         )))
     }
 
-    /// `addr` is used on another stream: it goes to the fallback from now on (see `device.rs`).
-    pub fn record_stream(&self, addr: usize) -> bool {
+    /// `addr` is used on `stream` too: it goes to the fallback from now on, and its memory waits for
+    /// that stream's work when it is freed (see `device.rs`). False for an address not live here.
+    pub fn record_stream(&self, addr: usize, stream: usize) -> bool {
         let mut inner = self.inner.lock();
-        inner.devices.iter_mut().any(|d| d.record_stream(addr))
+        inner
+            .devices
+            .iter_mut()
+            .any(|d| d.record_stream(addr, stream))
     }
 
     /// Returns cached memory that nothing uses to the backend (PyTorch's `empty_cache`); the plan's
@@ -414,7 +429,6 @@ impl Runtime {
         inner.in_step = false;
         inner.counters.steps += 1;
         let mut total = StepStats::default();
-        let mut flush_error = None;
         for d in inner.devices.iter_mut() {
             total.allocations += d.step.allocations;
             total.planned_hits += d.step.planned_hits;
@@ -422,9 +436,7 @@ impl Runtime {
             total.transient_fallbacks += d.step.transient_fallbacks;
             total.divergences += d.step.divergences;
             total.abandoned |= d.step.abandoned;
-            if let Err(e) = d.flush_quarantine(&*self.backend) {
-                flush_error = Some(e);
-            }
+            d.release_completed(&*self.backend);
         }
         inner.last_step = total.clone();
         let diverged = total.divergences > 0;
@@ -452,10 +464,7 @@ impl Runtime {
                 )),
             }
         }
-        match flush_error {
-            Some(e) => Err(e.into()),
-            None => Ok(total),
-        }
+        Ok(total)
     }
 
     pub fn reset_peak_stats(&self) {

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod soak;
+pub mod stub_driver;
+
 use std::collections::HashMap;
 
 use model_opt::runtime::Runtime;

@@ -13,10 +13,10 @@ use cudarc::driver::sys;
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, Event};
 
 /// The driver functions this backend calls; all are checked before the first call.
-const REQUIRED_SYMBOLS: [&str; 8] = [
+const REQUIRED_SYMBOLS: [&str; 12] = [
     "cuInit",
     "cuDeviceGetCount",
     "cuDeviceGet",
@@ -25,6 +25,10 @@ const REQUIRED_SYMBOLS: [&str; 8] = [
     "cuCtxSynchronize",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventQuery",
+    "cuEventDestroy_v2",
 ];
 /// Checked too, but optional: without it `mem_info` reports nothing.
 const MEM_INFO_SYMBOL: &str = "cuMemGetInfo_v2";
@@ -219,5 +223,49 @@ impl Backend for CudaBackend {
             sys::cuMemGetInfo_v2(&mut free, &mut total)
         })?;
         Ok(Some((free as u64, total as u64)))
+    }
+
+    fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {
+        self.make_current(device)?;
+        let mut event: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: a context is current; `event` is a valid out-pointer; `stream` is the CUstream
+        // PyTorch passed to record_stream (cudaStream_t and CUstream are the same handle).
+        unsafe {
+            check(
+                "cuEventCreate",
+                device,
+                sys::cuEventCreate(
+                    &mut event,
+                    sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as libc::c_uint,
+                ),
+            )?;
+            if let Err(e) = check(
+                "cuEventRecord",
+                device,
+                sys::cuEventRecord(event, stream as sys::CUstream),
+            ) {
+                sys::cuEventDestroy_v2(event);
+                return Err(e);
+            }
+        }
+        Ok(Some(Event(event as usize)))
+    }
+
+    fn event_done(&self, device: i32, event: Event) -> Result<bool, BackendError> {
+        self.make_current(device)?;
+        // SAFETY: the event came from record_event and has not been destroyed.
+        let r = unsafe { sys::cuEventQuery(event.0 as sys::CUevent) };
+        if r == sys::CUresult::CUDA_ERROR_NOT_READY {
+            return Ok(false);
+        }
+        check("cuEventQuery", device, r)?;
+        Ok(true)
+    }
+
+    fn destroy_event(&self, device: i32, event: Event) {
+        if self.make_current(device).is_ok() {
+            // SAFETY: the event came from record_event and is destroyed once.
+            unsafe { sys::cuEventDestroy_v2(event.0 as sys::CUevent) };
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! One runtime (one state machine, one set of statistics) serves both the CPU shim and PyTorch's
 //! CUDA allocator hooks.
 
-use super::{Backend, BackendError, CudaBackend, HostBackend, HOST_DEVICE};
+use super::{Backend, BackendError, CudaBackend, Event, HostBackend, HOST_DEVICE};
 
 #[derive(Debug, Default)]
 pub struct DispatchBackend {
@@ -43,5 +43,17 @@ impl Backend for DispatchBackend {
 
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
         self.pick(device).mem_info(device)
+    }
+
+    fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {
+        self.pick(device).record_event(device, stream)
+    }
+
+    fn event_done(&self, device: i32, event: Event) -> Result<bool, BackendError> {
+        self.pick(device).event_done(device, event)
+    }
+
+    fn destroy_event(&self, device: i32, event: Event) {
+        self.pick(device).destroy_event(device, event)
     }
 }

@@ -31,7 +31,26 @@ pub trait Backend: Send + Sync {
 
     /// `(free, total)` bytes of the device, when the backend knows them.
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError>;
+
+    /// Marks the point that the work queued so far on `stream` has reached, so memory that stream
+    /// used can be reused once that work is done, without waiting for the whole device. `None` when
+    /// the backend runs nothing asynchronously (host memory): there is nothing to wait for.
+    fn record_event(&self, _device: i32, _stream: usize) -> Result<Option<Event>, BackendError> {
+        Ok(None)
+    }
+
+    /// Whether the work before `event` is done; never blocks.
+    fn event_done(&self, _device: i32, _event: Event) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
+    /// Releases an event from [`Backend::record_event`].
+    fn destroy_event(&self, _device: i32, _event: Event) {}
 }
+
+/// A backend's handle to a recorded event (a `CUevent` for CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Event(pub usize);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BackendError {
@@ -64,6 +83,19 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A request no device can serve: larger than any allocation can be (`isize::MAX` bytes).
+    pub fn too_large(backend: &'static str, device: i32, size: usize) -> BackendError {
+        BackendError::OutOfMemory {
+            backend,
+            device,
+            size,
+            detail: format!(
+                "larger than the largest possible allocation, {} bytes",
+                isize::MAX
+            ),
+        }
+    }
+
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, BackendError::OutOfMemory { .. })
     }
