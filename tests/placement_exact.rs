@@ -1,5 +1,10 @@
 //! Exact placement end to end: the search, the ILP and `auto` through `plan()`, on the MiniMalloc
 //! examples and challenging instances and on small random instances checked by brute force.
+//!
+//! What a test expects the search to reach, it reaches within a number of branch-and-bound nodes
+//! (`max_search_nodes`), not of seconds: the time limit of these plans is a guard against a hang
+//! that no run comes near, so they end the same way on a slow or busy machine as on a fast one.
+//! Only `the_time_limit_is_obeyed` times anything, with ten times the limit to spare.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -7,8 +12,8 @@ use std::time::Duration;
 
 use model_opt::placement::csv::read_csv_file;
 use model_opt::placement::{
-    plan, validate, Buffer, Bytes, Interval, Method, PlanError, PlanOptions, Problem, Progress,
-    Status,
+    plan, validate, Buffer, Bytes, Interval, Limit, Method, PlanError, PlanOptions, Problem,
+    Progress, Status,
 };
 use proptest::prelude::*;
 
@@ -24,10 +29,15 @@ fn load(rel: &str) -> Problem {
         .problem
 }
 
-fn options(method: Method, seconds: f64) -> PlanOptions {
+/// A time limit no plan here comes near (the slowest, B, takes 1.5 s here): it only stops a hang.
+const GUARD: Duration = Duration::from_secs(120);
+
+/// `method` with at most `nodes` search nodes, and no time limit to speak of.
+fn options(method: Method, nodes: u64) -> PlanOptions {
     PlanOptions {
         method,
-        time_limit: Duration::from_secs_f64(seconds),
+        time_limit: GUARD,
+        max_search_nodes: Some(nodes),
         ..Default::default()
     }
 }
@@ -64,7 +74,8 @@ fn every_example_reaches_its_known_optimum() {
         let optimum: u64 = name.rsplit('.').nth(1).unwrap().parse().unwrap();
         let problem = read_csv_file(&path).unwrap().problem;
         for method in [Method::Auto, Method::Search, Method::Ilp] {
-            let r = plan(&problem, &options(method, 5.0)).unwrap();
+            // The search needs at most 6 nodes on these.
+            let r = plan(&problem, &options(method, 1_000)).unwrap();
             check_report(&problem, &r);
             assert_eq!(r.solution.peak, Bytes(optimum), "{name} with {method}");
             assert_eq!(r.status, Status::Optimal, "{name} with {method}");
@@ -79,17 +90,20 @@ fn challenging_a_b_e_fit_their_capacity_and_are_optimal() {
     for name in ["A", "B", "E"] {
         let problem =
             load(&format!("challenging/{name}.1048576.csv")).with_capacity(Some(Bytes(1048576)));
-        let r = plan(&problem, &options(Method::Auto, 20.0)).unwrap();
+        // The search needs 71,344 nodes on A, 391,310 on B and 385,662 on E.
+        let r = plan(&problem, &options(Method::Auto, 2_000_000)).unwrap();
         check_report(&problem, &r);
         assert_eq!(r.solution.peak, Bytes(1048576), "{name}");
         assert_eq!(r.status, Status::Optimal, "{name}: {}", r.method);
+        assert!(r.method.ends_with("/search"), "{name}: {}", r.method);
     }
 }
 
 #[test]
 fn challenging_c_is_minimized_to_its_optimum() {
     let problem = load("challenging/C.1048576.csv");
-    let r = plan(&problem, &options(Method::Auto, 20.0)).unwrap();
+    // The search closes it in 672 nodes.
+    let r = plan(&problem, &options(Method::Auto, 100_000)).unwrap();
     check_report(&problem, &r);
     assert_eq!(r.solution.peak, Bytes(1039360));
     assert_eq!(r.status, Status::Optimal);
@@ -105,42 +119,83 @@ fn auto_reaches_the_lower_bound_on_a_recorded_transformer_trace() {
     assert_eq!(problem.len(), 3252);
     for capacity in [None, Some(model_opt::placement::max_load(&problem))] {
         let problem = problem.clone().with_capacity(capacity);
-        let r = plan(&problem, &options(Method::Auto, 10.0)).unwrap();
+        // The pinned search needs 2,928 nodes.
+        let r = plan(&problem, &options(Method::Auto, 100_000)).unwrap();
         check_report(&problem, &r);
         assert_eq!(r.solution.peak, r.lower_bound, "{}", r.method);
         assert_eq!(r.status, Status::Optimal);
     }
 }
 
+/// D's search, cut short by its node budget (about 0.1 s here).
+const D_NODES: u64 = 10_000;
+
 #[test]
-fn a_timeout_returns_the_incumbent_and_its_bound() {
-    // D: no proof of its optimum is known; a short search must still return its best plan.
+fn a_search_stopped_by_its_node_budget_returns_the_incumbent_and_its_bound() {
+    // D: no proof of its optimum is known; a search cut short must still return its best plan.
     let problem = load("challenging/D.1048576.csv");
-    let greedy = plan(&problem, &options(Method::Greedy, 1.0)).unwrap();
+    let greedy = plan(&problem, &options(Method::Greedy, 0)).unwrap();
     let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let sink = seen.clone();
     let opts = PlanOptions {
         progress: Some(Arc::new(move |p: &Progress| {
             sink.lock().unwrap().push(p.clone())
         })),
-        ..options(Method::Search, 0.5)
+        ..options(Method::Search, D_NODES)
     };
     let r = plan(&problem, &opts).unwrap();
     check_report(&problem, &r);
     assert_eq!(r.status, Status::Timeout);
-    assert!(r.solution.peak <= greedy.solution.peak);
+    assert_eq!(r.stopped_by, Some(Limit::SearchNodes));
+    assert_eq!(r.search_nodes, D_NODES);
+    assert!(
+        r.solution.peak < greedy.solution.peak,
+        "the search improved on greedy"
+    );
     assert!(r.proven_bound >= Bytes(986112));
-    assert!(r.elapsed < Duration::from_secs(3));
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty(), "progress was reported");
     assert_eq!(seen.last().unwrap().incumbent, Some(r.solution.peak));
+    // The budget, not the clock, decides where it stops: the same budget, the same plan.
+    let again = plan(&problem, &options(Method::Search, D_NODES)).unwrap();
+    assert_eq!(again.solution.offsets, r.solution.offsets);
+    assert_eq!(again.proven_bound, r.proven_bound);
 
-    // Deciding a capacity that is neither found nor refuted in time is a timeout error.
+    // Deciding a capacity that is neither found nor refuted within the budget is a timeout error.
     let tight = problem.with_capacity(Some(Bytes(990000)));
-    let err = plan(&tight, &options(Method::Search, 0.3)).unwrap_err();
+    let err = plan(&tight, &options(Method::Search, D_NODES)).unwrap_err();
     assert!(err.is_capacity());
     assert_eq!(err.status(), Some(Status::Timeout), "{err}");
 }
+
+/// The time limit still stops a search that has no node budget; only a search that ignored the
+/// clock could miss the generous bound on the elapsed time.
+#[test]
+fn the_time_limit_is_obeyed() {
+    let problem = load("challenging/D.1048576.csv");
+    let limit = Duration::from_millis(300);
+    let timed = |problem: &Problem| {
+        plan(
+            problem,
+            &PlanOptions {
+                method: Method::Search,
+                time_limit: limit,
+                ..Default::default()
+            },
+        )
+    };
+    let r = timed(&problem).unwrap();
+    check_report(&problem, &r);
+    assert_eq!(r.status, Status::Timeout);
+    assert_eq!(r.stopped_by, Some(Limit::Time));
+    assert!(r.elapsed < limit * 10, "{:?}", r.elapsed);
+
+    let err = timed(&problem.with_capacity(Some(Bytes(990000)))).unwrap_err();
+    assert_eq!(err.status(), Some(Status::Timeout), "{err}");
+}
+
+/// Far more than the search needs on the tiny instances below.
+const TINY_NODES: u64 = 100_000;
 
 /// Its optimum exceeds its max load (found by a random search, checked by brute force below).
 fn fragmented() -> Problem {
@@ -166,7 +221,7 @@ fn an_infeasible_capacity_is_proven_and_returns_no_plan() {
     for method in [Method::Auto, Method::Search, Method::Ilp] {
         let err = plan(
             &problem.clone().with_capacity(Some(lb)),
-            &options(method, 5.0),
+            &options(method, TINY_NODES),
         )
         .unwrap_err();
         assert_eq!(err.status(), Some(Status::Infeasible), "{method}: {err}");
@@ -175,7 +230,7 @@ fn an_infeasible_capacity_is_proven_and_returns_no_plan() {
             matches!(err, PlanError::Infeasible { bound, .. } if bound.0 == optimum),
             "{err}"
         );
-        let r = plan(&problem, &options(method, 5.0)).unwrap();
+        let r = plan(&problem, &options(method, TINY_NODES)).unwrap();
         assert_eq!(r.solution.peak.0, optimum);
         assert_eq!(r.status, Status::Optimal);
     }
@@ -240,14 +295,14 @@ proptest! {
     fn search_and_ilp_agree_with_brute_force(problem in tiny_problem()) {
         let optimum = brute_force_peak(&problem);
         for method in [Method::Search, Method::Ilp] {
-            let r = plan(&problem, &options(method, 10.0)).unwrap();
+            let r = plan(&problem, &options(method, TINY_NODES)).unwrap();
             check_report(&problem, &r);
             prop_assert_eq!(r.solution.peak.0, optimum, "{}", method);
             prop_assert_eq!(r.status, Status::Optimal);
             // Deciding one byte below the optimum is proven impossible.
             if optimum > model_opt::placement::max_load(&problem).0 {
                 let below = problem.clone().with_capacity(Some(Bytes(optimum - 1)));
-                let err = plan(&below, &options(method, 10.0)).unwrap_err();
+                let err = plan(&below, &options(method, TINY_NODES)).unwrap_err();
                 prop_assert_eq!(err.status(), Some(Status::Infeasible));
             }
         }

@@ -1,10 +1,11 @@
 """Type stubs for the Rust extension `model_opt._native`."""
 
 from os import PathLike
-from typing import Callable
+from typing import Any, Callable
 
 __version__: str
 PLACEMENT_METHODS: list[str]
+MAX_VALUE: int
 SCHEDULE_METHODS: list[str]
 
 class ModelOptError(Exception): ...
@@ -20,6 +21,7 @@ def plan_csv(
     progress: Callable[[int | None, int, float, str], None] | None = None,
 ) -> dict[str, object]: ...
 def validate_csv(path: str | PathLike[str], capacity: int | None = None) -> dict[str, object]: ...
+def read_csv(path: str | PathLike[str]) -> dict[str, Any]: ...
 
 # The model of PyTorch's CUDA caching allocator (src/caching_model).
 def caching_allocator_peak(path: str | PathLike[str]) -> dict[str, object]: ...

@@ -1,32 +1,30 @@
 """The `model-opt` command line.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which registers the
-subcommand and sets ``func`` (taking the parsed arguments, returning an exit status). Exit statuses:
-0 success, 1 no plan fits the capacity, 2 bad input.
+subcommand and sets ``func`` (taking the parsed arguments, returning an exit status). Exit statuses
+(`model_opt.cli_exit`): 0 success, 1 no plan fits the capacity, 2 bad input, with one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from model_opt import cli_bench, cli_demo, cli_placement, cli_plot, cli_reorder, cli_snapshot
+from model_opt._native import CapacityError, InputError
+from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_NO_FIT, EXIT_OK, error, one_line, os_error_message
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = [cli_placement, cli_reorder, cli_demo, cli_bench, cli_plot, cli_snapshot]
-
-EXIT_OK = 0
-EXIT_NO_FIT = 1
-EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep its message to one clear line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +40,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `model-opt`; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be handled
+        return status
     except KeyboardInterrupt:
         print("model-opt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout is gone (`model-opt bench-placement | head -1`): stop quietly, as
+        # Unix tools do, with 0. Point stdout at /dev/null so the flush at exit does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except CapacityError as e:
+        return error(args.command, e, EXIT_NO_FIT)
+    except InputError as e:
+        return error(args.command, e)
+    except OSError as e:
+        return error(args.command, os_error_message(e))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+#: The largest number of bytes accepted (the planner's limit on sizes and their sum: 2^53).
+MAX_BYTES = 2**53
 
 
 def _integer(text: str) -> int:
@@ -14,10 +18,12 @@ def _integer(text: str) -> int:
 
 
 def nonnegative_bytes(text: str) -> int:
-    """A number of bytes, 0 or more."""
+    """A number of bytes, 0 to `MAX_BYTES`."""
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    if value > MAX_BYTES:
+        raise argparse.ArgumentTypeError(f"{value} is too large (at most {MAX_BYTES} = 2^53)")
     return value
 
 
@@ -30,7 +36,7 @@ def positive_int(text: str) -> int:
 
 
 def nonnegative_float(text: str, unit: str = "") -> float:
-    """A number, 0 or more (NaN refused)."""
+    """A finite number, 0 or more (NaN and infinity refused)."""
     what = f"a number of {unit}" if unit else "a number"
     try:
         value = float(text)
@@ -40,6 +46,8 @@ def nonnegative_float(text: str, unit: str = "") -> float:
         raise argparse.ArgumentTypeError(
             f"{text} must be a non-negative number" + (f" of {unit}" if unit else "")
         )
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number" + (f" of {unit}" if unit else ""))
     return value
 
 

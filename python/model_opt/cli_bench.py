@@ -8,8 +8,7 @@ from pathlib import Path
 
 from model_opt._native import SCHEDULE_METHODS
 from model_opt.cli_args import nonnegative_float, positive_int, seconds
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

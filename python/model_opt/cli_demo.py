@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from model_opt.cli_args import positive_int, seconds
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_OK
+from model_opt.cli_exit import EXIT_CHECKS_FAILED as EXIT_FAILED
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

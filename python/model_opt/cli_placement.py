@@ -8,8 +8,7 @@ from pathlib import Path
 
 from model_opt._native import PLACEMENT_METHODS, CapacityError, InputError, plan_csv, validate_csv
 from model_opt.cli_args import nonnegative_bytes, seconds
-
-EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
+from model_opt.cli_exit import EXIT_NO_FIT, EXIT_OK, error
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,11 +66,9 @@ def run_plan(args: argparse.Namespace) -> int:
             progress=_print_progress if show_progress else None,
         )
     except CapacityError as e:
-        print(f"model-opt plan: {e}", file=sys.stderr)
-        return EXIT_NO_FIT
+        return error("plan", e, EXIT_NO_FIT)
     except InputError as e:
-        print(f"model-opt plan: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("plan", e)
     print(summary_line(report))
     return EXIT_OK
 
@@ -80,8 +77,7 @@ def run_validate(args: argparse.Namespace) -> int:
     try:
         report = validate_csv(args.input, capacity=args.capacity)
     except InputError as e:
-        print(f"model-opt validate: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("validate", e)
     print(f"valid: buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']}")
     return EXIT_OK
 
@@ -96,8 +92,7 @@ def _csv_files(paths: list[Path]) -> list[Path]:
 def run_bench(args: argparse.Namespace) -> int:
     files = _csv_files(args.inputs)
     if not files:
-        print("model-opt bench-placement: no CSV files found", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("bench-placement", "no CSV files found")
     header = [
         "instance",
         "buffers",
@@ -115,8 +110,7 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             r = plan_csv(path, method=args.method, time_limit=args.time_limit)
         except (InputError, CapacityError) as e:
-            print(f"model-opt bench-placement: {e}", file=sys.stderr)
-            status = EXIT_BAD_INPUT
+            status = error("bench-placement", e)
             continue
         row = [
             path.stem,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from model_opt._native import InputError
+from model_opt.cli_exit import EXIT_OK, error
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,22 +27,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         from model_opt.plot import plot_plan, plot_trace_live_bytes
     except ImportError as e:  # pragma: no cover - the package imports without matplotlib
-        print(f"model-opt plot: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if not args.solution.is_file():
-        print(f"model-opt plot: {args.solution}: no such file", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("plot", e)
+    if not args.solution.exists():
+        return error("plot", f"{args.solution}: no such file")
     output = args.output or args.solution.with_suffix(".png")
     try:
         plot_plan(args.solution, output, title=args.title)
         if args.live:
             plot_trace_live_bytes(args.solution, args.live)
-    except ImportError as e:
-        print(f"model-opt plot: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValueError as e:
-        print(f"model-opt plot: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ImportError, InputError) as e:
+        return error("plot", e)
     print(output)
     if args.live:
         print(args.live)

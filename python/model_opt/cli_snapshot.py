@@ -4,12 +4,10 @@ PyTorch's CUDA caching allocator would reserve for it."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from model_opt._native import InputError
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from model_opt.cli_exit import EXIT_OK, error
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,8 +37,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
     try:
         path = save_snapshot(args.trace, args.output, plan_csv=args.plan)
     except InputError as e:
-        print(f"model-opt snapshot: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("snapshot", e)
     print(path)
     return EXIT_OK
 
@@ -51,8 +48,7 @@ def run_caching(args: argparse.Namespace) -> int:
     try:
         r = caching_allocator_peak(args.trace)
     except InputError as e:
-        print(f"model-opt caching: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("caching", e)
     print(
         f"buffers={r['buffers']} lower_bound={r['peak_requested_bytes']} "
         f"reserved_peak={r['reserved_peak_bytes']} allocated_at_peak={r['allocated_at_peak_bytes']} "

@@ -7,16 +7,21 @@
   the reordered order of a captured step, from `live_bytes_of_step`) and horizontal reference lines
   (e.g. the arena).
 
-matplotlib is imported lazily: ``import model_opt`` does not need it.
+matplotlib is imported lazily: ``import model_opt`` does not need it. Files are read with the
+project's one CSV reader (`model_opt._native.read_csv`, the one ``model-opt plan`` uses); bad input
+raises `model_opt.InputError` naming the file and line. A plot's memory grows with the number of
+buffers, never with the length of the step in time units.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from model_opt import _native
+from model_opt._native import InputError
 
 MIB = 2**20
 
@@ -33,24 +38,33 @@ def _pyplot() -> Any:
 
 
 def read_buffers(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int, int | None]]:
-    """The buffers of a MiniMalloc CSV file as ``(id, lower, upper, size, offset or None)``."""
-    rows = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                offset = row.get("offset")
-                rows.append(
-                    (
-                        row["id"],
-                        int(row["lower"]),
-                        int(row["upper"]),
-                        int(row["size"]),
-                        int(offset) if offset not in (None, "") else None,
-                    )
-                )
-            except (KeyError, ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{line}: not a MiniMalloc row ({e})") from None
-    return rows
+    """The buffers of a MiniMalloc CSV file as ``(id, lower, upper, size, offset or None)``.
+
+    Raises:
+        model_opt.InputError: the file cannot be read or is malformed (the message names its line).
+    """
+    rows = _native.read_csv(path)
+    offsets = rows["offset"] or [None] * len(rows["ids"])
+    return list(zip(rows["ids"], rows["lower"], rows["upper"], rows["size"], offsets))
+
+
+def _buffers_to_plot(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int, int | None]]:
+    buffers = read_buffers(path)
+    if not buffers:
+        raise InputError(f"{path}: no buffers to plot (the file has a header and no rows)")
+    return buffers
+
+
+def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
+    """Writes the figure as a PNG and closes it; an unwritable path is an `InputError`."""
+    out = Path(path)
+    try:
+        fig.savefig(out, format="png")
+    except OSError as e:
+        raise InputError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    return out
 
 
 def live_bytes_of_buffers(
@@ -84,16 +98,18 @@ def plot_plan(
         The path written.
 
     Raises:
-        ValueError: when a row is malformed or a buffer has no offset.
+        model_opt.InputError: the file is malformed, has no buffers or no offset column, or the PNG
+            cannot be written.
     """
     plt = _pyplot()
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
-    buffers = read_buffers(solution_csv)
+    buffers = _buffers_to_plot(solution_csv)
     if any(b[4] is None for b in buffers):
-        raise ValueError(f"{solution_csv}: not a solution (a buffer has no offset); plan it first")
-    peak = max((b[4] + b[3] for b in buffers if b[4] is not None), default=0)
+        raise InputError(f"{solution_csv}: not a solution (no offset column); plan it first")
+    # As the validator counts it: a buffer of 0 bytes holds no byte and does not raise the peak.
+    peak = max((b[4] + b[3] for b in buffers if b[4] is not None and b[3] > 0), default=0)
     _, loads = live_bytes_of_buffers(buffers)
     bound = max(loads, default=0)
     t_end = max((b[2] for b in buffers), default=1)
@@ -122,10 +138,7 @@ def plot_plan(
     )
     ax.legend(loc="upper right")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, plt, path)
 
 
 def plot_live_bytes(
@@ -141,14 +154,29 @@ def plot_live_bytes(
 
     Returns:
         The path written.
+
+    Raises:
+        model_opt.InputError: the PNG cannot be written.
     """
+    steps = {name: (range(len(values)), list(values)) for name, values in curves.items()}
+    return _plot_steps(steps, path, lines, title, xlabel)
+
+
+def _plot_steps(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[int]]],
+    path: str | os.PathLike[str],
+    lines: Mapping[str, int] | None,
+    title: str,
+    xlabel: str,
+) -> Path:
+    """Draws step curves given as ``(times, values)``: ``values[i]`` holds from ``times[i]`` to the
+    next time. One point per change, so the plot costs what the curve has points, not its length."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
-    for name, values in curves.items():
-        values = list(values)
+    for name, (times, values) in curves.items():
         peak = max(values, default=0)
         ax.step(
-            range(len(values)),
+            list(times),
             [v / MIB for v in values],
             where="post",
             linewidth=1.2,
@@ -170,10 +198,7 @@ def plot_live_bytes(
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, plt, path)
 
 
 def live_bytes_of_step(step: Any) -> dict[str, list[int]]:
@@ -191,21 +216,23 @@ def plot_trace_live_bytes(
     trace_csv: str | os.PathLike[str], path: str | os.PathLike[str], arena_bytes: int | None = None
 ) -> Path:
     """Draws the live bytes of a recorded trace (``model_opt.save_trace``) over event time, with the
-    arena as a line when given (or the peak of the trace's own offsets when it is a solution)."""
-    buffers = read_buffers(trace_csv)
+    arena as a line when given (or the peak of the trace's own offsets when it is a solution).
+
+    The curve is a step function with one point where each buffer starts or ends, however long
+    the trace is in time units.
+
+    Raises:
+        model_opt.InputError: the file is malformed or has no buffers, or the PNG cannot be written.
+    """
+    buffers = _buffers_to_plot(trace_csv)
     times, loads = live_bytes_of_buffers(buffers)
     lines: dict[str, int] = {}
     if arena_bytes is not None:
         lines["arena"] = arena_bytes
     elif buffers and all(b[4] is not None for b in buffers):
-        lines["plan peak"] = max(b[4] + b[3] for b in buffers if b[4] is not None)
-    # Expand the step function to one value per event so the x axis is event time.
-    series: list[int] = []
-    for i, t in enumerate(times):
-        nxt = times[i + 1] if i + 1 < len(times) else t + 1
-        series.extend([loads[i]] * max(nxt - t, 1))
-    return plot_live_bytes(
-        {"live (trace)": series},
+        lines["plan peak"] = max((b[4] + b[3] for b in buffers if b[4] is not None and b[3] > 0), default=0)
+    return _plot_steps(
+        {"live (trace)": (times, loads)},
         path,
         lines,
         title=f"{Path(trace_csv).name}: live bytes",

@@ -22,7 +22,6 @@ allocates them. Everything is on device 0, stream 0 (MiniMalloc CSV carries neit
 
 from __future__ import annotations
 
-import csv
 import os
 import pickle
 from pathlib import Path
@@ -42,24 +41,10 @@ Snapshot = dict[str, Any]
 Frame = dict[str, Any]
 
 
-def _read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Reads the given columns of a CSV file; ``id`` stays a string, the others become integers."""
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                try:
-                    rows.append({c: row[c].strip() if c == "id" else int(row[c]) for c in columns})
-                except (AttributeError, TypeError, ValueError):
-                    raise InputError(f"{path}: line {line}: expected integers in {row}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e}") from None
-    return rows
+def _rows(path: Path) -> dict[str, Any]:
+    """The columns of a MiniMalloc CSV file, read by the project's one CSV reader
+    (`model_opt._native.read_csv`); raises `InputError` naming the file and line of a bad row."""
+    return _native.read_csv(path)
 
 
 def _frames(trace: Path, line: int, buffer_id: str) -> list[Frame]:
@@ -92,22 +77,47 @@ def _free_block(address: int, size: int) -> dict[str, Any]:
     return {"address": address, "size": size, "requested_size": 0, "state": "inactive", "frames": []}
 
 
+def _check_plan_matches(trace: Path, t: dict[str, Any], plan: Path, p: dict[str, Any]) -> None:
+    """Raises `InputError` unless the plan has exactly the trace's buffers (same ids), each with the
+    trace's lifetime and size: only then do the plan's offsets, validated against the plan's own
+    lifetimes, keep every two buffers of the trace that live together apart."""
+    if p["offset"] is None:
+        raise InputError(f"{plan}: no offset column: not a plan (write one with model-opt plan --output)")
+    row_of = {buffer_id: j for j, buffer_id in enumerate(p["ids"])}
+    for i, buffer_id in enumerate(t["ids"]):
+        where = f"{trace}:{t['lines'][i]}"
+        j = row_of.pop(buffer_id, None)
+        if j is None:
+            raise InputError(f"{where}: buffer '{buffer_id}' of the trace is not in the plan {plan}")
+        at = f"{plan}:{p['lines'][j]}"
+        t_life, p_life = (t["lower"][i], t["upper"][i]), (p["lower"][j], p["upper"][j])
+        if t_life != p_life:
+            raise InputError(
+                f"{at}: buffer '{buffer_id}' lives [{p_life[0]}, {p_life[1]}) in the plan but "
+                f"[{t_life[0]}, {t_life[1]}) in the trace ({where}): the plan is not of this trace"
+            )
+        if t["size"][i] != p["size"][j]:
+            raise InputError(
+                f"{at}: buffer '{buffer_id}' has size {p['size'][j]} in the plan but {t['size'][i]} "
+                f"in the trace ({where}): the plan is not of this trace"
+            )
+    if row_of:
+        buffer_id, j = min(row_of.items(), key=lambda item: item[1])
+        at = f"{plan}:{p['lines'][j]}"
+        raise InputError(f"{at}: buffer '{buffer_id}' of the plan is not in the trace {trace}")
+
+
 def _planned(trace: Path, plan: Path) -> Snapshot:
     """The snapshot of a trace served from one arena at its planned offsets."""
-    _native.validate_csv(plan)  # every offset present, no two live buffers sharing a byte
-    buffers = _read_rows(trace, ("id", "lower", "upper", "size"))
-    offsets = {r["id"]: r for r in _read_rows(plan, ("id", "size", "offset"))}
-    arena = 0
-    for b in buffers:
-        p = offsets.get(b["id"])
-        if p is None:
-            raise InputError(f"{plan}: buffer {b['id']} of {trace} is not in the plan")
-        if p["size"] != b["size"]:
-            raise InputError(
-                f"{plan}: buffer {b['id']} has size {p['size']} in the plan but {b['size']} in {trace}"
-            )
-        b["offset"] = p["offset"]
-        arena = max(arena, p["offset"] + b["size"])
+    t, p = _rows(trace), _rows(plan)
+    _check_plan_matches(trace, t, plan, p)
+    _native.validate_csv(plan)  # every offset aligned, no two live buffers sharing a byte
+    offset_of = dict(zip(p["ids"], p["offset"]))
+    buffers = [
+        {"id": i, "lower": lo, "upper": hi, "size": size, "offset": offset_of[i], "line": line}
+        for i, lo, hi, size, line in zip(t["ids"], t["lower"], t["upper"], t["size"], t["lines"])
+    ]
+    arena = max((b["offset"] + b["size"] for b in buffers if b["size"] > 0), default=0)
     # (time, 0 = free / 1 = alloc, row): frees first at equal times (lifetimes are half-open).
     order = sorted(
         [(b["lower"], 1, i) for i, b in enumerate(buffers) if b["size"] > 0]
@@ -118,7 +128,7 @@ def _planned(trace: Path, plan: Path) -> Snapshot:
         entries.append(_entry("segment_alloc", ARENA_BASE, arena, order[0][0], []))
     for time, kind, i in order:
         b = buffers[i]
-        addr, frames = ARENA_BASE + b["offset"], _frames(trace, i + 2, b["id"])
+        addr, frames = ARENA_BASE + b["offset"], _frames(trace, b["line"], b["id"])
         if kind == 1:
             entries.append(_entry("alloc", addr, b["size"], time, frames))
         else:
@@ -131,10 +141,11 @@ def _planned(trace: Path, plan: Path) -> Snapshot:
 def _cached(trace: Path) -> Snapshot:
     """The snapshot of a trace served by the model of PyTorch's caching allocator."""
     replay = _native.caching_allocator_replay(trace)
-    ids = [r["id"] for r in _read_rows(trace, ("id",))]
+    rows = _rows(trace)
+    ids, lines = rows["ids"], rows["lines"]
     entries = []
     for action, i, addr, size, _stream, time in replay["events"]:
-        frames = _frames(trace, i + 2, ids[i])
+        frames = _frames(trace, lines[i], ids[i])
         if action == "segment_alloc":
             entries.append(_entry("segment_alloc", addr, size, time, []))
         elif action == "alloc":
@@ -172,8 +183,8 @@ def build_snapshot(trace_csv: PathLike, plan_csv: PathLike | None = None) -> Sna
         A dict with ``segments`` and ``device_traces`` (see the module docs).
 
     Raises:
-        model_opt.InputError: a malformed file, an invalid plan, or a plan that misses a buffer of the
-            trace or gives it another size.
+        model_opt.InputError: a malformed file, an invalid plan, or a plan that is not of this trace
+            (a buffer missing on either side, or another lifetime or size).
     """
     trace = Path(trace_csv)
     return _planned(trace, Path(plan_csv)) if plan_csv is not None else _cached(trace)
@@ -184,9 +195,15 @@ def save_snapshot(trace_csv: PathLike, path: PathLike, plan_csv: PathLike | None
 
     The file opens in https://pytorch.org/memory_viz and in ``python -m torch.cuda._memory_viz``
     (``trace_plot``, ``segment_plot``, ``stats``, ``trace``). See `build_snapshot` for the arguments.
+
+    Raises:
+        model_opt.InputError: as `build_snapshot`, or when the file cannot be written.
     """
     snapshot = build_snapshot(trace_csv, plan_csv)
     out = Path(path)
-    with out.open("wb") as f:
-        pickle.dump(snapshot, f)
+    try:
+        with out.open("wb") as f:
+            pickle.dump(snapshot, f)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write: {e.strerror or e}") from None
     return out

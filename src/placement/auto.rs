@@ -3,7 +3,8 @@
 //! ends); then, for `auto`, the exact search and the ILP share what is left of the time limit, and
 //! the iterated greedy of [`improve`] takes over where they find nothing (or the problem is too
 //! large for them). Everything found or proven lands in the [`Anytime`] state, so running out of
-//! time never loses an incumbent.
+//! time never loses an incumbent. The work budgets of [`PlanOptions`] (search nodes, improvement
+//! tries) are spent over the whole plan; the time shares below do not apply to them.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use super::greedy::{self, Rule};
 use super::ilp::{self, IlpEnd, IlpOptions};
 use super::improve::improve;
 use super::incumbent::Anytime;
-use super::plan::{Method, PlanOptions};
+use super::plan::{Limit, Method, PlanOptions};
 use super::search;
 use super::validate::InvalidPlan;
 
@@ -30,8 +31,8 @@ const FULL_SHARE_UP_TO: usize = 5000;
 /// How the methods ended.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ran {
-    /// The question is still open and the last exact method stopped for time.
-    pub timed_out: bool,
+    /// Set when the question is still open and the last method stopped on a limit: which one.
+    pub stopped_by: Option<Limit>,
 }
 
 /// True when nothing is left to do: the incumbent is optimal, fits the capacity, or the capacity is
@@ -43,18 +44,32 @@ fn settled(state: &Anytime) -> bool {
     }
 }
 
+/// Which limit stopped the search: its node budget once spent, else the clock.
+fn search_limit(state: &Anytime) -> Limit {
+    if state.search_nodes_left() == 0 {
+        Limit::SearchNodes
+    } else {
+        Limit::Time
+    }
+}
+
 pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, InvalidPlan> {
+    state.limit_work(options.max_search_nodes, options.max_improve_tries);
     let (complete, best_rule) = greedy_phase(state, options)?;
     if options.method == Method::Greedy || settled(state) || state.expired() {
         return Ok(Ran {
-            timed_out: !complete && !settled(state),
+            stopped_by: (!complete && !settled(state)).then_some(Limit::Time),
         });
     }
-    let mut stopped = false;
+    let mut stopped = None;
     match options.method {
         Method::Greedy => {}
-        Method::Search => stopped = search_phase(state, state.deadline())?,
-        Method::Ilp => stopped = ilp_phase(state, options, state.deadline())?,
+        Method::Search => {
+            stopped = search_phase(state, state.deadline())?.then(|| search_limit(state));
+        }
+        Method::Ilp => {
+            stopped = ilp_phase(state, options, state.deadline())?.then_some(Limit::Time);
+        }
         Method::Auto => {
             let greedy_peak = state.best_peak();
             let exact = state.problem.len() <= search::MAX_BUFFERS;
@@ -65,9 +80,9 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
                     SEARCH_SHARE_LARGE
                 };
                 let share = state.remaining().mul_f64(share);
-                stopped = search_phase(state, Instant::now() + share)?;
+                stopped = search_phase(state, Instant::now() + share)?.then(|| search_limit(state));
                 if !settled(state) && !state.expired() {
-                    stopped = ilp_phase(state, options, state.deadline())?;
+                    stopped = ilp_phase(state, options, state.deadline())?.then_some(Limit::Time);
                 }
             }
             // What is left goes to the search if it has been finding better plans (the ILP may
@@ -75,18 +90,22 @@ pub(crate) fn run(state: &mut Anytime, options: &PlanOptions) -> Result<Ran, Inv
             // improves plans too large or too loose for the search.
             if !settled(state) && state.remaining() > Duration::from_millis(10) {
                 if exact && state.best_peak() < greedy_peak {
-                    stopped = search_phase(state, state.deadline())?;
+                    stopped = search_phase(state, state.deadline())?.then(|| search_limit(state));
                 } else if let Some(rule) = best_rule {
                     let conflicts = greedy::conflict_counts(state.problem);
                     let start = greedy::order(state.problem, rule.order, &conflicts);
                     improve(state, &start, rule.fit, state.deadline())?;
-                    stopped = !settled(state);
+                    stopped = Some(if state.improve_tries_left() == 0 {
+                        Limit::ImproveTries
+                    } else {
+                        Limit::Time
+                    });
                 }
             }
         }
     }
     Ok(Ran {
-        timed_out: stopped && !settled(state),
+        stopped_by: stopped.filter(|_| !settled(state)),
     })
 }
 
@@ -122,7 +141,7 @@ fn greedy_phase(
     invalid.map_or(Ok((complete || settled(state), best)), Err)
 }
 
-/// Returns true when the search stopped for time.
+/// Returns true when the search stopped for time or for its node budget.
 fn search_phase(state: &mut Anytime, deadline: Instant) -> Result<bool, InvalidPlan> {
     if state.problem.len() > search::MAX_BUFFERS {
         return Ok(false);

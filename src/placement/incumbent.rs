@@ -1,5 +1,6 @@
 //! The anytime state shared by the methods of one plan: the best valid plan so far, the best proven
-//! lower bound, the clock, and the progress callback told whenever either improves.
+//! lower bound, the clock and the work budgets, and the progress callback told whenever either
+//! improves.
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,6 +47,13 @@ pub(crate) struct Anytime<'p> {
     bound: Bytes,
     progress: Option<ProgressFn>,
     phase: &'static str,
+    /// Branch-and-bound nodes the exact search has visited, and the most it may (`u64::MAX`: no
+    /// limit).
+    search_nodes: u64,
+    max_search_nodes: u64,
+    /// Greedy runs the iterated greedy has tried, and the most it may (`u64::MAX`: no limit).
+    improve_tries: u64,
+    max_improve_tries: u64,
 }
 
 impl<'p> Anytime<'p> {
@@ -67,7 +75,45 @@ impl<'p> Anytime<'p> {
             bound,
             progress,
             phase: "start",
+            search_nodes: 0,
+            max_search_nodes: u64::MAX,
+            improve_tries: 0,
+            max_improve_tries: u64::MAX,
         }
+    }
+
+    /// Sets the work budgets of [`PlanOptions`](super::plan::PlanOptions): `None` is no limit.
+    pub fn limit_work(&mut self, max_search_nodes: Option<u64>, max_improve_tries: Option<u64>) {
+        self.max_search_nodes = max_search_nodes.unwrap_or(u64::MAX);
+        self.max_improve_tries = max_improve_tries.unwrap_or(u64::MAX);
+    }
+
+    /// Branch-and-bound nodes the search has visited so far.
+    pub fn search_nodes(&self) -> u64 {
+        self.search_nodes
+    }
+
+    /// Nodes the search may still visit (`u64::MAX` or close to it when there is no limit).
+    pub fn search_nodes_left(&self) -> u64 {
+        self.max_search_nodes.saturating_sub(self.search_nodes)
+    }
+
+    pub fn spend_search_nodes(&mut self, nodes: u64) {
+        self.search_nodes = self.search_nodes.saturating_add(nodes);
+    }
+
+    /// Greedy runs the iterated greedy has tried so far.
+    pub fn improve_tries(&self) -> u64 {
+        self.improve_tries
+    }
+
+    /// Greedy runs the iterated greedy may still try.
+    pub fn improve_tries_left(&self) -> u64 {
+        self.max_improve_tries.saturating_sub(self.improve_tries)
+    }
+
+    pub fn spend_improve_tries(&mut self, tries: u64) {
+        self.improve_tries = self.improve_tries.saturating_add(tries);
     }
 
     pub fn deadline(&self) -> Instant {

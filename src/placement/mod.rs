@@ -18,6 +18,6 @@ pub mod validate;
 
 pub use incumbent::{Progress, ProgressFn};
 pub use lower_bound::max_load;
-pub use plan::{plan, Method, PlanError, PlanOptions, PlanReport, Status};
+pub use plan::{plan, Limit, Method, PlanError, PlanOptions, PlanReport, Status};
 pub use problem::{Buffer, BufferId, Bytes, Interval, Problem, Solution};
 pub use validate::{validate, InvalidPlan};

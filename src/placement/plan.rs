@@ -78,6 +78,19 @@ pub struct PlanOptions {
     pub ilp_gap: f64,
     /// Told the incumbent, the bound and the elapsed time whenever one of them improves.
     pub progress: Option<ProgressFn>,
+    /// The most branch-and-bound nodes the exact search (`search`, and the search inside `auto`)
+    /// may visit in one plan, over all its capacity probes and pinnings; `None` (the default) for no
+    /// limit. Reaching it stops the search as the time limit does: the best plan so far is kept,
+    /// and the status is `timeout` unless something proved the plan optimal. Unlike the time limit
+    /// it does not depend on how fast or busy the machine is: with a time limit that does not
+    /// bind, a search stopped by it ends the same way everywhere (the tests use it so). It does not
+    /// limit the ILP, which `auto` runs after an unfinished search.
+    pub max_search_nodes: Option<u64>,
+    /// The most greedy runs the iterated greedy (`improve`, inside `auto`) may try in one plan;
+    /// `None` (the default) for no limit. Reaching it stops the improvement as the time limit
+    /// does. Tries run one per core (up to 4 at a time), so the plan it reaches depends on the
+    /// number of cores, not on the machine's speed.
+    pub max_improve_tries: Option<u64>,
 }
 
 impl Default for PlanOptions {
@@ -88,6 +101,8 @@ impl Default for PlanOptions {
             threads: 1,
             ilp_gap: 0.0,
             progress: None,
+            max_search_nodes: None,
+            max_improve_tries: None,
         }
     }
 }
@@ -100,6 +115,8 @@ impl fmt::Debug for PlanOptions {
             .field("threads", &self.threads)
             .field("ilp_gap", &self.ilp_gap)
             .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .field("max_search_nodes", &self.max_search_nodes)
+            .field("max_improve_tries", &self.max_improve_tries)
             .finish()
     }
 }
@@ -115,8 +132,20 @@ pub enum Status {
     /// Proven: no plan fits the capacity. Never carried by a [`PlanReport`]; see
     /// [`PlanError::status`].
     Infeasible,
-    /// The time limit came before a proof: the plan is the best found, with the best bound proven.
+    /// The time limit, or a work limit of [`PlanOptions`], came before a proof: the plan is the
+    /// best found, with the best bound proven. [`PlanReport::stopped_by`] says which limit.
     Timeout,
+}
+
+/// A limit that stopped planning before its question was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// [`PlanOptions::time_limit`].
+    Time,
+    /// [`PlanOptions::max_search_nodes`]: the exact search visited all the nodes it may.
+    SearchNodes,
+    /// [`PlanOptions::max_improve_tries`]: the iterated greedy tried all the greedy runs it may.
+    ImproveTries,
 }
 
 impl fmt::Display for Status {
@@ -143,6 +172,12 @@ pub struct PlanReport {
     /// The method, and what found the plan, e.g. `greedy(size/best-fit)` or `auto/search`.
     pub method: String,
     pub elapsed: Duration,
+    /// With status `timeout`, the limit that stopped the last method; `None` otherwise.
+    pub stopped_by: Option<Limit>,
+    /// Branch-and-bound nodes the exact search visited (0 when it did not run).
+    pub search_nodes: u64,
+    /// Greedy runs the iterated greedy tried (0 when it did not run).
+    pub improve_tries: u64,
 }
 
 impl PlanReport {
@@ -176,6 +211,8 @@ pub enum PlanError {
         best_peak: Bytes,
         bound: Bytes,
     },
+    #[error("{0}")]
+    InvalidProblem(String),
     #[error("buffers with fixed offsets conflict: {0}")]
     FixedOffsetsConflict(InvalidPlan),
     #[error("internal error: the planner produced an invalid plan ({0}); please report this")]
@@ -211,6 +248,7 @@ impl PlanError {
 /// Plans `problem` with the chosen method; every plan returned has passed the validator.
 pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, PlanError> {
     let started = Instant::now();
+    problem.check_limits().map_err(PlanError::InvalidProblem)?;
     check_fixed_offsets(problem)?;
     let lower_bound = max_load(problem);
     if let Some(capacity) = problem.capacity {
@@ -230,6 +268,7 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
     let ran = auto::run(&mut state, options).map_err(PlanError::InvalidPlan)?;
     let bound = state.bound();
     let closed = state.closed();
+    let (search_nodes, improve_tries) = (state.search_nodes(), state.improve_tries());
     let Some((solution, found_by)) = state.into_best() else {
         // Every method starts from the greedy portfolio, so there is always a plan; if not, say so.
         return Err(PlanError::InvalidPlan(InvalidPlan::WrongLength {
@@ -261,9 +300,10 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
         }
     }
     validate(problem, &solution).map_err(PlanError::InvalidPlan)?;
+    let stopped_by = ran.stopped_by.filter(|_| !closed);
     let status = if closed {
         Status::Optimal
-    } else if ran.timed_out {
+    } else if stopped_by.is_some() {
         Status::Timeout
     } else {
         Status::Feasible
@@ -275,6 +315,9 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
         status,
         method,
         elapsed: started.elapsed(),
+        stopped_by,
+        search_nodes,
+        improve_tries,
     })
 }
 
@@ -327,6 +370,37 @@ mod tests {
         assert_eq!(report.solution.peak, Bytes(8));
         assert_eq!(report.status, Status::Optimal);
         assert!(report.method.contains("greedy("), "{}", report.method);
+    }
+
+    #[test]
+    fn alignments_that_could_overflow_are_refused_before_planning() {
+        let mut a = buf("a", 0, 2, 1 << 52);
+        a.alignment = Bytes(1 << 53);
+        let b = buf("b", 1, 3, 3);
+        let err = plan(&Problem::new(vec![a, b]), &PlanOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "buffer 'a': alignment 9007199254740992 is too large (at most 1073741824, 1 GiB)"
+        );
+        assert!(!err.is_capacity());
+    }
+
+    #[test]
+    fn the_largest_alignment_plans_without_overflow() {
+        let mut bufs: Vec<Buffer> = (0..4).map(|i| buf(&format!("b{i}"), 0, 2, 3)).collect();
+        for b in &mut bufs {
+            b.alignment = Bytes(crate::placement::problem::MAX_ALIGNMENT);
+        }
+        let p = Problem::new(bufs);
+        for method in [Method::Greedy, Method::Search, Method::Auto] {
+            let options = PlanOptions {
+                method,
+                time_limit: Duration::from_millis(200),
+                ..Default::default()
+            };
+            let report = plan(&p, &options).unwrap();
+            assert_eq!(report.solution.peak, Bytes(3 * (1 << 30) + 3), "{method}");
+        }
     }
 
     #[test]

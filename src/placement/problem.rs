@@ -7,15 +7,36 @@ use std::ops::{Add, Sub};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bytes(pub u64);
 
+/// Largest size, time, offset or sum of sizes a problem may hold: with these limits no offset the
+/// planner computes (at most the sum of sizes plus one alignment per buffer) can overflow a `u64`.
+pub const MAX_VALUE: u64 = 1 << 53;
+
+/// Largest alignment a buffer may ask for (1 GiB); alignments are powers of two.
+pub const MAX_ALIGNMENT: u64 = 1 << 30;
+
 impl Bytes {
     pub const ZERO: Bytes = Bytes(0);
 
     /// The smallest multiple of `alignment` that is `>= self` (alignment 0 or 1 means none).
+    ///
+    /// # Panics
+    /// When that multiple does not fit in a `u64`, which [`Problem::check_limits`] rules out for
+    /// every offset a planner computes: an overflow is a bug, never a silently wrong offset.
     pub fn align_up(self, alignment: Bytes) -> Bytes {
+        self.checked_align_up(alignment).unwrap_or_else(|| {
+            panic!("offset overflow: {self} rounded up to a multiple of {alignment} exceeds 2^64")
+        })
+    }
+
+    /// The smallest multiple of `alignment` that is `>= self`, or `None` when it exceeds `u64::MAX`.
+    pub fn checked_align_up(self, alignment: Bytes) -> Option<Bytes> {
         if alignment.0 <= 1 {
-            return self;
+            return Some(self);
         }
-        Bytes(self.0.div_ceil(alignment.0) * alignment.0)
+        self.0
+            .div_ceil(alignment.0)
+            .checked_mul(alignment.0)
+            .map(Bytes)
     }
 
     pub fn is_aligned(self, alignment: Bytes) -> bool {
@@ -145,6 +166,55 @@ impl Problem {
     pub fn ids(&self) -> impl Iterator<Item = BufferId> {
         (0..self.buffers.len()).map(BufferId)
     }
+
+    /// Checks the limits that keep the planner's arithmetic exact: every alignment a power of two
+    /// of at most [`MAX_ALIGNMENT`] (0 and 1 mean none), and sizes, times, fixed offsets and the sum of the sizes at
+    /// most [`MAX_VALUE`]. The message names the first buffer out of bounds.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let mut total: u64 = 0;
+        for b in &self.buffers {
+            let name = &b.name;
+            if b.alignment.0 > 1 {
+                check_alignment(b.alignment.0).map_err(|m| format!("buffer '{name}': {m}"))?;
+            }
+            for (what, value) in [
+                ("size", b.size.0),
+                ("lower", b.lifetime.start),
+                ("upper", b.lifetime.end),
+            ]
+            .into_iter()
+            .chain(b.fixed_offset.map(|f| ("fixed_offset", f.0)))
+            {
+                if value > MAX_VALUE {
+                    return Err(format!(
+                        "buffer '{name}': {what} {value} is too large (at most {MAX_VALUE})"
+                    ));
+                }
+            }
+            total = total.saturating_add(b.size.0);
+            if total > MAX_VALUE {
+                return Err(format!(
+                    "sizes add up to more than {MAX_VALUE} bytes (at buffer '{name}')"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an alignment is refused: not a power of two, or above [`MAX_ALIGNMENT`].
+pub fn check_alignment(alignment: u64) -> Result<(), String> {
+    if !alignment.is_power_of_two() {
+        return Err(format!(
+            "alignment {alignment} is not a power of two (1, 2, 4, ..., {MAX_ALIGNMENT})"
+        ));
+    }
+    if alignment > MAX_ALIGNMENT {
+        return Err(format!(
+            "alignment {alignment} is too large (at most {MAX_ALIGNMENT}, 1 GiB)"
+        ));
+    }
+    Ok(())
 }
 
 /// An offset for every buffer of a problem (indexed by [`BufferId`]) and the resulting arena extent.
@@ -156,12 +226,14 @@ pub struct Solution {
 }
 
 impl Solution {
-    /// Builds a solution from offsets, computing its peak.
+    /// Builds a solution from offsets, computing its peak. A buffer of size zero holds no byte: it
+    /// does not raise the peak, wherever it sits.
     pub fn from_offsets(problem: &Problem, offsets: Vec<Bytes>) -> Solution {
         let peak = problem
             .buffers
             .iter()
             .zip(&offsets)
+            .filter(|(b, _)| b.size.0 > 0)
             .map(|(b, &o)| o + b.size)
             .max()
             .unwrap_or(Bytes::ZERO);
@@ -193,5 +265,42 @@ mod tests {
         assert_eq!(Bytes(1).align_up(Bytes(512)), Bytes(512));
         assert_eq!(Bytes(1024).align_up(Bytes(512)), Bytes(1024));
         assert_eq!(Bytes(7).align_up(Bytes(1)), Bytes(7));
+        assert_eq!(Bytes(u64::MAX).checked_align_up(Bytes(512)), None);
+        assert_eq!(
+            Bytes(u64::MAX - 1100).checked_align_up(Bytes(512)),
+            Some(Bytes(u64::MAX - 1023))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "offset overflow")]
+    fn align_up_never_wraps() {
+        let _ = Bytes(u64::MAX - 1).align_up(Bytes(1 << 30));
+    }
+
+    #[test]
+    fn a_zero_size_buffer_does_not_raise_the_peak() {
+        let p = Problem::new(vec![
+            Buffer::new("a", Interval::new(0, 2).unwrap(), Bytes(4)),
+            Buffer::new("z", Interval::new(0, 2).unwrap(), Bytes(0)),
+        ]);
+        let s = Solution::from_offsets(&p, vec![Bytes(0), Bytes(100)]);
+        assert_eq!(s.peak, Bytes(4));
+    }
+
+    #[test]
+    fn limits_name_the_buffer_and_the_limit() {
+        let mut b = Buffer::new("a", Interval::new(0, 2).unwrap(), Bytes(4));
+        b.alignment = Bytes(1 << 53);
+        let err = Problem::new(vec![b.clone()]).check_limits().unwrap_err();
+        assert_eq!(
+            err,
+            "buffer 'a': alignment 9007199254740992 is too large (at most 1073741824, 1 GiB)"
+        );
+        b.alignment = Bytes(24);
+        let err = Problem::new(vec![b.clone()]).check_limits().unwrap_err();
+        assert!(err.contains("alignment 24 is not a power of two"), "{err}");
+        b.alignment = Bytes(512);
+        assert_eq!(Problem::new(vec![b]).check_limits(), Ok(()));
     }
 }

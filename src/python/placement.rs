@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyInt};
 
 use super::errors::{csv_error, plan_error, InputError};
 use crate::placement::csv::{read_csv_file, write_solution_csv};
+use crate::placement::problem::MAX_VALUE;
 use crate::placement::{
     max_load, plan, validate, Bytes, Method, PlanOptions, PlanReport, Progress, ProgressFn,
 };
@@ -16,24 +17,41 @@ use crate::placement::{
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_csv, m)?)?;
     m.add_function(wrap_pyfunction!(validate_csv, m)?)?;
+    m.add_function(wrap_pyfunction!(read_csv, m)?)?;
     m.add("PLACEMENT_METHODS", Method::NAMES.to_vec())?;
+    m.add("MAX_VALUE", MAX_VALUE)?;
     Ok(())
 }
 
-fn capacity_arg(capacity: Option<i64>) -> PyResult<Option<Bytes>> {
-    match capacity {
-        Some(c) if c < 0 => Err(InputError::new_err(format!("capacity {c} is negative"))),
-        Some(c) => Ok(Some(Bytes(c as u64))),
-        None => Ok(None),
+/// A capacity in bytes: 0 to `MAX_VALUE` (2^53, the most a problem's sizes may add up to).
+fn capacity_arg(capacity: Option<&Bound<'_, PyInt>>) -> PyResult<Option<Bytes>> {
+    let Some(c) = capacity else {
+        return Ok(None);
+    };
+    if c.lt(0)? {
+        return Err(InputError::new_err(format!("capacity {c} is negative")));
+    }
+    match c.extract::<u64>() {
+        Ok(v) if v <= MAX_VALUE => Ok(Some(Bytes(v))),
+        _ => Err(InputError::new_err(format!(
+            "capacity {c} is too large (at most {MAX_VALUE} = 2^53)"
+        ))),
     }
 }
 
 fn time_limit_arg(seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| {
-        InputError::new_err(format!(
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(InputError::new_err(format!(
             "time limit {seconds} must be a non-negative number of seconds"
-        ))
-    })
+        )));
+    }
+    if seconds.is_infinite() {
+        return Err(InputError::new_err(format!(
+            "time limit {seconds} must be a finite number of seconds"
+        )));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| InputError::new_err(format!("time limit {seconds} seconds is too large")))
 }
 
 fn report_dict<'py>(
@@ -85,13 +103,15 @@ fn plan_csv<'py>(
     py: Python<'py>,
     path: PathBuf,
     output: Option<PathBuf>,
-    capacity: Option<i64>,
+    capacity: Option<Bound<'py, PyInt>>,
     method: &str,
     time_limit: f64,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let parsed = read_csv_file(&path).map_err(csv_error)?;
-    let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
+    let problem = parsed
+        .problem
+        .with_capacity(capacity_arg(capacity.as_ref())?);
     let options = PlanOptions {
         method: method.parse().map_err(plan_error)?,
         time_limit: time_limit_arg(time_limit)?,
@@ -114,10 +134,12 @@ fn plan_csv<'py>(
 fn validate_csv<'py>(
     py: Python<'py>,
     path: PathBuf,
-    capacity: Option<i64>,
+    capacity: Option<Bound<'py, PyInt>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let parsed = read_csv_file(&path).map_err(csv_error)?;
-    let problem = parsed.problem.with_capacity(capacity_arg(capacity)?);
+    let problem = parsed
+        .problem
+        .with_capacity(capacity_arg(capacity.as_ref())?);
     let offsets = parsed.offsets.ok_or_else(|| {
         InputError::new_err(format!("{}: no offset column to validate", path.display()))
     })?;
@@ -128,5 +150,56 @@ fn validate_csv<'py>(
     d.set_item("buffers", problem.len())?;
     d.set_item("lower_bound", max_load(&problem).0)?;
     d.set_item("peak", solution.peak.0)?;
+    Ok(d)
+}
+
+/// Reads a MiniMalloc CSV file with the project's one CSV reader (the one `plan_csv` uses): quoted
+/// fields, any line ending, a byte-order mark, and every check of the format.
+///
+/// Returns a dict of columns, one item per buffer in file order: `ids` (str), `lines` (the line
+/// each row starts on), `lower`, `upper`, `size`; `offset` and `alignment` (lists, or None when
+/// the file has no such column) and `fixed_offset` (a list with None where the cell is empty, or
+/// None). Raises `InputError` naming the file and line of the first problem.
+#[pyfunction]
+fn read_csv<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = py.detach(|| read_csv_file(&path)).map_err(csv_error)?;
+    let buffers = &parsed.problem.buffers;
+    let d = PyDict::new(py);
+    d.set_item(
+        "ids",
+        buffers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+    )?;
+    d.set_item("lines", parsed.lines.clone())?;
+    d.set_item(
+        "lower",
+        buffers.iter().map(|b| b.lifetime.start).collect::<Vec<_>>(),
+    )?;
+    d.set_item(
+        "upper",
+        buffers.iter().map(|b| b.lifetime.end).collect::<Vec<_>>(),
+    )?;
+    d.set_item("size", buffers.iter().map(|b| b.size.0).collect::<Vec<_>>())?;
+    d.set_item(
+        "offset",
+        parsed
+            .offsets
+            .as_ref()
+            .map(|o| o.iter().map(|b| b.0).collect::<Vec<_>>()),
+    )?;
+    d.set_item(
+        "alignment",
+        parsed
+            .has_alignment
+            .then(|| buffers.iter().map(|b| b.alignment.0).collect::<Vec<_>>()),
+    )?;
+    d.set_item(
+        "fixed_offset",
+        parsed.has_fixed_offset.then(|| {
+            buffers
+                .iter()
+                .map(|b| b.fixed_offset.map(|f| f.0))
+                .collect::<Vec<_>>()
+        }),
+    )?;
     Ok(d)
 }

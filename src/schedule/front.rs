@@ -70,7 +70,8 @@ pub enum Status {
     Optimal,
     /// Valid, not proven optimal (a heuristic, or windows that were each solved to optimality).
     Feasible,
-    /// The time limit stopped the ILP; the best order found so far.
+    /// The time limit (or [`ScheduleOptions::max_windows`]) stopped the ILP; the best order found
+    /// so far.
     TimeLimit,
 }
 
@@ -94,6 +95,11 @@ pub struct ScheduleOptions {
     pub window: usize,
     /// The largest whole-graph ILP (run plus keep variables) `Auto` attempts before using windows.
     pub max_ilp_variables: usize,
+    /// The most windows the decomposition solves (one ILP each); `None` (the default) for no limit.
+    /// Reaching it stops the decomposition as the time limit does (status `time_limit`). Unlike the
+    /// time limit it does not depend on how fast or busy the machine is: when each window's ILP
+    /// ends within its share of the time limit, the order is the same everywhere (tests use it).
+    pub max_windows: Option<usize>,
 }
 
 impl Default for ScheduleOptions {
@@ -104,6 +110,7 @@ impl Default for ScheduleOptions {
             gap: 0.0,
             window: 48,
             max_ilp_variables: 40_000,
+            max_windows: None,
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct ScheduleReport {
     pub status: Status,
     pub method: String,
     pub elapsed: Duration,
+    /// Windows the decomposition solved (0 when it did not run).
+    pub windows: usize,
 }
 
 /// Schedules `graph` with `options`; the returned order is always valid and never worse than eager.
@@ -135,6 +144,7 @@ pub fn schedule(graph: &Graph, options: &ScheduleOptions) -> Result<ScheduleRepo
     let eager_order = eager(graph);
     let eager_peak = peak_unchecked(graph, &eager_order);
     let mut status = Status::Feasible;
+    let mut windows = 0;
     let (mut order, mut method): (Vec<OpId>, String) = match options.method {
         Method::Eager => (eager_order.clone(), "eager".into()),
         Method::Greedy => (greedy(graph, GreedyKey::Delta), "greedy".into()),
@@ -196,15 +206,22 @@ pub fn schedule(graph: &Graph, options: &ScheduleOptions) -> Result<ScheduleRepo
             }
         }
         if status != Status::Optimal && (options.method != Method::Ilp || !whole) {
-            let (o, proven) =
-                window::improve(graph, order.clone(), options.window, deadline, options.gap)?;
-            let p = peak_unchecked(graph, &o);
+            let w = window::improve_limited(
+                graph,
+                order.clone(),
+                options.window,
+                deadline,
+                options.max_windows.unwrap_or(usize::MAX),
+                options.gap,
+            )?;
+            windows = w.solved;
+            let p = peak_unchecked(graph, &w.order);
             if p < peak {
-                order = o;
+                order = w.order;
                 peak = p;
                 method = "ilp-window".into();
             }
-            status = if proven {
+            status = if w.proven {
                 Status::Feasible
             } else {
                 Status::TimeLimit
@@ -228,5 +245,6 @@ pub fn schedule(graph: &Graph, options: &ScheduleOptions) -> Result<ScheduleRepo
         status,
         method,
         elapsed: started.elapsed(),
+        windows,
     })
 }

@@ -20,19 +20,48 @@ use crate::placement::Bytes;
 /// Returns the improved order and whether every peak window was solved to optimality.
 pub fn improve(
     graph: &Graph,
-    mut order: Vec<OpId>,
+    order: Vec<OpId>,
     window: usize,
     deadline: Instant,
     gap: f64,
 ) -> Result<(Vec<OpId>, bool), ScheduleError> {
+    improve_limited(graph, order, window, deadline, usize::MAX, gap).map(|w| (w.order, w.proven))
+}
+
+/// What [`improve_limited`] did.
+#[derive(Clone, Debug)]
+pub struct Windows {
+    /// The improved order.
+    pub order: Vec<OpId>,
+    /// Every peak window was solved to optimality, and nothing was left to try.
+    pub proven: bool,
+    /// How many windows were solved (one ILP each).
+    pub solved: usize,
+}
+
+/// [`improve`], solving at most `max_windows` windows: a limit on work, which unlike the deadline
+/// ends the same way on any machine when each window's ILP finishes within its share of time.
+pub fn improve_limited(
+    graph: &Graph,
+    mut order: Vec<OpId>,
+    window: usize,
+    deadline: Instant,
+    max_windows: usize,
+    gap: f64,
+) -> Result<Windows, ScheduleError> {
     let n = graph.num_ops();
     let window = window.clamp(2, n.max(2));
     let mut tried: HashSet<(usize, u64)> = HashSet::new();
     let mut all_proven = true;
+    let mut solved = 0;
     loop {
         let now = Instant::now();
-        if now >= deadline {
-            return Ok((order, false));
+        if now >= deadline || solved >= max_windows {
+            return Ok(Windows {
+                order,
+                proven: false,
+                solved,
+            });
         }
         let profile = profile_unchecked(graph, &order);
         let peak = profile.iter().copied().max().unwrap_or(0);
@@ -49,8 +78,13 @@ pub fn improve(
             }
         }
         let Some(start) = candidate else {
-            return Ok((order, all_proven));
+            return Ok(Windows {
+                order,
+                proven: all_proven,
+                solved,
+            });
         };
+        solved += 1;
         let end = (start + window).min(n);
         let remaining = deadline.saturating_duration_since(now);
         // Give one window at most a fifth of what is left, so several peaks get a chance.

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use super::instance::{Instance, Item, Ordering};
 use super::sections::{Floors, FloorsMark, MinOffsets};
+use crate::placement::problem::Bytes;
 
 /// Why the search stopped before an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +201,9 @@ impl<'a> Dfs<'a> {
         if let Some(f) = it.fixed {
             return (floor <= f).then_some(f);
         }
-        let align = |x: u64| x.div_ceil(it.align) * it.align;
+        // Checked: an offset that cannot be aligned within a u64 panics rather than wraps (the
+        // problem's limits, checked before planning, keep it far below).
+        let align = |x: u64| Bytes(x).align_up(Bytes(it.align)).0;
         let mut o = align(floor);
         let mut moved = true;
         while moved {

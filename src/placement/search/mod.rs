@@ -1,6 +1,10 @@
 //! Exact placement by branch and bound over canonical placements (see [`dfs`]): decide whether a
 //! capacity fits, or minimize the arena by probing capacities while keeping every incumbent. Both
 //! first try the pinnings of [`pinned`], which settle recorded training traces at their bound.
+//!
+//! Two budgets stop a search: a deadline, and a number of nodes (the plan's `max_search_nodes`,
+//! counted over every run of one plan). The node budget depends on nothing but the instance, so a
+//! search stopped by it ends the same way on any machine.
 
 mod dfs;
 mod instance;
@@ -21,31 +25,52 @@ pub enum Fit {
     Fits(Solution),
     /// Proven: nothing fits the capacity.
     Infeasible,
-    /// The deadline came first.
+    /// The deadline, or the node budget, came first.
     Unknown,
 }
 
 /// Decides whether `problem` fits in `capacity` bytes before `deadline`.
 pub fn decide(problem: &Problem, capacity: Bytes, deadline: Option<Instant>) -> Fit {
     let inst = Instance::new(problem);
-    decide_units(problem, &inst, inst.units(capacity), deadline)
+    let mut unlimited = u64::MAX;
+    decide_units(
+        problem,
+        &inst,
+        inst.units(capacity),
+        deadline,
+        &mut unlimited,
+    )
 }
 
-/// Runs the branching orders in turn with a node budget that doubles each round (MiniMalloc's round
-/// robin): an order that thrashes on an instance costs no more than the one that finishes.
-fn decide_units(problem: &Problem, inst: &Instance, cap: u64, deadline: Option<Instant>) -> Fit {
+/// Runs the branching orders in turn with a node limit that doubles each round (MiniMalloc's round
+/// robin): an order that thrashes on an instance costs no more than the one that finishes. Visits
+/// at most `*nodes` nodes in all, and takes those it visited off `*nodes`.
+fn decide_units(
+    problem: &Problem,
+    inst: &Instance,
+    cap: u64,
+    deadline: Option<Instant>,
+    nodes: &mut u64,
+) -> Fit {
     let orders: Vec<_> = Heuristic::ALL.iter().map(|&h| inst.ordering(h)).collect();
     let mut node_limit = (inst.len() as u64).max(64);
     loop {
         node_limit = node_limit.saturating_mul(2);
         for ord in &orders {
-            match run_with_stack(inst, ord, cap, deadline, node_limit) {
+            if *nodes == 0 {
+                return Fit::Unknown;
+            }
+            let (decision, visited) =
+                run_with_stack(inst, ord, cap, deadline, node_limit.min(*nodes));
+            *nodes = nodes.saturating_sub(visited);
+            match decision {
                 Decision::Fits(units) => {
                     let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
                     return Fit::Fits(Solution::from_offsets(problem, offsets));
                 }
                 Decision::Infeasible => return Fit::Infeasible,
                 Decision::Stopped(Stopped::Deadline) => return Fit::Unknown,
+                // This order's round is over, or the budget is (checked above).
                 Decision::Stopped(Stopped::NodeLimit) => {}
             }
         }
@@ -57,21 +82,28 @@ fn decide_units(problem: &Problem, inst: &Instance, cap: u64, deadline: Option<I
 pub const MAX_BUFFERS: usize = 10_000;
 
 /// Runs one search on a thread of its own whose stack fits one frame per buffer: the caller's
-/// thread may have a small stack (test threads, Python threads, the runtime's threads).
+/// thread may have a small stack (test threads, Python threads, the runtime's threads). Returns its
+/// decision and the nodes it visited.
 fn run_with_stack(
     inst: &Instance,
     ord: &instance::Ordering,
     cap: u64,
     deadline: Option<Instant>,
     node_limit: u64,
-) -> Decision {
+) -> (Decision, u64) {
     on_search_stack(inst, &|| {
-        Dfs::new(inst, ord, cap, deadline, node_limit).run()
+        let mut dfs = Dfs::new(inst, ord, cap, deadline, node_limit);
+        let decision = dfs.run();
+        (decision, dfs.nodes)
     })
 }
 
-/// Runs `search` on a thread with a stack deep enough for `inst`.
-fn on_search_stack(inst: &Instance, search: &(dyn Fn() -> Decision + Sync)) -> Decision {
+/// Runs `search` (which returns its decision and the nodes it visited) on a thread with a stack
+/// deep enough for `inst`.
+fn on_search_stack(
+    inst: &Instance,
+    search: &(dyn Fn() -> (Decision, u64) + Sync),
+) -> (Decision, u64) {
     let stack = (16 << 20) + inst.len() * 1024;
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
@@ -82,7 +114,7 @@ fn on_search_stack(inst: &Instance, search: &(dyn Fn() -> Decision + Sync)) -> D
             // The search does not panic on any input; if it ever did, report "no answer".
             Ok(handle) => handle
                 .join()
-                .unwrap_or(Decision::Stopped(Stopped::Deadline)),
+                .unwrap_or((Decision::Stopped(Stopped::Deadline), 0)),
             // No thread to be had: search on this one; small instances need little stack.
             Err(_) => search(),
         }
@@ -97,7 +129,13 @@ fn try_pinned(
     cap: u64,
     deadline: Instant,
 ) -> Result<bool, InvalidPlan> {
-    match pinned::first_fit(inst, cap, deadline, |search| on_search_stack(inst, search)) {
+    let given = state.search_nodes_left();
+    let mut nodes = given;
+    let found = pinned::first_fit(inst, cap, deadline, &mut nodes, |search| {
+        on_search_stack(inst, search)
+    });
+    state.spend_search_nodes(given - nodes);
+    match found {
         pinned::Pinned::Fits(units) => {
             let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
             state.offer(
@@ -106,13 +144,14 @@ fn try_pinned(
             )?;
             Ok(true)
         }
-        pinned::Pinned::NotFound | pinned::Pinned::Deadline => Ok(false),
+        pinned::Pinned::NotFound | pinned::Pinned::Stopped => Ok(false),
     }
 }
 
 /// Decision mode inside a plan: looks for a placement within `capacity` before `deadline` (the
 /// pinnings first, then the plain search, which alone can prove anything); proves
-/// the bound `capacity + 1` (rounded up to the unit) when none exists. `None` when time ran out.
+/// the bound `capacity + 1` (rounded up to the unit) when none exists. `None` when time or the
+/// plan's node budget ran out.
 pub(crate) fn fit_capacity(
     state: &mut Anytime,
     capacity: Bytes,
@@ -124,7 +163,11 @@ pub(crate) fn fit_capacity(
     if try_pinned(state, &inst, cap, deadline)? {
         return Ok(Some(true));
     }
-    match decide_units(state.problem, &inst, cap, Some(deadline)) {
+    let given = state.search_nodes_left();
+    let mut nodes = given;
+    let fit = decide_units(state.problem, &inst, cap, Some(deadline), &mut nodes);
+    state.spend_search_nodes(given - nodes);
+    match fit {
         Fit::Fits(s) => {
             state.offer(s, "search")?;
             Ok(Some(true))
@@ -138,10 +181,11 @@ pub(crate) fn fit_capacity(
 }
 
 /// Minimize mode: probes capacities between the proven bound and the incumbent's peak until
-/// `deadline`. The first probe is at the bound (often the optimum); then bisection. A probe that
-/// runs out of its share of time sends the next one higher, where a plan is easier to find, and
-/// nothing found is ever lost (unlike MiniMalloc's minimize mode). Returns true when it stopped
-/// for time rather than closing the gap.
+/// `deadline` or the end of the plan's node budget. The first probe is at the bound (often the
+/// optimum); then bisection. A probe that runs out of its share of time (or of nodes) sends the
+/// next one higher, where a plan is easier to find, and nothing found is ever lost (unlike
+/// MiniMalloc's minimize mode). Returns true when it stopped for time or nodes rather than
+/// closing the gap.
 pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, InvalidPlan> {
     state.set_phase("search");
     let inst = Instance::new(state.problem);
@@ -164,7 +208,8 @@ pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, I
             return Ok(false);
         }
         let now = Instant::now();
-        if now >= deadline {
+        let nodes_left = state.search_nodes_left();
+        if now >= deadline || nodes_left == 0 {
             return Ok(true);
         }
         if probe_lo >= hi {
@@ -180,7 +225,11 @@ pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, I
         first = false;
         let budget = (deadline - now) / share;
         let probe_deadline = now + budget.max(Duration::from_millis(1));
-        match decide_units(state.problem, &inst, cap, Some(probe_deadline)) {
+        let given = (nodes_left / u64::from(share)).max(1);
+        let mut nodes = given;
+        let fit = decide_units(state.problem, &inst, cap, Some(probe_deadline), &mut nodes);
+        state.spend_search_nodes(given - nodes);
+        match fit {
             Fit::Fits(s) => {
                 state.offer(s, "search")?;
             }

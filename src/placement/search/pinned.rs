@@ -89,16 +89,20 @@ pub(crate) enum Pinned {
     Fits(Vec<u64>),
     /// No pinning worked (which proves nothing about the problem).
     NotFound,
-    Deadline,
+    /// The deadline came, or the node budget ran out, first.
+    Stopped,
 }
 
-/// Tries each pinning in turn at capacity `cap` (in units) and returns the first placement found.
-/// `run` runs one search (the caller gives it a deep enough stack).
+/// Tries each pinning in turn at capacity `cap` (in units) and returns the first placement found,
+/// visiting at most `*nodes` nodes in all (those visited are taken off `*nodes`). `run` runs one
+/// search and returns its decision and the nodes it visited (the caller gives it a deep enough
+/// stack).
 pub(crate) fn first_fit(
     inst: &Instance,
     cap: u64,
     deadline: Instant,
-    run: impl Fn(&(dyn Fn() -> Decision + Sync)) -> Decision,
+    nodes: &mut u64,
+    run: impl Fn(&(dyn Fn() -> (Decision, u64) + Sync)) -> (Decision, u64),
 ) -> Pinned {
     // Built on the first pinning that passes `leaves_room`: most instances that are not traces
     // pass none.
@@ -119,12 +123,22 @@ pub(crate) fn first_fit(
                 tried.push(pinned);
                 continue;
             }
+            if *nodes == 0 {
+                return Pinned::Stopped;
+            }
             let ord = &*ord.get_or_insert_with(|| inst.ordering(Heuristic::Twa));
-            let search =
-                || Dfs::new(inst, ord, cap, Some(deadline), node_limit).run_pinned(&pinned);
-            match run(&search) {
+            let limit = node_limit.min(*nodes);
+            let search = || {
+                let mut dfs = Dfs::new(inst, ord, cap, Some(deadline), limit);
+                let decision = dfs.run_pinned(&pinned);
+                (decision, dfs.nodes)
+            };
+            let (decision, visited) = run(&search);
+            *nodes = nodes.saturating_sub(visited);
+            match decision {
                 Decision::Fits(units) => return Pinned::Fits(units),
-                Decision::Stopped(Stopped::Deadline) => return Pinned::Deadline,
+                Decision::Stopped(Stopped::Deadline) => return Pinned::Stopped,
+                // A bad guess, or the budget ran out (checked before the next search).
                 Decision::Infeasible | Decision::Stopped(Stopped::NodeLimit) => {}
             }
             tried.push(pinned);
@@ -178,7 +192,7 @@ mod tests {
             let inst = Instance::new(&p);
             let cap = inst.units(Bytes(best + slack));
             let deadline = Instant::now() + std::time::Duration::from_secs(10);
-            if let Pinned::Fits(units) = first_fit(&inst, cap, deadline, |f| f()) {
+            if let Pinned::Fits(units) = first_fit(&inst, cap, deadline, &mut { u64::MAX }, |f| f()) {
                 let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
                 let s = crate::placement::problem::Solution::from_offsets(&p, offsets);
                 let capped = p.clone().with_capacity(Some(Bytes(best + slack)));
@@ -193,7 +207,7 @@ mod tests {
         let inst = Instance::new(&p);
         let cap = inst.units(crate::placement::max_load(&p));
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        match first_fit(&inst, cap, deadline, |f| f()) {
+        match first_fit(&inst, cap, deadline, &mut { u64::MAX }, |f| f()) {
             Pinned::Fits(units) => {
                 let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
                 let s = crate::placement::problem::Solution::from_offsets(&p, offsets);
