@@ -141,6 +141,26 @@ fn streams_never_share_blocks_on_a_real_trace() {
     }
     let one_stream = replay(&requests_of(&problem)).report.reserved_peak;
     let two_streams = check_replay("two streams", &requests);
+    // Streams never share a block or a segment and segments are never released, so each stream
+    // reserves exactly what it would reserve alone: the two-stream peak is the sum of the two
+    // single-stream replays (each computed on its own half of the trace).
+    let alone = |stream: u64| {
+        let mine: Vec<Request> = requests
+            .iter()
+            .filter(|r| r.stream == stream)
+            .map(|r| Request { stream: 0, ..*r })
+            .collect();
+        replay(&mine).report.reserved_peak
+    };
+    let (even, odd) = (alone(0), alone(1));
+    assert_eq!(two_streams, even + odd, "one stream {one_stream}");
+    // Each half alone needs less than the whole trace on one stream, and splitting the trace over
+    // two streams costs memory: blocks freed on one stream cannot serve the other.
+    assert!(even < one_stream && odd < one_stream);
+    assert!(
+        two_streams > one_stream,
+        "two streams {two_streams}, one stream {one_stream}"
+    );
     let out = replay(&requests);
     for (r, addr) in requests.iter().zip(&out.addresses) {
         let addr = addr.unwrap();
@@ -152,7 +172,47 @@ fn streams_never_share_blocks_on_a_real_trace() {
             .unwrap();
         assert_eq!(seg.stream, r.stream);
     }
-    println!("one stream {one_stream}, two streams {two_streams}");
+}
+
+#[test]
+fn a_hand_built_two_stream_trace_matches_its_worked_numbers() {
+    // a: 3 MiB on stream 0 in [0, 2); b: 3 MiB on stream 1 in [2, 4); c: 100 KiB on stream 0 in
+    // [0, 4); d: 100 KiB on stream 1 in [1, 4).
+    // On one stream: a takes a 20 MiB segment and c a 2 MiB small segment (22 MiB, reached at t=0
+    // with a and c allocated); d fits in c's small segment, and b reuses a's block once a is freed
+    // at t=2 (frees come first at equal times): 22 MiB reserved.
+    // On two streams, stream 1 cannot use stream 0's cached blocks: d gets its own 2 MiB segment
+    // and b its own 20 MiB one, the last segment, made at t=2 with b, c and d allocated: 44 MiB.
+    const MIB: u64 = 1 << 20;
+    const KIB: u64 = 1 << 10;
+    let r = |size, start, end, stream| Request {
+        size,
+        lifetime: Interval::new(start, end).unwrap(),
+        stream,
+    };
+    let requests = vec![
+        r(3 * MIB, 0, 2, 0),
+        r(3 * MIB, 2, 4, 1),
+        r(100 * KIB, 0, 4, 0),
+        r(100 * KIB, 1, 4, 1),
+    ];
+    let one: Vec<Request> = requests
+        .iter()
+        .map(|q| Request { stream: 0, ..*q })
+        .collect();
+    let one = replay(&one).report;
+    assert_eq!(one.reserved_peak, 22 * MIB);
+    assert_eq!((one.small_segments, one.large_segments), (1, 1));
+    assert_eq!(one.allocated_at_reserved_peak, 3 * MIB + 100 * KIB);
+
+    assert_eq!(check_replay("hand-built two streams", &requests), 44 * MIB);
+    let two = replay(&requests).report;
+    assert_eq!(two.reserved_peak, 44 * MIB);
+    assert_eq!((two.small_segments, two.large_segments), (2, 2));
+    assert_eq!(two.allocated_at_reserved_peak, 3 * MIB + 200 * KIB);
+    assert_eq!(two.peak_allocated, 3 * MIB + 200 * KIB);
+    let unused = (44 * MIB - 3 * MIB - 200 * KIB) as f64;
+    assert!((two.fragmentation - unused / (44 * MIB) as f64).abs() < 1e-12);
 }
 
 #[test]

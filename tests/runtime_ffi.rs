@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use model_opt::ffi::*;
+use model_opt::runtime::global::global;
 
 fn last_error() -> String {
     let mut buf = vec![0 as libc::c_char; 1024];
@@ -81,13 +82,69 @@ fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
     model_opt_host_free(std::ptr::null_mut());
     assert!(model_opt_host_alloc(0).is_null(), "size 0 is NULL");
 
-    // The hooks PyTorch may call are harmless.
+    // The hooks PyTorch may call, each doing what it is documented to do.
+    model_opt_clear_last_error();
+    let before = global().stats();
+    // init: accepted, nothing to report, nothing changes.
     model_opt_init(1);
+    assert_eq!(last_error(), "", "init records no error");
+    assert_eq!(global().stats(), before, "init changes no statistic");
+    // Memory fraction: accepted (the fallback pool is not capped), and the statistics are unchanged.
     model_opt_set_memory_fraction(0.5, 0);
-    model_opt_record_stream(std::ptr::null_mut(), std::ptr::null_mut());
-    model_opt_empty_cache();
+    assert_eq!(last_error(), "", "set_memory_fraction records no error");
+    assert_eq!(
+        global().stats(),
+        before,
+        "set_memory_fraction changes no statistic"
+    );
+    // record_stream of a pointer that is not a live allocation (NULL, a stack address, a freed
+    // allocation): ignored, with the reason kept as the last error; no counter moves.
+    let freed = model_opt_host_alloc(4096);
+    assert!(!freed.is_null());
+    model_opt_host_free(freed);
+    let before = global().stats();
+    for ptr in [
+        std::ptr::null_mut(),
+        local.as_mut_ptr() as *mut libc::c_void,
+        freed,
+    ] {
+        model_opt_clear_last_error();
+        model_opt_record_stream(ptr, 7 as *mut libc::c_void);
+        let e = last_error();
+        assert!(e.starts_with("record_stream of "), "{e}");
+        assert!(
+            e.contains("not a live allocation of model_opt; ignored"),
+            "{e}"
+        );
+        assert_eq!(
+            global().stats(),
+            before,
+            "record_stream({ptr:p}) changed the statistics"
+        );
+    }
     // SAFETY: NULL buffer with length 0 only asks for the length.
-    assert!(unsafe { model_opt_last_error(std::ptr::null_mut(), 0) } > 0);
+    let n = unsafe { model_opt_last_error(std::ptr::null_mut(), 0) };
+    assert_eq!(n, last_error().len(), "the length of the whole message");
+    // empty_cache: the fallback pool (which served the profiled step and is empty now) goes back to
+    // the system; the arena stays reserved, so reserved memory drops to the arena exactly.
+    model_opt_clear_last_error();
+    assert_eq!(stat("allocated_bytes"), 0);
+    let pool = global().stats().fallback_reserved_bytes;
+    assert!(pool > 0, "the profiled step left cached fallback memory");
+    assert_eq!(stat("reserved_bytes"), stat("arena_bytes") + pool as i64);
+    model_opt_empty_cache();
+    assert_eq!(last_error(), "", "empty_cache records no error");
+    assert_eq!(stat("reserved_bytes"), stat("arena_bytes"));
+    assert_eq!(global().stats().fallback_reserved_bytes, 0);
+    assert!(stat("arena_bytes") > 0, "the arena is kept");
+    assert_eq!(stat("plan_active"), 1, "and so is the plan");
+    // The plan still serves a step after the cache was emptied.
+    let hits = stat("planned_hits");
+    assert_eq!(model_opt_begin_step(), 0);
+    step_work();
+    assert_eq!(model_opt_end_step(), 0);
+    assert_eq!(stat("planned_hits"), hits + 3);
+    assert_eq!(stat("divergences"), 0);
 }
 
 #[test]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree as pytree
 
 from model_opt import InputError, optimize
 from model_opt._native import simulate_order
-from model_opt.capture import capture_training_step
-from model_opt.reorder import peak_of_order, reorder_graph
+from model_opt.capture import CaptureError, capture_training_step
+from model_opt.reorder import peak_of_order, reorder_graph, schedule_captured
 
 torch.set_num_threads(1)
 
@@ -62,17 +64,79 @@ def test_parameters_buffers_and_optimizer_state_are_resident():
     assert cap.dataflow.resident_bytes == expected
 
 
-def test_in_place_updates_are_ordered_after_every_reader():
-    _, _, cap = _capture()
+def _storages_of(node: torch.fx.Node) -> set[StorageWeakRef]:
+    return {
+        StorageWeakRef(t.untyped_storage())
+        for t in pytree.tree_leaves(node.meta.get("val"))
+        if isinstance(t, torch.Tensor)
+    }
+
+
+def _written_storages(node: torch.fx.Node) -> set[StorageWeakRef]:
+    """Storages an operator overwrites: the arguments its schema marks ``(a!)``."""
+    schema = getattr(node.target, "_schema", None)
+    written: set[StorageWeakRef] = set()
+    for i, arg in enumerate(schema.arguments if schema is not None else []):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = node.kwargs.get(arg.name) if (arg.kwarg_only or i >= len(node.args)) else node.args[i]
+        for n in pytree.tree_leaves(value):
+            if isinstance(n, torch.fx.Node):
+                written |= _storages_of(n)
+    return written
+
+
+def _read_write_pairs(df) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """From the captured order, independently of the capture's own edges: (reader, writer) pairs
+    where an operator reads a storage that a later operator overwrites in place, and (writer,
+    reader) pairs where an operator reads what an earlier in-place update wrote."""
+    before, after = [], []
+    readers: dict[StorageWeakRef, list[int]] = {}
+    last_write: dict[StorageWeakRef, int] = {}
+    for i, node in enumerate(df.ops):
+        written = _written_storages(node)
+        read = set().union(*(_storages_of(n) for n in node.all_input_nodes)) - written
+        for key in read:
+            if key in last_write:
+                after.append((last_write[key], i))
+            readers.setdefault(key, []).append(i)
+        for key in written:
+            before += [(r, i) for r in readers.get(key, []) if r != i]
+            readers[key] = []
+            last_write[key] = i
+    return before, after
+
+
+def _capture_in_place_on_view():
+    torch.manual_seed(0)
+    model = InPlaceOnView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return capture_training_step(model, opt, nn.functional.mse_loss, torch.randn(4, 8), torch.randn(4))
+
+
+@pytest.mark.parametrize("method", ["eager", "greedy", "dfs", "bfs", "auto"])
+@pytest.mark.parametrize("model", ["views_and_in_place", "in_place_on_view"])
+def test_in_place_updates_are_ordered_after_every_reader(model: str, method: str):
+    cap = _capture()[2] if model == "views_and_in_place" else _capture_in_place_on_view()
     df = cap.dataflow
+    before, after = _read_write_pairs(df)
+    # The step does overwrite storages that other operators read before (the forward and backward
+    # read the weights that SGD then updates in place) and after (what relu_ or mul_ wrote).
+    updated = {df.ops[w].name for _, w in before}
+    assert len(before) >= 3 and len(after) >= 3, (before, after)
+    assert any(name.startswith("add_") for name in updated), updated
+    # The order the scheduler returns keeps every reader of a storage before its in-place update,
+    # and every reader of the updated value after it.
+    _, report = schedule_captured(cap, method=method, time_limit=1.0)
+    position = {op: k for k, op in enumerate(report["order"])}
+    assert sorted(position) == list(range(len(df.ops)))
+    late = [(df.ops[r].name, df.ops[w].name) for r, w in before if position[r] > position[w]]
+    assert not late, f"readers run after the in-place update of what they read: {late}"
+    early = [(df.ops[w].name, df.ops[r].name) for w, r in after if position[r] < position[w]]
+    assert not early, f"readers run before the in-place update they should see: {early}"
     # Reversing the captured order is never valid: the Rust side must reject it rather than run it.
     with pytest.raises(InputError):
         simulate_order(*df.native_args()[:3], list(reversed(range(len(df.ops)))), df.resident_bytes)
-    # The parameter updates (add_ on placeholders) come after the backward matmuls that read them.
-    updates = [i for i, n in enumerate(df.ops) if n.name.startswith("add_")]
-    assert updates
-    edges = set(df.edges)
-    assert any((r, u) in edges for u in updates for r in range(len(df.ops)) if r != u)
 
 
 def test_batch_norm_buffers_are_updated_by_the_reordered_graph():
@@ -124,3 +188,28 @@ def test_in_place_update_of_a_view_keeps_its_order_under_every_method(method: st
         torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+class MySGD(torch.optim.SGD):
+    """A subclass may change `step`: it is not SGD as far as the captured update is concerned."""
+
+
+@pytest.mark.parametrize(
+    "make_opt,name",
+    [
+        (lambda ps: torch.optim.RMSprop(ps, lr=0.01), "RMSprop"),
+        (lambda ps: torch.optim.Adagrad(ps, lr=0.01), "Adagrad"),
+        (lambda ps: MySGD(ps, lr=0.01), "MySGD"),
+    ],
+)
+def test_an_unsupported_optimizer_is_refused_naming_the_supported_ones(make_opt, name: str):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = make_opt(model.parameters())
+    with pytest.raises(CaptureError) as raised:
+        optimize(model, opt, nn.functional.mse_loss, torch.randn(3, 4), torch.randn(3, 2), time_limit=0.5)
+    assert str(raised.value) == f"optimizer {name} is not supported; use torch.optim.SGD, Adam or AdamW"
+    # Refused before anything ran: the model is untouched.
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
