@@ -14,6 +14,13 @@ cargo clippy --release --features python --quiet -- -D warnings
 echo "== ruff" >&2
 .venv/bin/ruff check python tests benches
 echo "== Rust tests" >&2
-cargo test --release
+if ! cargo test --release; then
+    # A property test that failed saved its seed next to its source; print it, so a failure seen only
+    # in CI can be replayed: put the `cc ...` line into the same file here and run the test again.
+    echo "== proptest seeds of the failures (new or changed *.proptest-regressions files)" >&2
+    git status --porcelain --untracked-files=all | awk '{print $2}' | grep 'proptest-regressions' |
+        while read -r f; do echo "-- $f" >&2; grep '^cc ' "$f" >&2 || true; done
+    exit 1
+fi
 echo "== Python tests" >&2
 .venv/bin/python -m pytest -q tests/python

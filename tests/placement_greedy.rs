@@ -100,21 +100,39 @@ proptest! {
     }
 
     #[test]
-    fn validator_rejects_corrupted_plans(triples in random_problem(), pick in any::<prop::sample::Index>()) {
+    fn validator_rejects_corrupted_plans(
+        triples in random_problem(),
+        pick in any::<prop::sample::Index>(),
+        how in 0u8..3,
+    ) {
         let problem = problem_of(&triples);
         let s = plan(&problem, &greedy_only()).unwrap().solution;
-        // Move one buffer onto another that lives at the same time, if any pair does.
+        // Move one buffer onto another that lives at the same time, if any pair does: onto the same
+        // offset, or overlapping it by one byte from above or from below (a validator that looks
+        // only at one neighbour, or compares starts only, misses those).
         let n = problem.len();
         let i = pick.index(n);
         let partner = (0..n).find(|&j| {
             j != i && problem.buffers[i].lifetime.intersects(&problem.buffers[j].lifetime)
         });
         if let Some(j) = partner {
-            let mut offsets = s.offsets.clone();
-            offsets[i] = offsets[j];
-            let corrupted = Solution::from_offsets(&problem, offsets);
-            let rejected = matches!(validate(&problem, &corrupted), Err(InvalidPlan::Overlap { .. }));
-            prop_assert!(rejected);
+            let (size_i, size_j) = (problem.buffers[i].size.0, problem.buffers[j].size.0);
+            let at_j = s.offsets[j].0;
+            let moved = match how {
+                0 => Some(at_j),
+                1 => Some(at_j + size_j - 1),
+                _ => (at_j + 1).checked_sub(size_i),
+            };
+            if let Some(moved) = moved {
+                let mut offsets = s.offsets.clone();
+                offsets[i] = Bytes(moved);
+                let corrupted = Solution::from_offsets(&problem, offsets);
+                let verdict = validate(&problem, &corrupted);
+                prop_assert!(
+                    matches!(verdict, Err(InvalidPlan::Overlap { .. })),
+                    "buffer {} moved to {} over {} at [{}, {}): {:?}", i, moved, j, at_j, at_j + size_j, verdict
+                );
+            }
         }
         // A peak that lies is caught too.
         let lying = Solution { peak: Bytes(s.peak.0 + 1), offsets: s.offsets.clone() };
