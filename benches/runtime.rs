@@ -87,7 +87,7 @@ fn main() {
     run_runtime(&replay_rt, &evs, &mut addrs);
     replay_rt.end_profile().expect("profile");
     let summary = replay_rt.plan(&PlanOptions::default()).expect("plan");
-    replay_rt.begin_step().expect("step");
+    replay_rt.begin_step(None).expect("step");
     run_runtime(&replay_rt, &evs, &mut addrs);
     let s = replay_rt.end_step().expect("step");
     assert_eq!(
@@ -96,7 +96,7 @@ fn main() {
         "the replay must hit the plan"
     );
     let replay = measure(rounds, n, || {
-        replay_rt.begin_step().expect("step");
+        replay_rt.begin_step(None).expect("step");
         run_runtime(&replay_rt, &evs, &mut addrs);
         replay_rt.end_step().expect("step");
     });

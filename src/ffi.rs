@@ -165,7 +165,9 @@ pub extern "C" fn model_opt_plan(time_limit_seconds: f64) -> c_int {
 
 #[no_mangle]
 pub extern "C" fn model_opt_begin_step() -> c_int {
-    guarded("model_opt_begin_step", -1, || status(global().begin_step()))
+    guarded("model_opt_begin_step", -1, || {
+        status(global().begin_step(None))
+    })
 }
 
 #[no_mangle]

@@ -63,7 +63,7 @@ fn record_stream_memory_waits_for_the_streams_event_not_for_the_device() {
     rt.end_profile().unwrap();
     rt.plan(&PlanOptions::default()).unwrap();
     let syncs_before = syncs();
-    rt.begin_step().unwrap();
+    rt.begin_step(None).unwrap();
     let a = rt.alloc(0, 8192, 0).unwrap();
     assert!(rt.record_stream(a, SIDE_STREAM));
     rt.free(0, a).unwrap();
@@ -75,7 +75,7 @@ fn record_stream_memory_waits_for_the_streams_event_not_for_the_device() {
     rt.end_step().unwrap();
     assert_eq!(syncs(), syncs_before, "no step waits for the whole device");
     // The next step's first request cannot have `a`'s slot while the event is pending.
-    rt.begin_step().unwrap();
+    rt.begin_step(None).unwrap();
     d.step += 1;
     let c = d.alloc((d.step, 0), 8192, 0);
     assert!(c.addr + c.size <= a || a + 8192 <= c.addr);
@@ -89,4 +89,29 @@ fn record_stream_memory_waits_for_the_streams_event_not_for_the_device() {
     assert_eq!(st.counters.unknown_frees, 2);
     assert_eq!(st.counters.allocated_bytes, 0);
     drop(rt);
+}
+
+#[test]
+fn step_signatures_work_on_the_cuda_backend_too() {
+    preload_driver(build_stub().to_str().unwrap()).unwrap();
+    let rt = Runtime::new(Arc::new(CudaBackend::new()), RuntimeConfig::default());
+    let mut d = Driver::new(&rt, 1);
+    let first = runtime_support::padded_step(64);
+    d.run_step(&first, true);
+    rt.begin_profile().unwrap();
+    d.run_step(&first, true);
+    rt.end_profile().unwrap();
+    rt.plan(&PlanOptions::default()).unwrap();
+    for (k, len) in [48, 64, 48, 80, 64, 80].into_iter().enumerate() {
+        rt.begin_step(None).unwrap();
+        d.run_step(&runtime_support::padded_step(len), true);
+        let s = rt.end_step().unwrap();
+        assert_eq!(s.divergences, 0, "step {k}: {s:?}");
+        assert_eq!(s.new_signature, k == 0 || k == 3, "step {k}: {s:?}");
+    }
+    let st = rt.stats();
+    assert_eq!(st.plans, 3);
+    assert!(st.counters.signature_switches > 0);
+    d.free_all();
+    assert_eq!(rt.stats().counters.allocated_bytes, 0);
 }

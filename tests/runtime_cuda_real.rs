@@ -219,7 +219,7 @@ fn the_runtime_records_plans_and_replays_on_the_gpu() {
         summary.buffers, summary.arena_bytes, summary.lower_bound_bytes, summary.method
     );
     for _ in 0..5 {
-        rt.begin_step().unwrap();
+        rt.begin_step(None).unwrap();
         d.run_step(&program);
         let s = rt.end_step().unwrap();
         assert_eq!(s.divergences, 0);

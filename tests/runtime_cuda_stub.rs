@@ -58,7 +58,7 @@ fn cuda_backend_runs_on_the_stub_driver() {
     let summary = rt.plan(&PlanOptions::default()).unwrap();
     assert_eq!(summary.devices.len(), 2);
     for _ in 0..5 {
-        rt.begin_step().unwrap();
+        rt.begin_step(None).unwrap();
         d0.run_step(&program, true);
         d1.run_step(&program, true);
         let s = rt.end_step().unwrap();

@@ -49,6 +49,7 @@ __all__ = [
     "save_trace",
     "set_auto_replan",
     "set_max_divergences",
+    "set_max_plans",
     "stats",
     "step",
 ]
@@ -236,15 +237,23 @@ def plan(time_limit: float = 5.0) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def step() -> Iterator[None]:
-    """Run one training step on the plan: its k-th allocation is served at its planned address.
+def step(key: str | int | None = None) -> Iterator[None]:
+    """Run one training step on a plan: its k-th allocation is served at its planned address.
 
-    What happened in the step is in ``stats()["last_step"]`` afterwards.
+    The runtime keeps a plan per *step signature* (``set_max_plans``, default 16), all in one arena.
+    Without ``key`` a step is recognised by its allocations: it follows the most recent plan while its
+    requests are exactly that plan's, and moves to another plan that began the same way when they
+    differ. A step that matches no plan (a new sequence length, the accumulation step that runs the
+    optimizer, a short last batch) is recorded while it runs and planned at its end, so the next step
+    like it is served with zero divergences. ``key`` (e.g. the padded sequence length) names the
+    signature instead: steps with the same key follow the same plan, and a new key is recorded and
+    planned. What happened in the step is in ``stats()["last_step"]`` afterwards (``new_signature``
+    is True for a step that was recorded as a new signature).
 
     Raises:
         ModelOptError: when no plan exists yet (profile a step and call ``plan()`` first).
     """
-    _native.runtime_begin_step()
+    _native.runtime_begin_step(None if key is None else str(key))
     try:
         yield
     finally:
@@ -257,8 +266,10 @@ def stats() -> dict[str, Any]:
     Keys include ``mode``, ``allocated_bytes``, ``peak_allocated_bytes``, ``reserved_bytes``,
     ``arena_bytes``, ``lower_bound_bytes``, ``planned_hits``, ``fallback_allocations``,
     ``fallback_bytes``, ``divergences``, ``plan_active``, ``transient_fallbacks``,
-    ``persistent_allocations``, ``abandoned_steps``, ``auto_replans``, ``steps``, ``last_step`` (a
-    dict for the last step) and ``last_error`` (the last error a C hook recorded, or None).
+    ``persistent_allocations``, ``abandoned_steps``, ``auto_replans``, ``steps``, ``plans`` (step
+    signatures planned), ``max_plans``, ``new_signatures``, ``signature_switches``,
+    ``unplanned_allocations``, ``last_step`` (a dict for the last step) and ``last_error`` (the last
+    error a C hook recorded, or None). ``lower_bound_bytes`` is the largest lower bound of the plans.
     """
     return dict(_native.runtime_stats())
 
@@ -300,15 +311,26 @@ def empty_cache() -> int:
 
 
 def set_auto_replan(enabled: bool) -> None:
-    """Turn the automatic re-plan on (the default) or off.
+    """Turn automatic planning on (the default) or off.
 
-    After a step with divergences the runtime records the next step as well; when that one diverges
-    too, it plans again from it at the end of the step (time limit 1 s) and counts it in
-    ``stats()["auto_replans"]``. Profiling an unrepresentative step (such as the first of training)
-    thus heals after two steps. If the new arena cannot be reserved, the old plan stays and the reason
-    is in ``stats()["last_error"]``.
+    On: a step that follows no plan is recorded and planned at its end as a new signature (time limit
+    1 s; counted in ``stats()["new_signatures"]``), and a signature whose steps diverge twice in a row
+    (say, outputs kept from earlier steps sit in its slots) is planned again from the second (counted
+    in ``stats()["auto_replans"]``). If an arena cannot be reserved, the plans stay as they were and the
+    reason is in ``stats()["last_error"]``. Off: steps follow the most recent plan (or the one named by
+    their key) as best they can, and requests that do not fit it are divergences.
     """
     _native.runtime_set_auto_replan(enabled)
+
+
+def set_max_plans(n: int) -> None:
+    """Planned step signatures kept per device (default 16); past it the least recently used is dropped.
+
+    All plans share one arena, sized for the largest, so more plans cost planning time, not memory.
+    """
+    if n < 1:
+        raise ValueError(f"max plans {n} must be >= 1")
+    _native.runtime_set_max_plans(n)
 
 
 def set_max_divergences(n: int) -> None:

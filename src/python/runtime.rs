@@ -18,6 +18,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_end_profile, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_plan, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_begin_step, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_set_max_plans, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_end_step, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_stats, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_reset_peak_stats, m)?)?;
@@ -45,6 +46,8 @@ fn step_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>
     d.set_item("transient_fallbacks", s.transient_fallbacks)?;
     d.set_item("divergences", s.divergences)?;
     d.set_item("abandoned", s.abandoned)?;
+    d.set_item("new_signature", s.new_signature)?;
+    d.set_item("unplanned_allocations", s.unplanned_allocations)?;
     Ok(d)
 }
 
@@ -94,10 +97,11 @@ fn runtime_plan(py: Python<'_>, time_limit: f64) -> PyResult<Bound<'_, PyDict>> 
     Ok(d)
 }
 
-/// Starts a planned step (behind `model_opt.step()`).
+/// Starts a planned step (behind `model_opt.step(key)`); `key` names its signature.
 #[pyfunction]
-fn runtime_begin_step() -> PyResult<()> {
-    global().begin_step().map_err(runtime_error)
+#[pyo3(signature = (key=None))]
+fn runtime_begin_step(key: Option<String>) -> PyResult<()> {
+    global().begin_step(key.as_deref()).map_err(runtime_error)
 }
 
 /// Ends the step; what happened in it as a dict.
@@ -138,6 +142,11 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("unknown_frees", c.unknown_frees)?;
     d.set_item("out_of_memory", c.out_of_memory)?;
     d.set_item("auto_replans", c.auto_replans)?;
+    d.set_item("new_signatures", c.new_signatures)?;
+    d.set_item("signature_switches", c.signature_switches)?;
+    d.set_item("unplanned_allocations", c.unplanned_allocations)?;
+    d.set_item("plans", s.plans)?;
+    d.set_item("max_plans", s.max_plans)?;
     d.set_item("max_divergences", s.max_divergences)?;
     d.set_item("devices", s.devices)?;
     d.set_item("last_step", step_dict(py, &s.last_step)?)?;
@@ -181,10 +190,16 @@ fn runtime_set_max_divergences(n: u64) {
     global().set_max_divergences(n);
 }
 
-/// Whether a step that diverges twice in a row is planned again automatically.
+/// Automatic planning: steps of new signatures, and signatures that diverge twice in a row.
 #[pyfunction]
 fn runtime_set_auto_replan(on: bool) {
     global().set_auto_replan(on);
+}
+
+/// Planned signatures kept per device.
+#[pyfunction]
+fn runtime_set_max_plans(n: usize) {
+    global().set_max_plans(n);
 }
 
 /// Addresses of the C ABI functions, for PyTorch's allocator hooks and the CPU shim.

@@ -1,12 +1,14 @@
-//! The state of one device: its fallback pool, its arena and plan, its recording, and the requests
-//! routed between them. The runtime calls these with its lock held.
+//! The state of one device: its fallback pool, its arena and planned signatures, its recording, and
+//! the requests routed between them. The runtime calls these with its lock held.
 
 use std::collections::HashMap;
 
 use super::arena::Arena;
-use super::backend::{Backend, BackendError, Event};
+use super::backend::{Backend, BackendError, Event, HOST_DEVICE};
 use super::fallback::FallbackPool;
+use super::planning::DevicePlan;
 use super::replay::Replay;
+use super::signatures::{Signature, SignatureSet};
 use super::stats::{Counters, StepStats};
 use super::trace::Trace;
 
@@ -16,7 +18,7 @@ pub enum Route {
     Fallback,
     Record,
     Replay,
-    /// Replay, and record the step too (after a diverging step, to re-plan from it; see `state.rs`).
+    /// Replay, and record the step too: a step of a new signature is planned from its recording.
     ReplayRecord,
 }
 
@@ -25,6 +27,33 @@ pub enum Route {
 pub struct ReplayLimits {
     pub max_divergences: u64,
     pub lookahead: usize,
+    /// A step that follows no planned signature is recorded and planned at its end (else it follows
+    /// the most recent plan as best it can, counting divergences).
+    pub automatic: bool,
+}
+
+/// Which recording a free belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    No,
+    /// Inside `profile()`.
+    Profile,
+    /// Inside a step under automatic planning.
+    Step,
+}
+
+/// What the end of a step asks of the runtime for one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterStep {
+    Nothing,
+    /// The step followed no planned signature: plan its recording as a new one.
+    PlanNew {
+        key: Option<String>,
+    },
+    /// The step followed signature `index` but diverged twice in a row: plan it again from this step.
+    Replan {
+        index: usize,
+    },
 }
 
 /// What a quarantined allocation waits for before its memory is reused.
@@ -43,8 +72,22 @@ pub struct DeviceState {
     pub arena: Option<Arena>,
     /// Arenas of earlier plans that still hold live allocations; freed when they empty.
     pub retired: Vec<Arena>,
-    pub replay: Option<Replay>,
+    pub signatures: SignatureSet,
+    /// The signature the open step follows.
+    pub active: Option<usize>,
+    /// The open step's requests so far, `(size, stream)`: matched against the plans' beginnings.
+    observed: Vec<(usize, usize)>,
+    /// The open step may move to another signature (no user key named one).
+    switchable: bool,
+    /// The open step follows no planned signature: served by the pool, recorded, and planned at its
+    /// end.
+    unmatched: bool,
+    /// The user's key of the open step.
+    step_key: Option<String>,
+    /// The profiled step, or the last step planned as a signature (what `save_trace` exports).
     pub trace: Trace,
+    /// The open step's recording (automatic planning plans a new signature from it).
+    pub step_trace: Trace,
     /// Live addresses passed to `record_stream`, with the streams that use them.
     pub record_streamed: HashMap<usize, Vec<usize>>,
     /// Freed addresses that other streams may still use: still held (so nothing else gets them and a
@@ -60,8 +103,14 @@ impl DeviceState {
             pool: FallbackPool::new(),
             arena: None,
             retired: Vec::new(),
-            replay: None,
+            signatures: SignatureSet::default(),
+            active: None,
+            observed: Vec::new(),
+            switchable: false,
+            unmatched: false,
+            step_key: None,
             trace: Trace::new(),
+            step_trace: Trace::new(),
             record_streamed: HashMap::new(),
             quarantine: HashMap::new(),
             step: StepStats::default(),
@@ -111,12 +160,67 @@ impl DeviceState {
             Route::Replay => self.replay_alloc(backend, size, stream, limits, c)?,
             Route::ReplayRecord => {
                 let addr = self.replay_alloc(backend, size, stream, limits, c)?;
-                self.trace.record_alloc(addr, size, stream);
+                self.step_trace.record_alloc(addr, size, stream);
                 addr
             }
         };
         c.on_alloc(size);
         Ok(addr)
+    }
+
+    /// Opens a step: follows the signature named by `key`, else the most recently used one.
+    pub fn begin_step(&mut self, key: Option<&str>, automatic: bool, recording: bool) {
+        self.step = StepStats::default();
+        self.observed.clear();
+        self.unmatched = false;
+        self.step_key = key.map(str::to_string);
+        if recording {
+            self.step_trace = Trace::new();
+        }
+        let (active, switchable) = match key {
+            Some(k) => (self.signatures.by_key(k), false),
+            None => (self.signatures.most_recent(), true),
+        };
+        self.active = active;
+        self.switchable = switchable;
+        match active {
+            Some(i) => {
+                self.signatures.touch(i);
+                self.signatures.get_mut(i).replay.start_step();
+            }
+            None if automatic => self.mark_unmatched(),
+            None => {}
+        }
+    }
+
+    fn mark_unmatched(&mut self) {
+        self.unmatched = true;
+        self.step.new_signature = true;
+    }
+
+    /// Closes the step; what the runtime should plan for this device.
+    pub fn end_step(&mut self, automatic: bool) -> AfterStep {
+        let active = self.active.take();
+        if !automatic {
+            return AfterStep::Nothing;
+        }
+        if self.unmatched {
+            return AfterStep::PlanNew {
+                key: self.step_key.take(),
+            };
+        }
+        let Some(i) = active else {
+            return AfterStep::Nothing;
+        };
+        let diverged = self.step.divergences > 0;
+        let sig = self.signatures.get_mut(i);
+        let twice = diverged && sig.diverged;
+        sig.diverged = diverged && !twice;
+        if twice {
+            AfterStep::Replan { index: i }
+        } else {
+            AfterStep::Nothing
+        }
     }
 
     #[inline]
@@ -129,10 +233,33 @@ impl DeviceState {
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
         self.step.allocations += 1;
-        let (Some(replay), Some(arena)) = (self.replay.as_mut(), self.arena.as_mut()) else {
+        let k = self.observed.len();
+        self.observed.push((size, stream));
+        if self.unmatched {
+            return self.unplanned(backend, size, stream, c);
+        }
+        let Some(mut a) = self.active else {
             // No plan for this device: nothing recorded here in the profiled step.
             return self.divergent(backend, size, stream, limits, c);
         };
+        if self.switchable && !self.signatures.get(a).expects(k, size, stream) {
+            // The step leaves its signature: another one that began the same way, or a new one.
+            match self.signatures.with_prefix(&self.observed) {
+                Some(b) => {
+                    self.switch_signature(backend, a, b, k, c)?;
+                    a = b;
+                }
+                None if limits.automatic => {
+                    self.mark_unmatched();
+                    return self.unplanned(backend, size, stream, c);
+                }
+                None => self.switchable = false,
+            }
+        }
+        let Some(arena) = self.arena.as_mut() else {
+            return self.divergent(backend, size, stream, limits, c);
+        };
+        let replay = &mut self.signatures.get_mut(a).replay;
         if replay.abandoned {
             return self.transient_fallback(backend, size, stream, c);
         }
@@ -161,6 +288,50 @@ impl DeviceState {
         }
     }
 
+    /// Moves the open step from signature `from` to `to` at its `k`-th request. Plans that begin alike
+    /// place that beginning alike, so what the step holds is where `to` wants it; on a GPU, when the
+    /// two plans lay streams out differently, the device is synchronized first, since memory one
+    /// stream used under `from` may belong to another under `to`.
+    fn switch_signature(
+        &mut self,
+        backend: &dyn Backend,
+        from: usize,
+        to: usize,
+        k: usize,
+        c: &mut Counters,
+    ) -> Result<(), BackendError> {
+        if self.device != HOST_DEVICE {
+            let (a, b) = (
+                self.signatures.get(from).streams(),
+                self.signatures.get(to).streams(),
+            );
+            if a != b || a.len() > 1 {
+                backend.synchronize(self.device)?;
+            }
+        }
+        let divergences = self.signatures.get(from).replay.step_divergences;
+        self.signatures.touch(to);
+        self.signatures.get_mut(to).replay.resume_at(k, divergences);
+        self.active = Some(to);
+        c.signature_switches += 1;
+        Ok(())
+    }
+
+    /// A request of a step that follows no plan: served by the pool, as while profiling. (Not from
+    /// the idle arena: what such a step keeps past its end, gradients or a stored loss, would then sit
+    /// in the arena and collide with the planned slots of the next steps.)
+    fn unplanned(
+        &mut self,
+        backend: &dyn Backend,
+        size: usize,
+        stream: usize,
+        c: &mut Counters,
+    ) -> Result<usize, BackendError> {
+        self.step.unplanned_allocations += 1;
+        c.unplanned_allocations += 1;
+        self.fallback(backend, size, stream, c)
+    }
+
     fn divergent(
         &mut self,
         backend: &dyn Backend,
@@ -171,7 +342,8 @@ impl DeviceState {
     ) -> Result<usize, BackendError> {
         c.divergences += 1;
         self.step.divergences += 1;
-        if let Some(replay) = self.replay.as_mut() {
+        if let Some(a) = self.active {
+            let replay = &mut self.signatures.get_mut(a).replay;
             replay.step_divergences += 1;
             if replay.step_divergences > limits.max_divergences && !replay.abandoned {
                 replay.abandoned = true;
@@ -208,15 +380,17 @@ impl DeviceState {
         &mut self,
         backend: &dyn Backend,
         addr: usize,
-        recording: bool,
+        recording: Recording,
         c: &mut Counters,
     ) -> bool {
         // Checked for emptiness first: hashing on every free would cost more than the rest of it.
         if !self.quarantine.is_empty() && self.quarantine.contains_key(&addr) {
             return false; // freed already; its memory is still held for another stream
         }
-        if recording {
-            self.trace.record_free(addr);
+        match recording {
+            Recording::Profile => self.trace.record_free(addr),
+            Recording::Step => self.step_trace.record_free(addr),
+            Recording::No => {}
         }
         if !self.record_streamed.is_empty() {
             if let Some(streams) = self.record_streamed.remove(&addr) {
@@ -325,9 +499,9 @@ impl DeviceState {
         if !self.owns(addr) || self.quarantine.contains_key(&addr) {
             return false;
         }
-        if let (Some(arena), Some(replay)) = (self.arena.as_ref(), self.replay.as_mut()) {
+        if let (Some(arena), Some(a)) = (self.arena.as_ref(), self.active) {
             if let Some(live) = arena.get(addr) {
-                replay.poison(live.entry);
+                self.signatures.get_mut(a).replay.poison(live.entry);
             }
         }
         let streams = self.record_streamed.entry(addr).or_default();
@@ -352,8 +526,16 @@ impl DeviceState {
         Ok(())
     }
 
-    /// Replaces the plan; the old arena is freed now if idle, else when its last allocation is.
-    pub fn install_plan(&mut self, backend: &dyn Backend, arena: Arena, replay: Replay) {
+    /// Arena bytes the signatures need with `plan` added, when more than the arena has: an arena is
+    /// reserved anew only when it must grow.
+    pub fn arena_needed(&self, plan: &DevicePlan) -> Option<usize> {
+        let needed = plan.arena_bytes.max(self.signatures.arena_bytes());
+        (needed > self.arena.as_ref().map_or(0, Arena::size)).then_some(needed)
+    }
+
+    /// Makes `arena` the device's arena; the old one is freed now if idle, else when its last
+    /// allocation is.
+    pub fn install_arena(&mut self, backend: &dyn Backend, arena: Arena) {
         if let Some(old) = self.arena.replace(arena) {
             if old.is_idle() {
                 let _ = old.free(backend, self.device);
@@ -361,7 +543,44 @@ impl DeviceState {
                 self.retired.push(old);
             }
         }
-        self.replay = Some(replay);
+    }
+
+    /// Adds a planned signature (replacing the one with the same key, or with exactly the same
+    /// requests), keeping at most `max_plans`; the arena must already be large enough. Cached fallback memory is returned: the plan now serves
+    /// what the warm-up and recorded steps took from the pool.
+    pub fn add_signature(
+        &mut self,
+        backend: &dyn Backend,
+        key: Option<String>,
+        plan: DevicePlan,
+        max_plans: usize,
+    ) {
+        let sig = Signature {
+            key,
+            replay: Replay::new(plan),
+            last_used: 0,
+            diverged: false,
+        };
+        self.signatures.insert(sig, max_plans);
+        self.pool.release_cached(backend, self.device);
+    }
+
+    /// The requests `(size, stream)` of a recorded step, in order.
+    pub fn requests_of(trace: &Trace) -> Vec<(usize, usize)> {
+        trace.buffers.iter().map(|b| (b.size, b.stream)).collect()
+    }
+
+    /// Drops every plan and recording (in a forked child); arenas stay until their allocations are
+    /// freed, and no new request is served from them.
+    pub fn forget_plans(&mut self) {
+        self.signatures = SignatureSet::default();
+        self.active = None;
+        self.unmatched = false;
+        self.trace = Trace::new();
+        self.step_trace = Trace::new();
+        if let Some(arena) = self.arena.take() {
+            self.retired.push(arena);
+        }
     }
 
     /// Frees everything this device reserved (the runtime is going away).

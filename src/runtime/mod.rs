@@ -15,6 +15,7 @@ pub mod global;
 pub mod mode;
 pub mod planning;
 pub mod replay;
+pub mod signatures;
 pub mod state;
 pub mod stats;
 pub mod trace;

@@ -43,7 +43,69 @@ pub fn plan_trace(
     alignment: usize,
     options: &PlanOptions,
 ) -> Result<DevicePlan, PlanError> {
+    plan_trace_like(trace, device, alignment, options, None)
+}
+
+/// [`plan_trace`], placing the first `common` buffers where `like` places them when both are plans
+/// of one stream (`like` began with the same requests): a step can then move from one plan to the
+/// other at any request of that common beginning and find what it holds where the new plan wants
+/// it. When those positions conflict in this trace, it plans without them.
+pub fn plan_trace_like(
+    trace: &Trace,
+    device: i32,
+    alignment: usize,
+    options: &PlanOptions,
+    like: Option<(&DevicePlan, usize)>,
+) -> Result<DevicePlan, PlanError> {
+    if let Some((plan, common)) = like {
+        let fixed = fixed_beginning(trace, plan, common);
+        if !fixed.is_empty() {
+            if let Ok(p) = plan_with_fixed(trace, device, alignment, options, &fixed) {
+                return Ok(p);
+            }
+        }
+    }
+    plan_with_fixed(trace, device, alignment, options, &[])
+}
+
+/// `(index, offset)` of the first `common` buffers of `trace` as `like` places them, when both are
+/// plans of the same single stream; empty otherwise.
+fn fixed_beginning(trace: &Trace, like: &DevicePlan, common: usize) -> Vec<(usize, usize)> {
+    let streams_of = |it: &mut dyn Iterator<Item = usize>| {
+        let mut v: Vec<usize> = it.collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let ours = streams_of(&mut trace.transient().map(|b| b.stream));
+    let theirs = streams_of(
+        &mut like
+            .entries
+            .iter()
+            .filter(|e| e.offset.is_some())
+            .map(|e| e.stream),
+    );
+    if ours.len() != 1 || ours != theirs {
+        return Vec::new();
+    }
+    trace
+        .buffers
+        .iter()
+        .take(common.min(like.entries.len()))
+        .filter(|b| !b.is_persistent())
+        .filter_map(|b| like.entries[b.index].offset.map(|o| (b.index, o)))
+        .collect()
+}
+
+fn plan_with_fixed(
+    trace: &Trace,
+    device: i32,
+    alignment: usize,
+    options: &PlanOptions,
+    fixed: &[(usize, usize)],
+) -> Result<DevicePlan, PlanError> {
     let started = Instant::now();
+    let fixed: std::collections::HashMap<usize, usize> = fixed.iter().copied().collect();
     let alignment = alignment.max(1);
     let slot_of = |size: usize| size.max(1).div_ceil(alignment) * alignment;
     let mut entries: Vec<PlanEntry> = trace
@@ -79,6 +141,9 @@ pub fn plan_trace(
                     Bytes(slot_of(b.size) as u64),
                 );
                 buffer.alignment = Bytes(alignment as u64);
+                if let Some(&o) = fixed.get(&i) {
+                    buffer.fixed_offset = Some(Bytes(o as u64));
+                }
                 Some(buffer)
             })
             .collect();

@@ -38,6 +38,14 @@ impl Replay {
         self.abandoned = false;
     }
 
+    /// Takes over a step that followed another plan exactly for its first `k` requests (which this
+    /// plan begins with too).
+    pub fn resume_at(&mut self, k: usize, step_divergences: u64) {
+        self.cursor = k;
+        self.step_divergences = step_divergences;
+        self.abandoned = false;
+    }
+
     #[inline]
     pub fn entry(&self, index: usize) -> PlanEntry {
         self.plan.entries[index]

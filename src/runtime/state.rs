@@ -5,17 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::sync::{Mutex, MutexGuard};
 
 use super::arena::Arena;
 use super::backend::{Backend, BackendError, HOST_DEVICE};
-use super::device::{DeviceState, ReplayLimits, Route};
+use super::device::{AfterStep, DeviceState, Recording, ReplayLimits, Route};
 use super::error::RuntimeError;
 use super::fallback::MAX_REQUEST;
 use super::global;
 use super::mode::Mode;
-use super::planning::{plan_trace, DevicePlan};
-use super::replay::Replay;
+use super::planning::{plan_trace_like, DevicePlan};
+use super::signatures::DEFAULT_MAX_PLANS;
 use super::stats::{Counters, Stats, StepStats};
 use super::trace::Trace;
 use crate::placement::PlanOptions;
@@ -30,10 +31,12 @@ pub struct RuntimeConfig {
     /// Arena offsets and slot sizes are multiples of this (512 like CUDA's caching allocator; it
     /// also covers the 64 bytes PyTorch's CPU kernels expect).
     pub alignment: usize,
-    /// After a step with divergences, record the next step too, and when it diverges as well, plan
-    /// again from it (so profiling an unrepresentative step, such as the first of training, heals
-    /// itself after two steps).
+    /// Automatic planning: a step that follows no planned signature (a new sequence length, the
+    /// accumulation step that runs the optimizer, a short last batch) is recorded and planned at its
+    /// end; a signature whose steps diverge twice in a row is planned again from the second.
     pub auto_replan: bool,
+    /// Planned signatures kept per device; the least recently used is dropped past it.
+    pub max_plans: usize,
     /// Time limit of those automatic re-plans, which run at the end of a step.
     pub auto_replan_time_limit: Duration,
 }
@@ -45,6 +48,7 @@ impl Default for RuntimeConfig {
             lookahead: 8,
             alignment: 512,
             auto_replan: true,
+            max_plans: DEFAULT_MAX_PLANS,
             auto_replan_time_limit: Duration::from_secs(1),
         }
     }
@@ -63,13 +67,42 @@ pub struct PlanSummary {
     pub devices: Vec<i32>,
 }
 
+/// A recorded step to plan as a signature of one device.
+struct PlanJob {
+    device: i32,
+    trace: Trace,
+    key: Option<String>,
+    /// The planned signature that begins most like this step, and for how many requests.
+    like: Option<(DevicePlan, usize)>,
+}
+
+impl PlanJob {
+    /// The profiled step of `d`.
+    fn profiled(d: &DeviceState) -> PlanJob {
+        PlanJob::new(d, d.trace.clone(), None)
+    }
+
+    /// The step `d` just ran.
+    fn last_step(d: &DeviceState, key: Option<String>) -> PlanJob {
+        PlanJob::new(d, d.step_trace.clone(), key)
+    }
+
+    fn new(d: &DeviceState, trace: Trace, key: Option<String>) -> PlanJob {
+        let like = d.signatures.prefix_hint(&DeviceState::requests_of(&trace));
+        PlanJob {
+            device: d.device,
+            trace,
+            key,
+            like,
+        }
+    }
+}
+
 struct Inner {
     mode: Mode,
     in_step: bool,
-    /// The open step is also being recorded (automatic re-plan).
-    step_recording: bool,
-    /// The last step diverged: record the next one.
-    record_next_step: bool,
+    /// The user's key of the open step.
+    step_key: Option<String>,
     has_trace: bool,
     devices: Vec<DeviceState>,
     counters: Counters,
@@ -93,9 +126,19 @@ impl Inner {
     fn route(&self) -> Route {
         match (self.mode, self.in_step) {
             (Mode::Recording, _) => Route::Record,
-            (Mode::Planned, true) if self.step_recording => Route::ReplayRecord,
+            (Mode::Planned, true) if self.config.auto_replan => Route::ReplayRecord,
             (Mode::Planned, true) => Route::Replay,
             _ => Route::Fallback,
+        }
+    }
+
+    fn recording(&self) -> Recording {
+        if self.mode == Mode::Recording {
+            Recording::Profile
+        } else if self.in_step && self.config.auto_replan {
+            Recording::Step
+        } else {
+            Recording::No
         }
     }
 }
@@ -105,6 +148,11 @@ pub struct Runtime {
     inner: Mutex<Inner>,
 }
 
+thread_local! {
+    /// The lock held across a `fork()` by the forking thread (see `global.rs`).
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, Inner>>> = const { RefCell::new(None) };
+}
+
 impl Runtime {
     pub fn new(backend: Arc<dyn Backend>, config: RuntimeConfig) -> Runtime {
         Runtime {
@@ -112,8 +160,7 @@ impl Runtime {
             inner: Mutex::new(Inner {
                 mode: Mode::Passthrough,
                 in_step: false,
-                step_recording: false,
-                record_next_step: false,
+                step_key: None,
                 has_trace: false,
                 devices: Vec::new(),
                 counters: Counters::default(),
@@ -124,25 +171,32 @@ impl Runtime {
         }
     }
 
+    /// The lock; a panic while it was held (caught at the C ABI) does not make it unusable.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
 
     pub fn mode(&self) -> Mode {
-        self.inner.lock().mode
+        self.lock().mode
     }
 
     pub fn set_max_divergences(&self, n: u64) {
-        self.inner.lock().config.max_divergences = n;
+        self.lock().config.max_divergences = n;
     }
 
     /// Turns the automatic re-plan after diverging steps on or off (see [`RuntimeConfig`]).
     pub fn set_auto_replan(&self, on: bool) {
-        let mut inner = self.inner.lock();
-        inner.config.auto_replan = on;
-        if !on {
-            inner.record_next_step = false;
-        }
+        self.lock().config.auto_replan = on;
+    }
+
+    /// Planned signatures kept per device (at least 1); the least recently used beyond it are
+    /// dropped when the next one is planned.
+    pub fn set_max_plans(&self, n: usize) {
+        self.lock().config.max_plans = n.max(1);
     }
 
     /// `size` bytes on `device` for `stream` (0 for a size of 0). Fails only when the backend cannot
@@ -151,7 +205,7 @@ impl Runtime {
         if size == 0 {
             return Ok(0);
         }
-        let mut guard = self.inner.lock();
+        let mut guard = self.lock();
         let inner = &mut *guard;
         if size > MAX_REQUEST {
             // Refused before any size arithmetic: no rounding of it can be trusted not to wrap.
@@ -167,11 +221,19 @@ impl Runtime {
         let limits = ReplayLimits {
             max_divergences: inner.config.max_divergences,
             lookahead: inner.config.lookahead,
+            automatic: inner.config.auto_replan,
         };
         let i = match inner.devices.iter().position(|d| d.device == device) {
             Some(i) => i,
             None => {
                 inner.device(device);
+                if inner.in_step {
+                    // A device first used inside a step: its step follows no plan yet.
+                    let (key, automatic) = (inner.step_key.clone(), inner.config.auto_replan);
+                    if let Some(d) = inner.devices.last_mut() {
+                        d.begin_step(key.as_deref(), automatic, automatic);
+                    }
+                }
                 inner.devices.len() - 1
             }
         };
@@ -200,9 +262,9 @@ impl Runtime {
         if addr == 0 {
             return Ok(());
         }
-        let mut guard = self.inner.lock();
+        let mut guard = self.lock();
         let inner = &mut *guard;
-        let recording = inner.mode == Mode::Recording || inner.step_recording;
+        let recording = inner.recording();
         // The device PyTorch names first; any other one if it is wrong.
         let named = inner.devices.iter().position(|d| d.device == device);
         if let Some(i) = named {
@@ -227,7 +289,7 @@ impl Runtime {
     /// `addr` is used on `stream` too: it goes to the fallback from now on, and its memory waits for
     /// that stream's work when it is freed (see `device.rs`). False for an address not live here.
     pub fn record_stream(&self, addr: usize, stream: usize) -> bool {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner
             .devices
             .iter_mut()
@@ -237,7 +299,7 @@ impl Runtime {
     /// Returns cached memory that nothing uses to the backend (PyTorch's `empty_cache`); the plan's
     /// arena stays reserved. Returns the bytes released.
     pub fn empty_cache(&self) -> Result<usize, RuntimeError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         let mut released = 0;
         for d in inner.devices.iter_mut() {
             d.flush_quarantine(&*self.backend)?;
@@ -248,7 +310,7 @@ impl Runtime {
 
     /// Starts recording a step (`profile()`).
     pub fn begin_profile(&self) -> Result<(), RuntimeError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         match (inner.mode, inner.in_step) {
             (Mode::Recording, _) => Err(RuntimeError::WrongMode {
                 action: "start profiling",
@@ -262,7 +324,6 @@ impl Runtime {
             }),
             _ => {
                 inner.mode = Mode::Recording;
-                inner.record_next_step = false;
                 for d in inner.devices.iter_mut() {
                     d.trace = Trace::new();
                 }
@@ -274,7 +335,7 @@ impl Runtime {
     /// Ends the recording. With a plan from before, the runtime stays planned (the old plan keeps
     /// serving steps until `plan()` replaces it).
     pub fn end_profile(&self) -> Result<(), RuntimeError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         if inner.mode != Mode::Recording {
             return Err(RuntimeError::WrongMode {
                 action: "end profiling",
@@ -286,7 +347,7 @@ impl Runtime {
             d.trace.finish();
         }
         inner.has_trace = true;
-        inner.mode = if inner.devices.iter().any(|d| d.replay.is_some()) {
+        inner.mode = if inner.devices.iter().any(|d| !d.signatures.is_empty()) {
             Mode::Planned
         } else {
             Mode::Passthrough
@@ -296,9 +357,12 @@ impl Runtime {
 
     /// Plans the recorded step of every device, reserves the arenas and switches to planned mode.
     /// Planning runs without the lock, so other threads keep allocating meanwhile.
+    /// Plans the recorded step of every device as a step signature (replacing the one with the same
+    /// requests, if any), reserves what the arenas lack and switches to planned mode. Planning runs
+    /// without the lock, so other threads keep allocating meanwhile.
     pub fn plan(&self, options: &PlanOptions) -> Result<PlanSummary, RuntimeError> {
-        let (traces, alignment) = {
-            let inner = self.inner.lock();
+        let jobs = {
+            let inner = self.lock();
             if inner.mode == Mode::Recording || inner.in_step {
                 return Err(RuntimeError::WrongMode {
                     action: "plan",
@@ -312,19 +376,28 @@ impl Runtime {
                         .to_string(),
                 ));
             }
-            let traces: Vec<(i32, Trace)> = inner
-                .devices
-                .iter()
-                .map(|d| (d.device, d.trace.clone()))
-                .collect();
-            (traces, inner.config.alignment)
+            inner.devices.iter().map(PlanJob::profiled).collect()
         };
-        let mut plans: Vec<(i32, DevicePlan)> = Vec::with_capacity(traces.len());
-        for (device, trace) in &traces {
-            plans.push((*device, plan_trace(trace, *device, alignment, options)?));
+        self.plan_and_install(jobs, options)
+    }
+
+    /// Plans each job's trace (without the lock), then reserves the arenas that must grow and adds
+    /// the signatures. A failure leaves the runtime as it was.
+    fn plan_and_install(
+        &self,
+        jobs: Vec<PlanJob>,
+        options: &PlanOptions,
+    ) -> Result<PlanSummary, RuntimeError> {
+        let alignment = self.lock().config.alignment;
+        let mut plans: Vec<DevicePlan> = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let like = job.like.as_ref().map(|(p, n)| (p, *n));
+            plans.push(plan_trace_like(
+                &job.trace, job.device, alignment, options, like,
+            )?);
         }
 
-        let mut guard = self.inner.lock();
+        let mut guard = self.lock();
         let inner = &mut *guard;
         if inner.mode == Mode::Recording || inner.in_step {
             return Err(RuntimeError::WrongMode {
@@ -333,36 +406,42 @@ impl Runtime {
                 hint: "profile() or step() started while plan() was running",
             });
         }
-        // Reserve every arena first, so a failure leaves the runtime as it was.
-        let mut arenas = Vec::with_capacity(plans.len());
-        for (device, p) in &plans {
-            let reserved = match Arena::reserve(&*self.backend, *device, p.arena_bytes) {
+        // Reserve every arena that must grow first, so a failure leaves the runtime as it was.
+        let mut arenas: Vec<Option<Arena>> = Vec::with_capacity(plans.len());
+        for (job, p) in jobs.iter().zip(&plans) {
+            let Some(size) = inner.device(job.device).arena_needed(p) else {
+                arenas.push(None);
+                continue;
+            };
+            let reserved = match Arena::reserve(&*self.backend, job.device, size) {
                 Ok(a) => Ok(a),
                 Err(e) if e.is_out_of_memory() => {
                     // Cached fallback memory may be what stands in the way.
-                    let d = inner.device(*device);
-                    d.pool.release_cached(&*self.backend, *device);
-                    Arena::reserve(&*self.backend, *device, p.arena_bytes)
+                    let d = inner.device(job.device);
+                    d.pool.release_cached(&*self.backend, job.device);
+                    Arena::reserve(&*self.backend, job.device, size)
                 }
                 Err(e) => Err(e),
             };
             match reserved {
-                Ok(a) => arenas.push(a),
+                Ok(a) => arenas.push(Some(a)),
                 Err(e) => {
-                    for ((d, _), a) in plans.iter().zip(arenas) {
-                        let _ = a.free(&*self.backend, *d);
+                    for (job, a) in jobs.iter().zip(arenas) {
+                        if let Some(a) = a {
+                            let _ = a.free(&*self.backend, job.device);
+                        }
                     }
                     return Err(e.into());
                 }
             }
         }
         let mut summary = PlanSummary::default();
-        for ((device, p), arena) in plans.into_iter().zip(arenas) {
+        let max_plans = inner.config.max_plans;
+        for ((job, p), arena) in jobs.into_iter().zip(plans).zip(arenas) {
             summary.buffers += p.transient_buffers;
             summary.persistent_buffers += p.persistent_buffers;
             summary.persistent_bytes += p.persistent_bytes;
             summary.lower_bound_bytes += p.lower_bound;
-            summary.arena_bytes += p.arena_bytes as u64;
             summary.elapsed += p.elapsed;
             for m in &p.methods {
                 if !summary.method.split(", ").any(|x| x == m) {
@@ -372,19 +451,26 @@ impl Runtime {
                     summary.method.push_str(m);
                 }
             }
-            summary.devices.push(device);
-            inner
-                .device(device)
-                .install_plan(&*self.backend, arena, Replay::new(p));
+            summary.devices.push(job.device);
+            // What this plan needs; the arena itself is sized for the largest plan (stats()).
+            summary.arena_bytes += p.arena_bytes as u64;
+            let d = inner.device(job.device);
+            if let Some(arena) = arena {
+                d.install_arena(&*self.backend, arena);
+            }
+            d.add_signature(&*self.backend, job.key, p, max_plans);
+            d.trace = job.trace;
         }
         inner.mode = Mode::Planned;
         inner.last_plan = Some(summary.clone());
         Ok(summary)
     }
 
-    /// Starts a step that follows the plan (`step()`).
-    pub fn begin_step(&self) -> Result<(), RuntimeError> {
-        let mut inner = self.inner.lock();
+    /// Starts a step (`step()`). With `key`, the step follows the signature of that name (and a step
+    /// of a new name is recorded and planned as one); without, it is recognised by its requests.
+    pub fn begin_step(&self, key: Option<&str>) -> Result<(), RuntimeError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         if inner.mode != Mode::Planned {
             return Err(RuntimeError::WrongMode {
                 action: "start a planned step",
@@ -400,24 +486,19 @@ impl Runtime {
             });
         }
         inner.in_step = true;
-        inner.step_recording = inner.config.auto_replan && inner.record_next_step;
-        inner.record_next_step = false;
-        let recording = inner.step_recording;
+        inner.step_key = key.map(str::to_string);
+        let automatic = inner.config.auto_replan;
         for d in inner.devices.iter_mut() {
-            d.step = StepStats::default();
-            if recording {
-                d.trace = Trace::new();
-            }
-            if let Some(r) = d.replay.as_mut() {
-                r.start_step();
-            }
+            d.begin_step(key, automatic, automatic);
         }
         Ok(())
     }
 
-    /// Ends the step; what happened in it, over all devices.
+    /// Ends the step; what happened in it, over all devices. A step that followed no planned
+    /// signature is planned now (automatic planning), as is a signature whose steps diverged twice
+    /// in a row; a failure there keeps the plans as they were, and the reason is kept for stats().
     pub fn end_step(&self) -> Result<StepStats, RuntimeError> {
-        let mut guard = self.inner.lock();
+        let mut guard = self.lock();
         let inner = &mut *guard;
         if !inner.in_step {
             return Err(RuntimeError::WrongMode {
@@ -427,57 +508,89 @@ impl Runtime {
             });
         }
         inner.in_step = false;
+        inner.step_key = None;
         inner.counters.steps += 1;
+        let automatic = inner.config.auto_replan;
         let mut total = StepStats::default();
+        let mut jobs = Vec::new();
+        let mut replans = 0;
         for d in inner.devices.iter_mut() {
-            total.allocations += d.step.allocations;
-            total.planned_hits += d.step.planned_hits;
-            total.persistent_allocations += d.step.persistent_allocations;
-            total.transient_fallbacks += d.step.transient_fallbacks;
-            total.divergences += d.step.divergences;
-            total.abandoned |= d.step.abandoned;
+            total.add(&d.step);
             d.release_completed(&*self.backend);
+            if automatic {
+                d.step_trace.finish();
+            }
+            match d.end_step(automatic) {
+                AfterStep::Nothing => {}
+                AfterStep::PlanNew { key } => jobs.push(PlanJob::last_step(d, key)),
+                AfterStep::Replan { index } => {
+                    let key = d.signatures.get(index).key.clone();
+                    jobs.push(PlanJob::last_step(d, key));
+                    replans += 1;
+                }
+            }
         }
         inner.last_step = total.clone();
-        let diverged = total.divergences > 0;
-        let replan = inner.step_recording && diverged;
-        if inner.step_recording {
-            for d in inner.devices.iter_mut() {
-                d.trace.finish();
-            }
-            inner.step_recording = false;
-            inner.has_trace = true;
-        }
-        inner.record_next_step = inner.config.auto_replan && diverged && !replan;
         let options = PlanOptions {
             time_limit: inner.config.auto_replan_time_limit,
             ..Default::default()
         };
         drop(guard);
-        if replan {
-            // Two diverging steps in a row: the recorded step is the better plan. A failure (say, no
-            // memory for the new arena) keeps the old plan; the reason is kept for stats().
-            match self.plan(&options) {
-                Ok(_) => self.inner.lock().counters.auto_replans += 1,
+        if !jobs.is_empty() {
+            let new = jobs.len() - replans;
+            match self.plan_and_install(jobs, &options) {
+                Ok(_) => {
+                    let mut inner = self.lock();
+                    inner.counters.new_signatures += new as u64;
+                    inner.counters.auto_replans += replans as u64;
+                }
                 Err(e) => global::set_last_error(format!(
-                    "automatic re-plan failed, keeping the old plan: {e}"
+                    "automatic planning at the end of a step failed, keeping the plans as they were: {e}"
                 )),
             }
         }
         Ok(total)
     }
 
+    /// Takes the lock and keeps its guard (on this thread) until [`Runtime::unlock_after_fork`].
+    pub(crate) fn lock_for_fork(&'static self) {
+        let guard = self.lock();
+        FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+    }
+
+    /// Releases the lock [`Runtime::lock_for_fork`] took, in the parent or in the child. The lock is
+    /// a futex (`std::sync::Mutex`): releasing it in the child is one atomic store and at most one
+    /// wake-up syscall, with no user-space queue of waiters that other threads could have left
+    /// locked at the fork.
+    pub(crate) fn unlock_after_fork(&self) {
+        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+    }
+
+    /// In a forked child: no plan is followed and nothing is recorded any more (the parent's steps
+    /// and plans are not the child's, and a GPU cannot be used across fork); live allocations copied
+    /// from the parent can still be freed, and new requests come from the fallback pool.
+    pub(crate) fn after_fork_in_child(&self) {
+        let mut inner = self.lock();
+        inner.mode = Mode::Passthrough;
+        inner.in_step = false;
+        inner.step_key = None;
+        inner.has_trace = false;
+        for d in inner.devices.iter_mut() {
+            d.forget_plans();
+        }
+    }
+
     pub fn reset_peak_stats(&self) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.counters.peak_allocated_bytes = inner.counters.allocated_bytes;
     }
 
     pub fn last_plan(&self) -> Option<PlanSummary> {
-        self.inner.lock().last_plan.clone()
+        self.lock().last_plan.clone()
     }
 
     pub fn stats(&self) -> Stats {
-        let inner = self.inner.lock();
+        let inner = self.lock();
         let arena: u64 = inner.devices.iter().map(|d| d.arena_bytes() as u64).sum();
         let pool: u64 = inner
             .devices
@@ -487,21 +600,16 @@ impl Runtime {
         // A loaded plan is active unless the open step has given up on it on every device.
         let plan_active = inner.mode == Mode::Planned
             && (!inner.in_step
-                || inner
-                    .devices
-                    .iter()
-                    .any(|d| d.replay.as_ref().is_some_and(|r| !r.abandoned)));
+                || inner.devices.iter().any(|d| {
+                    d.active
+                        .is_some_and(|a| !d.signatures.get(a).replay.abandoned)
+                }));
         let plan = inner.last_plan.clone().unwrap_or_default();
         let mut last_step = inner.last_step.clone();
         if inner.in_step {
             last_step = StepStats::default();
             for d in &inner.devices {
-                last_step.allocations += d.step.allocations;
-                last_step.planned_hits += d.step.planned_hits;
-                last_step.persistent_allocations += d.step.persistent_allocations;
-                last_step.transient_fallbacks += d.step.transient_fallbacks;
-                last_step.divergences += d.step.divergences;
-                last_step.abandoned |= d.step.abandoned;
+                last_step.add(&d.step);
             }
         }
         Stats {
@@ -512,9 +620,24 @@ impl Runtime {
             reserved_bytes: arena + pool,
             arena_bytes: arena,
             fallback_reserved_bytes: pool,
-            lower_bound_bytes: plan.lower_bound_bytes,
+            lower_bound_bytes: inner
+                .devices
+                .iter()
+                .map(|d| d.signatures.lower_bound())
+                .sum::<u64>()
+                .max(if inner.devices.iter().all(|d| d.signatures.is_empty()) {
+                    plan.lower_bound_bytes
+                } else {
+                    0
+                }),
             persistent_bytes: plan.persistent_bytes,
             plan_buffers: plan.buffers as u64,
+            plans: inner
+                .devices
+                .iter()
+                .map(|d| d.signatures.len() as u64)
+                .sum(),
+            max_plans: inner.config.max_plans as u64,
             max_divergences: inner.config.max_divergences,
             last_step,
             devices: inner.devices.iter().map(|d| d.device).collect(),
@@ -524,7 +647,7 @@ impl Runtime {
     /// The recorded step as MiniMalloc CSV: `(transient, persistent)`. Transient rows are
     /// `id,lower,upper,size`; persistent rows are `id,lower,size,stream` (they never end in the step).
     pub fn trace_csv(&self) -> Result<(String, String), RuntimeError> {
-        let inner = self.inner.lock();
+        let inner = self.lock();
         if !inner.has_trace {
             return Err(RuntimeError::Usage(
                 "no recorded step: run one training step inside `with model_opt.profile():` first"
@@ -543,7 +666,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        let inner = self.inner.get_mut();
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         for d in inner.devices.iter_mut() {
             d.release_all(&*self.backend);
         }

@@ -28,6 +28,12 @@ pub struct Counters {
     pub out_of_memory: u64,
     /// Plans made automatically from a recorded step after steps diverged.
     pub auto_replans: u64,
+    /// Signatures planned automatically at the end of the first step that showed them.
+    pub new_signatures: u64,
+    /// Steps that moved to another planned signature part-way (their beginnings were alike).
+    pub signature_switches: u64,
+    /// Allocations of steps that followed no planned signature (recorded to plan a new one).
+    pub unplanned_allocations: u64,
 }
 
 impl Counters {
@@ -54,6 +60,23 @@ pub struct StepStats {
     pub transient_fallbacks: u64,
     pub divergences: u64,
     pub abandoned: bool,
+    /// The step followed no planned signature: it was recorded, to be planned at its end.
+    pub new_signature: bool,
+    pub unplanned_allocations: u64,
+}
+
+impl StepStats {
+    /// Adds another device's step.
+    pub fn add(&mut self, o: &StepStats) {
+        self.allocations += o.allocations;
+        self.planned_hits += o.planned_hits;
+        self.persistent_allocations += o.persistent_allocations;
+        self.transient_fallbacks += o.transient_fallbacks;
+        self.divergences += o.divergences;
+        self.abandoned |= o.abandoned;
+        self.new_signature |= o.new_signature;
+        self.unplanned_allocations += o.unplanned_allocations;
+    }
 }
 
 /// A snapshot of the runtime.
@@ -72,6 +95,9 @@ pub struct Stats {
     pub lower_bound_bytes: u64,
     pub persistent_bytes: u64,
     pub plan_buffers: u64,
+    /// Planned step signatures, over all devices.
+    pub plans: u64,
+    pub max_plans: u64,
     pub max_divergences: u64,
     pub last_step: StepStats,
     pub devices: Vec<i32>,

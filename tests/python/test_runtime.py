@@ -134,13 +134,19 @@ def test_training_on_the_planned_arena_is_bit_identical(model: str) -> None:
 
 def test_profiling_the_first_step_heals_by_replanning() -> None:
     """The first step of training is not like the next ones (the optimizer creates its state): the
-    two steps after it diverge, the runtime plans again from the second, and the rest are exact."""
+    step after it follows no plan, so it is recorded and planned as a new signature at its end, and
+    every step after that is exact. Nothing diverges on the way."""
     r = run_training("resnet18", 5, "first")
     assert r["losses"] == r["ref_losses"] and r["params_identical"]
-    assert r["steps"][0]["divergences"] > 0 and r["steps"][1]["divergences"] > 0
-    for step in r["steps"][2:]:
+    first = r["steps"][0]
+    assert first["new_signature"] and first["unplanned_allocations"] > 0, first
+    for step in r["steps"]:
         assert step["divergences"] == 0 and step["transient_fallbacks"] == 0, step
-    assert r["stats"]["auto_replans"] == 1
+    for step in r["steps"][1:]:
+        assert not step["new_signature"] and step["planned_hits"] > 0, step
+        assert step["planned_hits"] + step["persistent_allocations"] == step["allocations"], step
+    assert r["stats"]["new_signatures"] == 1 and r["stats"]["auto_replans"] == 0
+    assert r["stats"]["plans"] == 2
 
 
 # The runtime driven through its C entry points for host memory (the ones the CPU shim calls), so that
@@ -219,12 +225,14 @@ def test_max_divergences_abandons_the_step_after_n_plus_1_divergences() -> None:
     assert r["at_100"] == {
         "allocations": 104, "planned_hits": 4, "persistent_allocations": 0,
         "transient_fallbacks": 100, "divergences": 100, "abandoned": False,
+        "new_signature": False, "unplanned_allocations": 0,
     }  # fmt: skip
     # The 101st divergence passes it: the rest of the step (the planned buffers included) goes to the
     # fallback, uncounted as divergences, and the plan is inactive until the step ends.
     assert r["at_101"] == {
         "allocations": 108, "planned_hits": 0, "persistent_allocations": 0,
         "transient_fallbacks": 108, "divergences": 101, "abandoned": True,
+        "new_signature": False, "unplanned_allocations": 0,
     }  # fmt: skip
     assert r["inside"] == [False]
     assert r["abandoned_steps"] == 1
@@ -238,7 +246,7 @@ def test_max_divergences_abandons_the_step_after_n_plus_1_divergences() -> None:
     assert s["allocated_bytes"] == 0
 
 
-def test_auto_replan_after_two_diverging_steps_and_only_when_enabled() -> None:
+def test_a_new_kind_of_step_is_planned_automatically_and_only_when_enabled() -> None:
     r = run_host_abi(
         """
         with model_opt.profile():
@@ -255,12 +263,14 @@ def test_auto_replan_after_two_diverging_steps_and_only_when_enabled() -> None:
     # Off: the step keeps diverging, nothing is re-planned.
     assert [s["divergences"] for s in r["off"]] == [3, 3, 3]
     assert r["off_replans"] == 0
-    # On: the first diverging step is followed by a recorded one; that one diverges too, so the
-    # runtime plans again from it, and the next step follows the new plan exactly.
-    assert [s["divergences"] for s in r["on"]] == [3, 3, 0]
-    assert r["on"][2]["planned_hits"] == 3
-    assert r["stats"]["auto_replans"] == 1
-    assert r["stats"]["plan_buffers"] == 3
+    # On: the first step follows no plan, so it is recorded (served unplanned, not diverging) and
+    # planned at its end as a new signature; the next steps follow that plan exactly.
+    assert [s["divergences"] for s in r["on"]] == [0, 0, 0]
+    assert r["on"][0]["new_signature"] and r["on"][0]["unplanned_allocations"] == 3
+    assert [s["planned_hits"] for s in r["on"]] == [0, 3, 3]
+    assert not r["on"][1]["new_signature"]
+    s = r["stats"]
+    assert (s["new_signatures"], s["auto_replans"], s["plans"], s["plan_buffers"]) == (1, 0, 2, 3)
 
 
 def test_last_error_reports_the_latest_failure_of_any_thread() -> None:
@@ -296,7 +306,7 @@ def test_empty_cache_returns_the_idle_fallback_memory_and_keeps_the_arena() -> N
     r = run_host_abi(
         f"""
         with model_opt.profile():
-            work({SIZES})  # served by the fallback pool while recording: it stays cached
+            work({SIZES})  # served by the fallback pool while recording
         model_opt.plan(time_limit=1.0)
         out = {{"before": model_opt.stats()}}
         held = alloc(3 << 20)  # outside a step: the fallback pool, too large for the cached segment
@@ -312,12 +322,13 @@ def test_empty_cache_returns_the_idle_fallback_memory_and_keeps_the_arena() -> N
         """
     )
     before, middle, after = r["before"], r["middle"], r["after"]
-    assert before["arena_bytes"] > 0 and before["fallback_reserved_bytes"] > 0
-    assert before["reserved_bytes"] == before["arena_bytes"] + before["fallback_reserved_bytes"]
-    # The idle segment goes back; the one holding a live allocation stays.
-    assert r["held"] > before["fallback_reserved_bytes"]
-    assert r["released_1"] == before["fallback_reserved_bytes"]
-    assert middle["fallback_reserved_bytes"] == r["held"] - r["released_1"] >= 3 << 20
+    # plan() already returned the segment the recorded step used (the plan serves it now).
+    assert before["arena_bytes"] > 0 and before["fallback_reserved_bytes"] == 0
+    assert before["reserved_bytes"] == before["arena_bytes"]
+    # A segment holding a live allocation stays.
+    assert r["held"] >= 3 << 20
+    assert r["released_1"] == 0
+    assert middle["fallback_reserved_bytes"] == r["held"]
     assert middle["arena_bytes"] == before["arena_bytes"]
     assert r["released_2"] == middle["fallback_reserved_bytes"]
     assert r["released_3"] == 0

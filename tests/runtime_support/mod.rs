@@ -75,6 +75,42 @@ pub fn random_program(rng: &mut Rng, n: usize, streams: usize) -> Vec<Op> {
     ops
 }
 
+/// A step of a model on a batch padded to `len`: requests that do not depend on the length first
+/// (the same in every step, as the beginning of a forward pass often is), then activations
+/// proportional to it, freed in reverse by the backward pass, then gradients that outlive the step.
+pub fn padded_step(len: usize) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut id = 0;
+    let mut alloc = |ops: &mut Vec<Op>, size: usize| {
+        ops.push(Op::Alloc {
+            id,
+            size,
+            stream: 0,
+        });
+        id += 1;
+        id - 1
+    };
+    let fixed: Vec<usize> = [4096, 8192, 512]
+        .into_iter()
+        .map(|s| alloc(&mut ops, s))
+        .collect();
+    let acts: Vec<usize> = (0..16)
+        .map(|i| alloc(&mut ops, (i % 5 + 1) * len * 48))
+        .collect();
+    for &a in fixed.iter().rev() {
+        ops.push(Op::Free { id: a });
+    }
+    for &a in acts.iter().rev() {
+        let scratch = alloc(&mut ops, len * 64);
+        ops.push(Op::Free { id: scratch });
+        ops.push(Op::Free { id: a });
+    }
+    for size in [20_000, 3_000, 70_000] {
+        alloc(&mut ops, size); // gradients: persistent
+    }
+    ops
+}
+
 /// Ids allocated but never freed by `program`.
 pub fn persistent_ids(program: &[Op]) -> Vec<usize> {
     let mut live = std::collections::BTreeSet::new();

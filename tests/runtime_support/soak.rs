@@ -314,7 +314,7 @@ fn worker(
             if plan.profile {
                 rt.begin_profile().unwrap();
             } else if plan.in_step {
-                rt.begin_step().unwrap();
+                rt.begin_step(None).unwrap();
             }
         }
         shared.barrier.wait();
