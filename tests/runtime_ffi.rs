@@ -2,31 +2,14 @@
 //! statistics, errors as values, and the header compiling as C. Its own process, so the global
 //! runtime starts fresh.
 
-use std::ffi::{CStr, CString};
+mod runtime_support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use model_opt::ffi::*;
 use model_opt::runtime::global::global;
-
-fn last_error() -> String {
-    let mut buf = vec![0 as libc::c_char; 1024];
-    // SAFETY: buf has 1024 writable bytes.
-    let n = unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
-    if n == 0 {
-        return String::new();
-    }
-    // SAFETY: NUL-terminated by model_opt_last_error.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn stat(name: &str) -> i64 {
-    let c = CString::new(name).unwrap();
-    // SAFETY: a NUL-terminated string.
-    unsafe { model_opt_stat(c.as_ptr()) }
-}
+use runtime_support::c_abi::{last_error, stat};
 
 fn step_work() {
     let a = model_opt_host_alloc(1000);

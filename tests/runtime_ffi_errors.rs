@@ -1,28 +1,10 @@
 //! The C ABI's answers to requests no device can serve, and its per-thread last error. Its own
 //! process, so the global runtime starts fresh.
 
-use std::ffi::CStr;
+mod runtime_support;
 
 use model_opt::ffi::*;
-
-fn last_error() -> String {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: buf has 4096 writable bytes.
-    let n = unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
-    if n == 0 {
-        return String::new();
-    }
-    // SAFETY: NUL-terminated by model_opt_last_error.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn stat(name: &str) -> i64 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a NUL-terminated string.
-    unsafe { model_opt_stat(c.as_ptr()) }
-}
+use runtime_support::c_abi::{last_error, stat};
 
 /// Sizes whose rounding used to wrap around to 0 (or to a few bytes).
 const HUGE: [usize; 7] = [

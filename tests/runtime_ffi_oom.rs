@@ -3,25 +3,13 @@
 //! host really cannot serve the request; that limit is process-wide, so this test has its own
 //! binary (and is the only test in it).
 
-use std::ffi::CStr;
+mod runtime_support;
 
 use model_opt::ffi::*;
 use model_opt::runtime::global::global;
+use runtime_support::c_abi::last_error;
 
 const MIB: usize = 1 << 20;
-
-fn last_error() -> String {
-    let mut buf = vec![0 as libc::c_char; 1024];
-    // SAFETY: buf has 1024 writable bytes.
-    let n = unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
-    if n == 0 {
-        return String::new();
-    }
-    // SAFETY: NUL-terminated by model_opt_last_error.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// The process's virtual memory size now, in bytes (`VmSize` of /proc/self/status).
 fn vm_size() -> usize {

@@ -130,15 +130,21 @@ def _shim_source() -> Path:
     )
 
 
-def _shim_build_dir() -> Path:
+def _shim_build_dir(source: Path) -> Path:
+    import hashlib
+
     import torch
 
     root = os.environ.get("MODEL_OPT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "model_opt"
     )
-    # One directory per torch version: a shim built against another torch's headers must not load.
+    # One directory per torch version (a shim built against another torch's headers must not load)
+    # and per shim source file: two installs (a wheel and a checkout, two checkouts) would otherwise
+    # rebuild the one cached shim each time the other is used, since ninja's build file names the
+    # source by its path.
     version = torch.__version__.replace("+", "_")
-    path = Path(root) / f"cpu_shim-torch{version}"
+    digest = hashlib.sha256(str(source).encode() + source.read_bytes()).hexdigest()[:12]
+    path = Path(root) / f"cpu_shim-torch{version}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -183,7 +189,7 @@ def install_cpu_allocator(verbose: bool = False) -> bool:
         _cpu_shim = load(
             name="model_opt_cpu_shim",
             sources=[str(source)],
-            build_directory=str(_shim_build_dir()),
+            build_directory=str(_shim_build_dir(source)),
             extra_cflags=["-O2"],
             verbose=verbose,
         )

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod c_abi;
 pub mod soak;
 pub mod stub_driver;
 
