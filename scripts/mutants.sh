@@ -59,7 +59,7 @@ for spec in "${!GROUP_FILES[@]}"; do
     started=$(date +%s)
     # Exit status 2 (mutants missed) and 3 (timeouts) are results; anything else is a failure.
     rc=0
-    cargo mutants --gitignore=true --copy-target=false --profile mutants "${files[@]}" -o "$out" \
+    cargo mutants --gitignore=true --profile mutants "${files[@]}" -o "$out" \
         --no-shuffle "${args[@]}" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ] && [ "$rc" -ne 3 ]; then
         echo "cargo mutants failed (exit $rc); see $out/mutants.out/debug.log" >&2
