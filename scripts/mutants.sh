@@ -68,7 +68,7 @@ for spec in "${!GROUP_FILES[@]}"; do
     d="$out/mutants.out"
     for ((i = 1; i < ${#files[@]}; i += 2)); do
         f="${files[$i]}"
-        count() { [ -f "$d/$1.txt" ] && grep -c "^$f:" "$d/$1.txt" || echo 0; }
+        count() { grep -c "^$f:" "$d/$1.txt" 2>/dev/null || true; }
         printf '%s: caught %s, missed %s, timeout %s, unviable %s\n' "$f" "$(count caught)" \
             "$(count missed)" "$(count timeout)" "$(count unviable)" | tee -a mutants.out/summary.txt
     done

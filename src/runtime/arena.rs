@@ -135,6 +135,56 @@ mod tests {
         a.free(&b, -1).unwrap();
     }
 
+    #[test]
+    fn contains_is_the_half_open_range_of_the_arena() {
+        let b = HostBackend::new();
+        let a = Arena::reserve(&b, -1, 4096).unwrap();
+        assert!(a.contains(a.base()) && a.contains(a.base() + 4095));
+        // The first byte past the end may start another allocation (a pool segment mapped right
+        // after the arena): it is not the arena's.
+        assert!(!a.contains(a.base() + 4096));
+        assert!(!a.contains(a.base() - 1));
+        a.free(&b, -1).unwrap();
+    }
+
+    /// Host memory that counts what is returned, and refuses a free of nothing (as cuMemFree does).
+    #[derive(Default)]
+    struct StrictBackend {
+        host: HostBackend,
+        frees: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Backend for StrictBackend {
+        fn name(&self) -> &'static str {
+            "strict"
+        }
+        fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+            self.host.alloc(device, size)
+        }
+        fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+            self.frees.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(addr != 0 && size != 0, "free of nothing");
+            self.host.free(device, addr, size)
+        }
+        fn synchronize(&self, _device: i32) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn mem_info(&self, _device: i32) -> Result<Option<(u64, u64)>, BackendError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn an_empty_arena_holds_no_memory_and_returns_none() {
+        let b = StrictBackend::default();
+        let a = Arena::reserve(&b, 0, 0).unwrap();
+        assert!(!a.contains(a.base()) && a.is_idle());
+        a.free(&b, 0).unwrap();
+        let a = Arena::reserve(&b, 0, 512).unwrap();
+        a.free(&b, 0).unwrap();
+        assert_eq!(b.frees.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
