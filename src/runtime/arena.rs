@@ -162,7 +162,8 @@ mod tests {
             self.host.alloc(device, size)
         }
         fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
-            self.frees.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.frees
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             assert!(addr != 0 && size != 0, "free of nothing");
             self.host.free(device, addr, size)
         }
