@@ -15,7 +15,7 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
-use runtime_support::{persistent_ids, random_program, Op, Rng};
+use runtime_support::{assert_disjoint, persistent_ids, random_program, Live, Op, Rng};
 
 /// The backend when a device is usable; `None` (after saying why) when the test should skip.
 fn gpu() -> Option<Arc<CudaBackend>> {
@@ -106,13 +106,6 @@ fn the_backend_allocates_writes_reads_and_frees_device_memory() {
     cuda.synchronize(0).unwrap();
 }
 
-#[derive(Clone, Copy)]
-struct Live {
-    addr: usize,
-    size: usize,
-    tag: u64,
-}
-
 /// Runs step programs against a runtime on one CUDA device, checking every buffer's bytes on the device.
 struct GpuDriver<'r> {
     rt: &'r Runtime,
@@ -130,14 +123,7 @@ impl<'r> GpuDriver<'r> {
             .expect("allocation failed");
         assert_ne!(addr, 0);
         assert_eq!(addr % 512, 0, "misaligned allocation");
-        for other in self.live.values() {
-            assert!(
-                addr + size <= other.addr || other.addr + other.size <= addr,
-                "new allocation [{addr:#x}, +{size}) overlaps live [{:#x}, +{})",
-                other.addr,
-                other.size
-            );
-        }
+        assert_disjoint(addr, size, self.live.values());
         self.next_tag += 1;
         let l = Live {
             addr,

@@ -50,9 +50,10 @@ pub enum AfterStep {
     PlanNew {
         key: Option<String>,
     },
-    /// The step followed signature `index` but diverged twice in a row: plan it again from this step.
+    /// The step followed a signature (named `key`, if it has one) but diverged twice in a row: plan
+    /// it again from this step.
     Replan {
-        index: usize,
+        key: Option<String>,
     },
 }
 
@@ -63,6 +64,15 @@ pub struct Quarantined {
     events: Vec<Event>,
     /// An event could not be recorded or queried: only a device synchronization releases it.
     needs_sync: bool,
+}
+
+impl Quarantined {
+    /// Gives its events back to the backend (the memory is being released, or forgotten).
+    fn destroy_events(self, backend: &dyn Backend, device: i32) {
+        for event in self.events {
+            backend.destroy_event(device, event);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -217,7 +227,9 @@ impl DeviceState {
         let twice = diverged && sig.diverged;
         sig.diverged = diverged && !twice;
         if twice {
-            AfterStep::Replan { index: i }
+            AfterStep::Replan {
+                key: sig.key.clone(),
+            }
         } else {
             AfterStep::Nothing
         }
@@ -518,9 +530,7 @@ impl DeviceState {
         }
         backend.synchronize(self.device)?;
         for (addr, q) in std::mem::take(&mut self.quarantine) {
-            for event in q.events {
-                backend.destroy_event(self.device, event);
-            }
+            q.destroy_events(backend, self.device);
             self.release(backend, addr);
         }
         Ok(())
@@ -565,11 +575,6 @@ impl DeviceState {
         self.pool.release_cached(backend, self.device);
     }
 
-    /// The requests `(size, stream)` of a recorded step, in order.
-    pub fn requests_of(trace: &Trace) -> Vec<(usize, usize)> {
-        trace.buffers.iter().map(|b| (b.size, b.stream)).collect()
-    }
-
     /// Drops every plan and recording (in a forked child); arenas stay until their allocations are
     /// freed, and no new request is served from them.
     pub fn forget_plans(&mut self) {
@@ -585,10 +590,8 @@ impl DeviceState {
 
     /// Frees everything this device reserved (the runtime is going away).
     pub fn release_all(&mut self, backend: &dyn Backend) {
-        for (_, q) in self.quarantine.drain() {
-            for event in q.events {
-                backend.destroy_event(self.device, event);
-            }
+        for (_, q) in std::mem::take(&mut self.quarantine) {
+            q.destroy_events(backend, self.device);
         }
         self.pool.release_all(backend, self.device);
         if let Some(a) = self.arena.take() {

@@ -88,7 +88,7 @@ impl PlanJob {
     }
 
     fn new(d: &DeviceState, trace: Trace, key: Option<String>) -> PlanJob {
-        let like = d.signatures.prefix_hint(&DeviceState::requests_of(&trace));
+        let like = d.signatures.prefix_hint(&trace.requests());
         PlanJob {
             device: d.device,
             trace,
@@ -523,8 +523,7 @@ impl Runtime {
             match d.end_step(automatic) {
                 AfterStep::Nothing => {}
                 AfterStep::PlanNew { key } => jobs.push(PlanJob::last_step(d, key)),
-                AfterStep::Replan { index } => {
-                    let key = d.signatures.get(index).key.clone();
+                AfterStep::Replan { key } => {
                     jobs.push(PlanJob::last_step(d, key));
                     replans += 1;
                 }
@@ -620,16 +619,12 @@ impl Runtime {
             reserved_bytes: arena + pool,
             arena_bytes: arena,
             fallback_reserved_bytes: pool,
+            // Every plan is a signature: the largest lower bound of each device's plans.
             lower_bound_bytes: inner
                 .devices
                 .iter()
                 .map(|d| d.signatures.lower_bound())
-                .sum::<u64>()
-                .max(if inner.devices.iter().all(|d| d.signatures.is_empty()) {
-                    plan.lower_bound_bytes
-                } else {
-                    0
-                }),
+                .sum(),
             persistent_bytes: plan.persistent_bytes,
             plan_buffers: plan.buffers as u64,
             plans: inner

@@ -66,6 +66,11 @@ impl Trace {
         self.live.clear();
     }
 
+    /// The requests `(size, stream)` of the step, in order.
+    pub fn requests(&self) -> Vec<(usize, usize)> {
+        self.buffers.iter().map(|b| (b.size, b.stream)).collect()
+    }
+
     pub fn transient(&self) -> impl Iterator<Item = &TraceBuffer> {
         self.buffers.iter().filter(|b| !b.is_persistent())
     }

@@ -128,6 +128,18 @@ pub fn persistent_ids(program: &[Op]) -> Vec<usize> {
     live.into_iter().collect()
 }
 
+/// Invariant 1, checked directly: the new allocation `[addr, addr + size)` overlaps no live one.
+pub fn assert_disjoint<'a>(addr: usize, size: usize, live: impl IntoIterator<Item = &'a Live>) {
+    for other in live {
+        assert!(
+            addr + size <= other.addr || other.addr + other.size <= addr,
+            "new allocation [{addr:#x}, +{size}) overlaps live [{:#x}, +{})",
+            other.addr,
+            other.size
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
     pub addr: usize,
@@ -206,14 +218,7 @@ impl<'r> Driver<'r> {
         assert_ne!(addr, 0);
         assert_eq!(addr % 512, 0, "misaligned allocation");
         // Invariant 1, checked directly too.
-        for other in self.live.values() {
-            assert!(
-                addr + size <= other.addr || other.addr + other.size <= addr,
-                "new allocation [{addr:#x}, +{size}) overlaps live [{:#x}, +{})",
-                other.addr,
-                other.size
-            );
-        }
+        assert_disjoint(addr, size, self.live.values());
         self.next_tag += 1;
         let l = Live {
             addr,
