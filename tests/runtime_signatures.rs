@@ -42,9 +42,18 @@ fn dynamic_padding_is_served_without_divergence_once_each_length_was_seen() {
     let mut largest_bound = 0;
     for (k, &len) in lengths.iter().enumerate() {
         let program = padded_step(len);
+        let before = rt.stats();
         rt.begin_step(None).unwrap();
         d.run_step(&program, true);
         let s = rt.end_step().unwrap();
+        let in_arena = rt.stats().counters.unplanned_arena_allocations
+            - before.counters.unplanned_arena_allocations;
+        if s.new_signature && seen.iter().any(|&l| l > len) {
+            // A new length shorter than a planned one: its temporaries come first-fit from the arena's
+            // free space (the plan it followed says which are temporaries); only the gradients it
+            // keeps go to the pool.
+            assert_eq!(in_arena, s.unplanned_allocations - 3, "step {k}: {s:?}");
+        }
         assert_eq!(s.divergences, 0, "step {k} (length {len}): {s:?}");
         assert!(!s.abandoned);
         if seen.contains(&len) {
@@ -187,6 +196,116 @@ fn past_the_plan_limit_the_least_recently_used_signature_is_dropped() {
     d.run_step(&padded_step(48), true);
     let s = rt.end_step().unwrap();
     assert!(!s.new_signature && s.divergences == 0, "{s:?}");
+    d.free_all();
+    assert_eq!(rt.stats().counters.allocated_bytes, 0);
+}
+
+/// Backward of a small model in flat gradient accumulation: activations, then one gradient per
+/// parameter. With `keep` (the first micro-batch: gradients were set to None) each gradient is kept
+/// as `.grad`; else (`.grad` exists) it is added in and freed. Same requests either way: only the
+/// lifetimes differ.
+fn micro_batch(keep: bool) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let acts: Vec<usize> = (0..12).collect();
+    for (i, &a) in acts.iter().enumerate() {
+        ops.push(Op::Alloc {
+            id: a,
+            size: (i % 4 + 1) * 6000,
+            stream: 0,
+        });
+    }
+    for (g, &a) in acts.iter().rev().enumerate() {
+        let grad = 100 + g;
+        ops.push(Op::Alloc {
+            id: grad,
+            size: (g % 3 + 1) * 5000,
+            stream: 0,
+        });
+        ops.push(Op::Free { id: a });
+        if !keep {
+            ops.push(Op::Free { id: grad });
+        }
+    }
+    ops
+}
+
+/// The optimizer part of the fourth micro-batch: state on the first update (kept for ever), then
+/// temporaries.
+fn optimizer(first: bool) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if first {
+        for s in 0..4 {
+            ops.push(Op::Alloc {
+                id: 500 + s,
+                size: 7000,
+                stream: 0,
+            });
+        }
+    }
+    for t in 0..4 {
+        ops.push(Op::Alloc {
+            id: 600 + t,
+            size: 3000 * (t + 1),
+            stream: 0,
+        });
+        ops.push(Op::Free { id: 600 + t });
+    }
+    ops
+}
+
+#[test]
+fn gradient_accumulation_tells_the_first_micro_batch_by_what_the_device_holds() {
+    let rt = runtime();
+    let mut d = Driver::new(&rt, HOST_DEVICE);
+    // `.grad` of the first micro-batch, live until the fourth one's `zero_grad()`.
+    let run = |d: &mut Driver, phase: usize, first_update: bool| {
+        d.run_step(&micro_batch(phase == 0), false);
+        if phase == 3 {
+            d.run_ops(&optimizer(first_update));
+            let grads: Vec<_> = d
+                .live
+                .keys()
+                .copied()
+                .filter(|k| (100..200).contains(&k.1))
+                .collect();
+            for k in grads {
+                d.free(k);
+            }
+        }
+    };
+    run(&mut d, 0, false); // warm-up
+    rt.begin_profile().unwrap();
+    run(&mut d, 1, false);
+    rt.end_profile().unwrap();
+    rt.plan(&PlanOptions::default()).unwrap();
+    let mut steps = Vec::new();
+    for i in 2..30 {
+        let phase = i % 4;
+        rt.begin_step(None).unwrap();
+        run(&mut d, phase, i == 3);
+        let s = rt.end_step().unwrap();
+        steps.push((i, s));
+    }
+    for (i, s) in &steps {
+        assert!(!s.abandoned, "iteration {i}: {s:?}");
+        // The first micro-batch under a plan (iteration 4) cannot be told apart before its
+        // gradients are kept: it diverges once, and is then planned as its own signature.
+        if *i != 4 {
+            assert_eq!(s.divergences, 0, "iteration {i}: {s:?}");
+        }
+        // From the second cycle after the first update on, every step follows a plan exactly.
+        if *i >= 8 {
+            assert!(!s.new_signature && !s.first_fit, "iteration {i}: {s:?}");
+            assert_eq!(
+                s.unplanned_allocations + s.transient_fallbacks,
+                0,
+                "iteration {i}: {s:?}"
+            );
+            assert!(s.planned_hits > 0, "iteration {i}: {s:?}");
+        }
+    }
+    let st = rt.stats();
+    assert!(st.plans <= 5, "{st:?}");
     d.free_all();
     assert_eq!(rt.stats().counters.allocated_bytes, 0);
 }

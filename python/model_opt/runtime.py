@@ -247,14 +247,17 @@ def step(key: str | int | None = None) -> Iterator[None]:
     """Run one training step on a plan: its k-th allocation is served at its planned address.
 
     The runtime keeps a plan per *step signature* (``set_max_plans``, default 16), all in one arena.
-    Without ``key`` a step is recognised by its allocations: it follows the most recent plan while its
-    requests are exactly that plan's, and moves to another plan that began the same way when they
-    differ. A step that matches no plan (a new sequence length, the accumulation step that runs the
-    optimizer, a short last batch) is recorded while it runs and planned at its end, so the next step
-    like it is served with zero divergences. ``key`` (e.g. the padded sequence length) names the
+    Without ``key`` a step is recognised by what the device holds when it begins (so the first
+    micro-batch of gradient accumulation, which keeps its gradients, is told from the others) and by
+    its allocations: it follows a plan while its requests are exactly that plan's, and moves to
+    another plan that began the same way when they differ. A step that matches no plan (a new
+    sequence length, the accumulation step that runs the optimizer, a short last batch) is recorded
+    while it runs (its temporaries first-fit in the arena's free space) and planned at its end, so the
+    next step like it is served with zero divergences. ``key`` (e.g. the padded sequence length) names the
     signature instead: steps with the same key follow the same plan, and a new key is recorded and
     planned. What happened in the step is in ``stats()["last_step"]`` afterwards (``new_signature``
-    is True for a step that was recorded as a new signature).
+    is True for a step that was recorded as a new signature; ``first_fit`` for one served first-fit
+    because memory an earlier step kept sat where its plan would put it).
 
     Raises:
         ModelOptError: when no plan exists yet (profile a step and call ``plan()`` first).
@@ -274,7 +277,8 @@ def stats() -> dict[str, Any]:
     ``fallback_bytes``, ``divergences``, ``plan_active``, ``transient_fallbacks``,
     ``persistent_allocations``, ``abandoned_steps``, ``auto_replans``, ``steps``, ``plans`` (step
     signatures planned), ``max_plans``, ``new_signatures``, ``signature_switches``,
-    ``unplanned_allocations``, ``last_step`` (a dict for the last step) and ``last_error`` (the last
+    ``unplanned_allocations`` (of which ``unplanned_arena_allocations`` came from the arena's free
+    space), ``last_step`` (a dict for the last step) and ``last_error`` (the last
     error a C hook recorded, or None). ``lower_bound_bytes`` is the largest lower bound of the plans.
     """
     return dict(_native.runtime_stats())

@@ -48,6 +48,7 @@ fn step_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>
     d.set_item("abandoned", s.abandoned)?;
     d.set_item("new_signature", s.new_signature)?;
     d.set_item("unplanned_allocations", s.unplanned_allocations)?;
+    d.set_item("first_fit", s.first_fit)?;
     Ok(d)
 }
 
@@ -145,6 +146,7 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("new_signatures", c.new_signatures)?;
     d.set_item("signature_switches", c.signature_switches)?;
     d.set_item("unplanned_allocations", c.unplanned_allocations)?;
+    d.set_item("unplanned_arena_allocations", c.unplanned_arena_allocations)?;
     d.set_item("plans", s.plans)?;
     d.set_item("max_plans", s.max_plans)?;
     d.set_item("max_divergences", s.max_divergences)?;

@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 
 use super::backend::{Backend, BackendError};
 
+/// The plan entry of an allocation served first-fit from the free space (by no plan entry).
+pub const NO_ENTRY: usize = usize::MAX;
+
 /// A live planned allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Live {
     /// End of the claimed range (offset + slot).
     pub end: usize,
-    /// Index of the plan entry it was served for.
+    /// Index of the plan entry it was served for ([`NO_ENTRY`] when served first-fit).
     pub entry: usize,
     /// Bytes the caller asked for.
     pub requested: usize,
@@ -90,6 +93,34 @@ impl Arena {
             },
         );
         Some(self.base + offset)
+    }
+
+    /// Claims the first free range of `len` bytes (a multiple of `align`, as every live range's end
+    /// is) for a request that follows no plan entry; its address, or `None` when no gap is that long.
+    pub fn claim_first_fit(&mut self, len: usize, align: usize, requested: usize) -> Option<usize> {
+        let align = align.max(1);
+        let mut start = 0usize;
+        for (&offset, live) in &self.live {
+            if offset >= start && offset - start >= len {
+                break;
+            }
+            start = start.max(live.end.checked_next_multiple_of(align)?);
+        }
+        self.try_claim(start, len, NO_ENTRY, requested)
+    }
+
+    /// Whether `[offset, offset + len)` overlaps a live range.
+    pub fn overlaps(&self, offset: usize, len: usize) -> bool {
+        let end = offset.saturating_add(len);
+        self.live
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, l)| l.end > offset)
+    }
+
+    /// The live ranges, `(offset, end)`, in address order.
+    pub fn live_ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.live.iter().map(|(&o, l)| (o, l.end))
     }
 
     /// Ends the live range starting at `addr`; `None` when none starts there.
@@ -193,6 +224,8 @@ mod tests {
         Claim { offset: usize, len: usize },
         Release { pick: usize },
         ReleaseAt { offset: usize },
+        FirstFit { len: usize },
+        Overlaps { offset: usize, len: usize },
     }
 
     fn arena_op() -> impl Strategy<Value = ArenaOp> {
@@ -200,6 +233,8 @@ mod tests {
             3 => (0usize..20, 0usize..6).prop_map(|(o, l)| ArenaOp::Claim { offset: o * 512, len: l * 512 }),
             2 => any::<usize>().prop_map(|pick| ArenaOp::Release { pick }),
             1 => (0usize..10_000).prop_map(|offset| ArenaOp::ReleaseAt { offset }),
+            2 => (1usize..6).prop_map(|l| ArenaOp::FirstFit { len: l * 512 }),
+            1 => (0usize..9000, 0usize..3000).prop_map(|(offset, len)| ArenaOp::Overlaps { offset, len }),
         ]
     }
 
@@ -242,6 +277,21 @@ mod tests {
                         if let Some(i) = expected {
                             model.swap_remove(i);
                         }
+                    }
+                    ArenaOp::FirstFit { len } => {
+                        // The lowest multiple of 512 where `len` bytes fit between live ranges.
+                        let free = |o: usize| o + len <= SIZE && model.iter().all(|&(mo, me)| me <= o || o + len <= mo);
+                        let expected = (0..SIZE / 512).map(|k| k * 512).find(|&o| free(o));
+                        let got = a.claim_first_fit(len, 512, len);
+                        prop_assert_eq!(got.map(|addr| addr - a.base()), expected, "first fit of {} in {:?}", len, model);
+                        if let Some(o) = expected {
+                            prop_assert_eq!(a.get(a.base() + o).map(|l| l.entry), Some(NO_ENTRY));
+                            model.push((o, o + len));
+                        }
+                    }
+                    ArenaOp::Overlaps { offset, len } => {
+                        let expected = model.iter().any(|&(o, e)| o < offset + len && offset < e);
+                        prop_assert_eq!(a.overlaps(offset, len), expected, "[{}, +{}) in {:?}", offset, len, model);
                     }
                 }
                 prop_assert_eq!(a.live_count(), model.len());

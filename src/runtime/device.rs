@@ -3,12 +3,11 @@
 
 use std::collections::HashMap;
 
-use super::arena::Arena;
+use super::arena::{Arena, NO_ENTRY};
 use super::backend::{Backend, BackendError, Event, HOST_DEVICE};
 use super::fallback::FallbackPool;
 use super::planning::DevicePlan;
-use super::replay::Replay;
-use super::signatures::{Signature, SignatureSet};
+use super::signatures::{Signature, SignatureSet, Start};
 use super::stats::{Counters, StepStats};
 use super::trace::Trace;
 
@@ -30,6 +29,8 @@ pub struct ReplayLimits {
     /// A step that follows no planned signature is recorded and planned at its end (else it follows
     /// the most recent plan as best it can, counting divergences).
     pub automatic: bool,
+    /// Arena slots are multiples of this (`RuntimeConfig::alignment`).
+    pub alignment: usize,
 }
 
 /// Which recording a free belongs to.
@@ -46,14 +47,17 @@ pub enum Recording {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterStep {
     Nothing,
-    /// The step followed no planned signature: plan its recording as a new one.
+    /// The step followed no planned signature, or followed one's requests from a start it was
+    /// never seen from and showed other lifetimes: plan its recording as a new signature.
     PlanNew {
         key: Option<String>,
+        start: Start,
     },
     /// The step followed a signature (named `key`, if it has one) but diverged twice in a row: plan
     /// it again from this step.
     Replan {
         key: Option<String>,
+        start: Start,
     },
 }
 
@@ -94,6 +98,21 @@ pub struct DeviceState {
     unmatched: bool,
     /// The user's key of the open step.
     step_key: Option<String>,
+    /// Allocations of this device live now, and their requested bytes (a step's [`Start`]).
+    live: Start,
+    /// What the device held when the open step began.
+    pub step_start: Start,
+    /// What it held when the recording (`profile()`) began.
+    pub profile_start: Start,
+    /// Arena ranges `(offset, end)` live when the open step began: memory an earlier step kept
+    /// where its plan had a temporary (a step that showed new lifetimes).
+    stale: Vec<(usize, usize)>,
+    /// The open step is served first-fit from the arena's free space, not at its plan's offsets:
+    /// its plan puts buffers where `stale` memory still is.
+    first_fit: bool,
+    /// The signature whose plan tells an unplanned step which of its requests outlive it (by
+    /// position): the one the step followed until it matched none.
+    hint: Option<usize>,
     /// The profiled step, or the last step planned as a signature (what `save_trace` exports).
     pub trace: Trace,
     /// The open step's recording (automatic planning plans a new signature from it).
@@ -119,6 +138,12 @@ impl DeviceState {
             switchable: false,
             unmatched: false,
             step_key: None,
+            live: Start::default(),
+            step_start: Start::default(),
+            profile_start: Start::default(),
+            stale: Vec::new(),
+            first_fit: false,
+            hint: None,
             trace: Trace::new(),
             step_trace: Trace::new(),
             record_streamed: HashMap::new(),
@@ -175,21 +200,43 @@ impl DeviceState {
             }
         };
         c.on_alloc(size);
+        self.live.allocations += 1;
+        self.live.bytes += size;
         Ok(addr)
     }
 
-    /// Opens a step: follows the signature named by `key`, else the most recently used one.
+    /// What the device holds now.
+    pub fn holding(&self) -> Start {
+        self.live
+    }
+
+    #[inline]
+    fn on_free(&mut self, bytes: usize, c: &mut Counters) {
+        c.on_free(bytes);
+        self.live.allocations = self.live.allocations.saturating_sub(1);
+        self.live.bytes = self.live.bytes.saturating_sub(bytes);
+    }
+
+    /// Opens a step: follows the signature named by `key`, else the one most recently seen from
+    /// what the device holds now, else the most recently used one.
     pub fn begin_step(&mut self, key: Option<&str>, automatic: bool, recording: bool) {
         self.step = StepStats::default();
         self.observed.clear();
         self.unmatched = false;
+        self.hint = None;
+        self.first_fit = false;
         self.step_key = key.map(str::to_string);
+        self.step_start = self.live;
         if recording {
             self.step_trace = Trace::new();
         }
+        self.stale.clear();
+        if let Some(arena) = self.arena.as_ref() {
+            self.stale.extend(arena.live_ranges());
+        }
         let (active, switchable) = match key {
             Some(k) => (self.signatures.by_key(k), false),
-            None => (self.signatures.most_recent(), true),
+            None => (self.signatures.for_start(self.step_start), true),
         };
         self.active = active;
         self.switchable = switchable;
@@ -197,26 +244,50 @@ impl DeviceState {
             Some(i) => {
                 self.signatures.touch(i);
                 self.signatures.get_mut(i).replay.start_step();
+                self.check_stale(i);
             }
             None if automatic => self.mark_unmatched(),
             None => {}
         }
     }
 
+    /// Serves the rest of the step first-fit when signature `i` places a temporary where memory kept
+    /// from an earlier step still is (else its requests would diverge one by one).
+    fn check_stale(&mut self, i: usize) {
+        if self.stale.is_empty() || self.first_fit {
+            return;
+        }
+        let stale = &self.stale;
+        let collides = self.signatures.get(i).replay.plan.entries.iter().any(|e| {
+            e.offset.is_some_and(|o| {
+                let i = stale.partition_point(|&(_, end)| end <= o);
+                stale.get(i).is_some_and(|&(start, _)| start < o + e.slot)
+            })
+        });
+        if collides {
+            self.first_fit = true;
+            self.step.first_fit = true;
+        }
+    }
+
     fn mark_unmatched(&mut self) {
         self.unmatched = true;
         self.step.new_signature = true;
+        self.hint = self.active;
     }
 
-    /// Closes the step; what the runtime should plan for this device.
+    /// Closes the step; what the runtime should plan for this device. `step_trace` is the step's
+    /// finished recording (under automatic planning).
     pub fn end_step(&mut self, automatic: bool) -> AfterStep {
         let active = self.active.take();
         if !automatic {
             return AfterStep::Nothing;
         }
+        let start = self.step_start;
         if self.unmatched {
             return AfterStep::PlanNew {
                 key: self.step_key.take(),
+                start,
             };
         }
         let Some(i) = active else {
@@ -224,11 +295,26 @@ impl DeviceState {
         };
         let diverged = self.step.divergences > 0;
         let sig = self.signatures.get_mut(i);
+        if sig.key.is_none() && !sig.starts.contains(&start) {
+            // Its requests from a start this signature was never seen from: the same signature when
+            // the step kept what the plan keeps and freed what it frees, else one of its own (the
+            // first micro-batch of gradient accumulation, which keeps the gradients).
+            let same = !diverged
+                && (sig.lifetimes_match(&self.step_trace)
+                    || sig.replay.plan.entries.len() != self.step_trace.buffers.len());
+            if same {
+                sig.add_start(start);
+                return AfterStep::Nothing;
+            }
+            self.step.new_signature = true;
+            return AfterStep::PlanNew { key: None, start };
+        }
         let twice = diverged && sig.diverged;
         sig.diverged = diverged && !twice;
         if twice {
             AfterStep::Replan {
                 key: sig.key.clone(),
+                start,
             }
         } else {
             AfterStep::Nothing
@@ -248,7 +334,7 @@ impl DeviceState {
         let k = self.observed.len();
         self.observed.push((size, stream));
         if self.unmatched {
-            return self.unplanned(backend, size, stream, c);
+            return self.unplanned(backend, size, stream, k, limits, c);
         }
         let Some(mut a) = self.active else {
             // No plan for this device: nothing recorded here in the profiled step.
@@ -256,14 +342,14 @@ impl DeviceState {
         };
         if self.switchable && !self.signatures.get(a).expects(k, size, stream) {
             // The step leaves its signature: another one that began the same way, or a new one.
-            match self.signatures.with_prefix(&self.observed) {
+            match self.signatures.with_prefix(&self.observed, self.step_start) {
                 Some(b) => {
                     self.switch_signature(backend, a, b, k, c)?;
                     a = b;
                 }
                 None if limits.automatic => {
                     self.mark_unmatched();
-                    return self.unplanned(backend, size, stream, c);
+                    return self.unplanned(backend, size, stream, k, limits, c);
                 }
                 None => self.switchable = false,
             }
@@ -276,6 +362,9 @@ impl DeviceState {
             return self.transient_fallback(backend, size, stream, c);
         }
         let Some(index) = replay.choose(size, stream, limits.lookahead) else {
+            if self.first_fit {
+                return self.unplanned_transient(backend, size, stream, limits, c);
+            }
             return self.divergent(backend, size, stream, limits, c);
         };
         let entry = replay.entry(index);
@@ -287,6 +376,9 @@ impl DeviceState {
         if replay.is_poisoned(index) {
             c.record_stream_fallbacks += 1;
             return self.transient_fallback(backend, size, stream, c);
+        }
+        if self.first_fit {
+            return self.unplanned_transient(backend, size, stream, limits, c);
         }
         // The safety check (invariant 1): size fits the slot (guaranteed by `choose`), the stream
         // matches (ditto), and the range overlaps nothing live, from this step or an earlier one.
@@ -314,8 +406,8 @@ impl DeviceState {
     ) -> Result<(), BackendError> {
         if self.device != HOST_DEVICE {
             let (a, b) = (
-                self.signatures.get(from).streams(),
-                self.signatures.get(to).streams(),
+                &self.signatures.get(from).streams,
+                &self.signatures.get(to).streams,
             );
             if a != b || a.len() > 1 {
                 backend.synchronize(self.device)?;
@@ -326,21 +418,67 @@ impl DeviceState {
         self.signatures.get_mut(to).replay.resume_at(k, divergences);
         self.active = Some(to);
         c.signature_switches += 1;
+        self.check_stale(to);
         Ok(())
     }
 
-    /// A request of a step that follows no plan: served by the pool, as while profiling. (Not from
-    /// the idle arena: what such a step keeps past its end, gradients or a stored loss, would then sit
-    /// in the arena and collide with the planned slots of the next steps.)
+    /// The `k`-th request of a step that follows no plan. What the step keeps past its end would sit
+    /// in the arena and collide with the next steps' planned slots, so only a request that the plan
+    /// it followed last (`hint`) has at that position as a temporary goes to the arena's free space,
+    /// first-fit; the rest goes to the pool, as while profiling. (Serving it all from the pool while
+    /// the arena sits idle would hold both: more than plain PyTorch.)
     fn unplanned(
         &mut self,
         backend: &dyn Backend,
         size: usize,
         stream: usize,
+        k: usize,
+        limits: ReplayLimits,
+        c: &mut Counters,
+    ) -> Result<usize, BackendError> {
+        let temporary = self.hint.is_some_and(|h| {
+            self.signatures
+                .get(h)
+                .replay
+                .plan
+                .entries
+                .get(k)
+                .is_some_and(|e| e.offset.is_some() && e.stream == stream)
+        });
+        if temporary {
+            return self.unplanned_transient(backend, size, stream, limits, c);
+        }
+        self.step.unplanned_allocations += 1;
+        c.unplanned_allocations += 1;
+        self.fallback(backend, size, stream, c)
+    }
+
+    /// A request of a step served without its plan's offsets, expected to be freed in the step:
+    /// first-fit in the arena's free space, else the pool. On a GPU only while every plan of the
+    /// device runs on this one stream (memory another stream used would need its work done first).
+    fn unplanned_transient(
+        &mut self,
+        backend: &dyn Backend,
+        size: usize,
+        stream: usize,
+        limits: ReplayLimits,
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
         self.step.unplanned_allocations += 1;
         c.unplanned_allocations += 1;
+        let one_stream = self.device == HOST_DEVICE
+            || self
+                .signatures
+                .iter()
+                .all(|s| s.streams.as_slice() == [stream]);
+        if let (Some(arena), true) = (self.arena.as_mut(), one_stream) {
+            let align = limits.alignment.max(1);
+            let slot = size.div_ceil(align) * align;
+            if let Some(addr) = arena.claim_first_fit(slot, align, size) {
+                c.unplanned_arena_allocations += 1;
+                return Ok(addr);
+            }
+        }
         self.fallback(backend, size, stream, c)
     }
 
@@ -409,14 +547,14 @@ impl DeviceState {
                 let Some(bytes) = self.requested_at(addr) else {
                     return false;
                 };
-                c.on_free(bytes);
+                self.on_free(bytes, c);
                 self.quarantine_until_streams_finish(backend, addr, &streams);
                 return true;
             }
         }
         match self.release(backend, addr) {
             Some(bytes) => {
-                c.on_free(bytes);
+                self.on_free(bytes, c);
                 true
             }
             None => false,
@@ -512,7 +650,7 @@ impl DeviceState {
             return false;
         }
         if let (Some(arena), Some(a)) = (self.arena.as_ref(), self.active) {
-            if let Some(live) = arena.get(addr) {
+            if let Some(live) = arena.get(addr).filter(|l| l.entry != NO_ENTRY) {
                 self.signatures.get_mut(a).replay.poison(live.entry);
             }
         }
@@ -562,16 +700,12 @@ impl DeviceState {
         &mut self,
         backend: &dyn Backend,
         key: Option<String>,
+        start: Start,
         plan: DevicePlan,
         max_plans: usize,
     ) {
-        let sig = Signature {
-            key,
-            replay: Replay::new(plan),
-            last_used: 0,
-            diverged: false,
-        };
-        self.signatures.insert(sig, max_plans);
+        self.signatures
+            .insert(Signature::new(key, plan, start), max_plans);
         self.pool.release_cached(backend, self.device);
     }
 

@@ -10,12 +10,33 @@
 //! their common beginning alike (see [`SignatureSet::prefix_hint`]), so the move is seamless: what the
 //! step already holds is where the new plan wants it. A user key (`step(key=...)`) names the
 //! signature instead.
+//!
+//! Requests alone do not tell every kind of step apart: in gradient accumulation the first
+//! micro-batch (gradients set to None) requests exactly what the next ones request, but keeps
+//! backward's gradients as `.grad` where the others free them after adding them in. What the device
+//! holds when the step begins (its [`Start`]: live allocations and bytes) does tell them apart, so a
+//! signature remembers the starts its steps were seen to begin from, and a step begins with the most
+//! recent signature seen from its start. A start is only a preference: loops whose held memory
+//! changes from step to step (the last batch's outputs, still referenced) keep following plans by
+//! their requests; a signature of the same requests but other lifetimes is planned only when a step
+//! from a new start showed them (`device.rs`, `end_step`).
 
 use super::planning::DevicePlan;
 use super::replay::Replay;
+use super::trace::Trace;
 
 /// Default bound on the plans kept per device (`set_max_plans`).
 pub const DEFAULT_MAX_PLANS: usize = 16;
+
+/// Starts remembered per signature (most recent kept).
+const MAX_STARTS: usize = 8;
+
+/// What a device holds when a step begins: its live allocations and their requested bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Start {
+    pub allocations: usize,
+    pub bytes: usize,
+}
 
 /// One planned signature.
 #[derive(Debug)]
@@ -23,6 +44,10 @@ pub struct Signature {
     /// The user's name for it (`step(key=...)`), if it was given one.
     pub key: Option<String>,
     pub replay: Replay,
+    /// What the device held when its steps began (the recorded one's first), most recent last.
+    pub starts: Vec<Start>,
+    /// The streams its plan uses, sorted.
+    pub streams: Vec<usize>,
     /// Logical time of its last use (for least-recently-used eviction).
     pub last_used: u64,
     /// The last step that followed it diverged; the next diverging one re-plans it.
@@ -30,6 +55,30 @@ pub struct Signature {
 }
 
 impl Signature {
+    pub fn new(key: Option<String>, plan: DevicePlan, start: Start) -> Signature {
+        let mut streams: Vec<usize> = plan.entries.iter().map(|e| e.stream).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        Signature {
+            key,
+            replay: Replay::new(plan),
+            starts: vec![start],
+            streams,
+            last_used: 0,
+            diverged: false,
+        }
+    }
+
+    /// Remembers that a step began from `start` and followed this plan as recorded.
+    pub fn add_start(&mut self, start: Start) {
+        if let Some(i) = self.starts.iter().position(|&s| s == start) {
+            self.starts.remove(i);
+        } else if self.starts.len() >= MAX_STARTS {
+            self.starts.remove(0);
+        }
+        self.starts.push(start);
+    }
+
     /// Whether the `k`-th request of a step that follows this plan exactly is `(size, stream)`.
     #[inline]
     pub fn expects(&self, k: usize, size: usize, stream: usize) -> bool {
@@ -50,12 +99,14 @@ impl Signature {
                 .all(|(e, &(size, stream))| e.size == size && e.stream == stream)
     }
 
-    /// The streams its plan uses, sorted.
-    pub fn streams(&self) -> Vec<usize> {
-        let mut s: Vec<usize> = self.replay.plan.entries.iter().map(|e| e.stream).collect();
-        s.sort_unstable();
-        s.dedup();
-        s
+    /// Whether `trace` (a step that followed this plan) made exactly these requests and kept
+    /// exactly the buffers the plan leaves to the fallback: the plan's lifetimes were the step's.
+    pub fn lifetimes_match(&self, trace: &Trace) -> bool {
+        let entries = &self.replay.plan.entries;
+        entries.len() == trace.buffers.len()
+            && entries.iter().zip(&trace.buffers).all(|(e, b)| {
+                e.size == b.size && e.stream == b.stream && e.offset.is_none() == b.is_persistent()
+            })
     }
 }
 
@@ -93,21 +144,23 @@ impl SignatureSet {
         self.sigs[i].last_used = self.clock;
     }
 
-    /// The most recently used signature.
-    pub fn most_recent(&self) -> Option<usize> {
-        (0..self.sigs.len()).max_by_key(|&i| self.sigs[i].last_used)
+    /// The signature a step beginning from `start` follows first: the most recently used one seen
+    /// from that start, else the most recently used one.
+    pub fn for_start(&self, start: Start) -> Option<usize> {
+        (0..self.sigs.len())
+            .max_by_key(|&i| (self.sigs[i].starts.contains(&start), self.sigs[i].last_used))
     }
 
     pub fn by_key(&self, key: &str) -> Option<usize> {
         self.sigs.iter().position(|s| s.key.as_deref() == Some(key))
     }
 
-    /// A signature (without a key) whose plan begins with exactly `requests`; the most recently
-    /// used one when several do.
-    pub fn with_prefix(&self, requests: &[(usize, usize)]) -> Option<usize> {
+    /// A signature (without a key) whose plan begins with exactly `requests`: one seen from
+    /// `start` first, the most recently used one among equals.
+    pub fn with_prefix(&self, requests: &[(usize, usize)], start: Start) -> Option<usize> {
         (0..self.sigs.len())
             .filter(|&i| self.sigs[i].key.is_none() && self.sigs[i].begins_with(requests))
-            .max_by_key(|&i| self.sigs[i].last_used)
+            .max_by_key(|&i| (self.sigs[i].starts.contains(&start), self.sigs[i].last_used))
     }
 
     /// The plan sharing the longest beginning with `requests` (size, stream), and that length: a
@@ -132,9 +185,11 @@ impl SignatureSet {
     }
 
     /// Adds a signature, replacing the one with the same key, or (without keys) the one whose plan
-    /// has exactly the same requests; drops the least recently used past `max` (never the one just
-    /// added). Returns its index. Called between steps only: indices of other signatures move.
-    pub fn insert(&mut self, sig: Signature, max: usize) -> usize {
+    /// has exactly the same requests and was seen from the same start (a plan of the same requests
+    /// from another start is another signature: other lifetimes); drops the least recently used
+    /// past `max` (never the one just added). Returns its index. Called between steps only: indices
+    /// of other signatures move.
+    pub fn insert(&mut self, mut sig: Signature, max: usize) -> usize {
         let requests: Vec<(usize, usize)> = sig
             .replay
             .plan
@@ -147,10 +202,17 @@ impl SignatureSet {
                 s.key == sig.key
                     && s.replay.plan.entries.len() == requests.len()
                     && s.begins_with(&requests)
+                    && sig.starts.iter().any(|x| s.starts.contains(x))
             })
         });
         let i = match same {
             Some(i) => {
+                // The new plan keeps the starts the old one was seen from.
+                let new_starts = std::mem::take(&mut sig.starts);
+                sig.starts = std::mem::take(&mut self.sigs[i].starts);
+                for s in new_starts {
+                    sig.add_start(s);
+                }
                 self.sigs[i] = sig;
                 i
             }
@@ -190,5 +252,115 @@ impl SignatureSet {
             .map(|s| s.replay.plan.lower_bound)
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::planning::PlanEntry;
+
+    fn plan(sizes: &[usize]) -> DevicePlan {
+        DevicePlan {
+            entries: sizes
+                .iter()
+                .map(|&size| PlanEntry {
+                    size,
+                    slot: size.div_ceil(512) * 512,
+                    stream: 0,
+                    offset: Some(0),
+                })
+                .collect(),
+            ..DevicePlan::default()
+        }
+    }
+
+    fn start(allocations: usize) -> Start {
+        Start {
+            allocations,
+            bytes: allocations * 100,
+        }
+    }
+
+    #[test]
+    fn a_step_begins_with_the_signature_seen_from_its_start() {
+        let mut set = SignatureSet::default();
+        let a = set.insert(Signature::new(None, plan(&[10, 20]), start(1)), 8);
+        let b = set.insert(Signature::new(None, plan(&[10, 30]), start(2)), 8);
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(set.for_start(start(1)), Some(0), "seen from there");
+        assert_eq!(set.for_start(start(2)), Some(1));
+        assert_eq!(set.for_start(start(9)), Some(1), "else the most recent");
+        set.touch(0);
+        assert_eq!(set.for_start(start(9)), Some(0));
+        // Beginnings: a start seen by a signature wins over recency.
+        assert_eq!(set.with_prefix(&[(10, 0)], start(2)), Some(1));
+        assert_eq!(set.with_prefix(&[(10, 0)], start(9)), Some(0));
+        assert_eq!(set.with_prefix(&[(10, 0), (30, 0)], start(1)), Some(1));
+        assert_eq!(set.with_prefix(&[(11, 0)], start(1)), None);
+    }
+
+    #[test]
+    fn the_same_requests_from_another_start_are_another_signature() {
+        let mut set = SignatureSet::default();
+        set.insert(Signature::new(None, plan(&[10, 20]), start(1)), 8);
+        set.insert(Signature::new(None, plan(&[10, 20]), start(2)), 8);
+        assert_eq!(set.len(), 2, "other lifetimes: kept apart");
+        // Planned again from a start it was seen from: replaced, keeping its starts.
+        set.get_mut(0).add_start(start(3));
+        let i = set.insert(Signature::new(None, plan(&[10, 20]), start(3)), 8);
+        assert_eq!((set.len(), i), (2, 0));
+        assert_eq!(set.get(0).starts, vec![start(1), start(3)]);
+        // A key names the signature, whatever the start.
+        set.insert(
+            Signature::new(Some("k".into()), plan(&[10, 20]), start(1)),
+            8,
+        );
+        let k = set.insert(Signature::new(Some("k".into()), plan(&[5]), start(4)), 8);
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.get(k).starts, vec![start(1), start(4)]);
+    }
+
+    #[test]
+    fn a_signature_remembers_its_most_recent_starts() {
+        let mut sig = Signature::new(None, plan(&[10]), start(0));
+        for k in 1..=MAX_STARTS + 2 {
+            sig.add_start(start(k));
+        }
+        assert_eq!(sig.starts.len(), MAX_STARTS);
+        assert_eq!(sig.starts.first(), Some(&start(3)));
+        sig.add_start(start(5));
+        assert_eq!(
+            sig.starts.last(),
+            Some(&start(5)),
+            "seen again: most recent"
+        );
+        assert_eq!(sig.starts.len(), MAX_STARTS);
+    }
+
+    #[test]
+    fn lifetimes_match_compares_requests_and_what_outlives_the_step() {
+        let mut p = plan(&[100, 200]);
+        p.entries[1].offset = None; // kept past the step
+        let sig = Signature::new(None, p, start(0));
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 200, 0);
+        t.record_free(1);
+        t.finish();
+        assert!(sig.lifetimes_match(&t));
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 200, 0);
+        t.record_free(2);
+        t.finish();
+        assert!(
+            !sig.lifetimes_match(&t),
+            "100 kept, 200 freed: the other way round"
+        );
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.finish();
+        assert!(!sig.lifetimes_match(&t), "fewer requests");
     }
 }

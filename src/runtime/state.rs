@@ -16,7 +16,7 @@ use super::fallback::MAX_REQUEST;
 use super::global;
 use super::mode::Mode;
 use super::planning::{plan_trace_like, DevicePlan};
-use super::signatures::DEFAULT_MAX_PLANS;
+use super::signatures::{Start, DEFAULT_MAX_PLANS};
 use super::stats::{Counters, Stats, StepStats};
 use super::trace::Trace;
 use crate::placement::PlanOptions;
@@ -74,26 +74,29 @@ struct PlanJob {
     key: Option<String>,
     /// The planned signature that begins most like this step, and for how many requests.
     like: Option<(DevicePlan, usize)>,
+    /// What the device held when the step began.
+    start: Start,
 }
 
 impl PlanJob {
     /// The profiled step of `d`.
     fn profiled(d: &DeviceState) -> PlanJob {
-        PlanJob::new(d, d.trace.clone(), None)
+        PlanJob::new(d, d.trace.clone(), None, d.profile_start)
     }
 
     /// The step `d` just ran.
-    fn last_step(d: &DeviceState, key: Option<String>) -> PlanJob {
-        PlanJob::new(d, d.step_trace.clone(), key)
+    fn last_step(d: &DeviceState, key: Option<String>, start: Start) -> PlanJob {
+        PlanJob::new(d, d.step_trace.clone(), key, start)
     }
 
-    fn new(d: &DeviceState, trace: Trace, key: Option<String>) -> PlanJob {
+    fn new(d: &DeviceState, trace: Trace, key: Option<String>, start: Start) -> PlanJob {
         let like = d.signatures.prefix_hint(&trace.requests());
         PlanJob {
             device: d.device,
             trace,
             key,
             like,
+            start,
         }
     }
 }
@@ -222,6 +225,7 @@ impl Runtime {
             max_divergences: inner.config.max_divergences,
             lookahead: inner.config.lookahead,
             automatic: inner.config.auto_replan,
+            alignment: inner.config.alignment,
         };
         let i = match inner.devices.iter().position(|d| d.device == device) {
             Some(i) => i,
@@ -326,6 +330,7 @@ impl Runtime {
                 inner.mode = Mode::Recording;
                 for d in inner.devices.iter_mut() {
                     d.trace = Trace::new();
+                    d.profile_start = d.holding();
                 }
                 Ok(())
             }
@@ -458,7 +463,7 @@ impl Runtime {
             if let Some(arena) = arena {
                 d.install_arena(&*self.backend, arena);
             }
-            d.add_signature(&*self.backend, job.key, p, max_plans);
+            d.add_signature(&*self.backend, job.key, job.start, p, max_plans);
             d.trace = job.trace;
         }
         inner.mode = Mode::Planned;
@@ -515,19 +520,19 @@ impl Runtime {
         let mut jobs = Vec::new();
         let mut replans = 0;
         for d in inner.devices.iter_mut() {
-            total.add(&d.step);
             d.release_completed(&*self.backend);
             if automatic {
                 d.step_trace.finish();
             }
             match d.end_step(automatic) {
                 AfterStep::Nothing => {}
-                AfterStep::PlanNew { key } => jobs.push(PlanJob::last_step(d, key)),
-                AfterStep::Replan { key } => {
-                    jobs.push(PlanJob::last_step(d, key));
+                AfterStep::PlanNew { key, start } => jobs.push(PlanJob::last_step(d, key, start)),
+                AfterStep::Replan { key, start } => {
+                    jobs.push(PlanJob::last_step(d, key, start));
                     replans += 1;
                 }
             }
+            total.add(&d.step);
         }
         inner.last_step = total.clone();
         let options = PlanOptions {

@@ -32,8 +32,12 @@ pub struct Counters {
     pub new_signatures: u64,
     /// Steps that moved to another planned signature part-way (their beginnings were alike).
     pub signature_switches: u64,
-    /// Allocations of steps that followed no planned signature (recorded to plan a new one).
+    /// Allocations of steps served without a plan's offsets: steps that followed no planned
+    /// signature (recorded to plan a new one), and steps served first-fit because memory an earlier
+    /// step kept sat where their plan would put them.
     pub unplanned_allocations: u64,
+    /// Of those, the ones served first-fit from the arena's free space (the rest: the pool).
+    pub unplanned_arena_allocations: u64,
 }
 
 impl Counters {
@@ -63,6 +67,9 @@ pub struct StepStats {
     /// The step followed no planned signature: it was recorded, to be planned at its end.
     pub new_signature: bool,
     pub unplanned_allocations: u64,
+    /// The step was served first-fit from the arena, not at its plan's offsets: memory an earlier
+    /// step kept (one that showed new lifetimes) sat where the plan would put this one's.
+    pub first_fit: bool,
 }
 
 impl StepStats {
@@ -76,6 +83,7 @@ impl StepStats {
         self.abandoned |= o.abandoned;
         self.new_signature |= o.new_signature;
         self.unplanned_allocations += o.unplanned_allocations;
+        self.first_fit |= o.first_fit;
     }
 }
 

@@ -225,14 +225,14 @@ def test_max_divergences_abandons_the_step_after_n_plus_1_divergences() -> None:
     assert r["at_100"] == {
         "allocations": 104, "planned_hits": 4, "persistent_allocations": 0,
         "transient_fallbacks": 100, "divergences": 100, "abandoned": False,
-        "new_signature": False, "unplanned_allocations": 0,
+        "new_signature": False, "unplanned_allocations": 0, "first_fit": False,
     }  # fmt: skip
     # The 101st divergence passes it: the rest of the step (the planned buffers included) goes to the
     # fallback, uncounted as divergences, and the plan is inactive until the step ends.
     assert r["at_101"] == {
         "allocations": 108, "planned_hits": 0, "persistent_allocations": 0,
         "transient_fallbacks": 108, "divergences": 101, "abandoned": True,
-        "new_signature": False, "unplanned_allocations": 0,
+        "new_signature": False, "unplanned_allocations": 0, "first_fit": False,
     }  # fmt: skip
     assert r["inside"] == [False]
     assert r["abandoned_steps"] == 1

@@ -252,6 +252,11 @@ impl<'r> Driver<'r> {
                 self.free(k);
             }
         }
+        self.run_ops(program);
+    }
+
+    /// Runs more of the current step.
+    pub fn run_ops(&mut self, program: &[Op]) {
         for op in program {
             match *op {
                 Op::Alloc { id, size, stream } => {

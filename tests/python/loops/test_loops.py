@@ -116,17 +116,10 @@ def check(name: str, plain: dict[str, Any], planned: dict[str, Any]) -> dict[str
         # clip_grad_norm_: every batch padded to its longest sequence, lengths repeat.
         "gpt2",
         # Flat gradient accumulation: 4 micro-batches, optimizer.step() inside every 4th iteration.
-        # Known limitation (issue 10): without keys the runtime tells steps apart by their request
-        # sizes only, and micro-batch 0 (gradients set to None: backward's gradients are kept as
-        # .grad) requests exactly what micro-batches 1-2 request (where the same tensors are
-        # temporaries), so its kept gradients land in planned slots and later steps diverge. With
-        # step(key=phase) it passes (the keyed test below).
-        pytest.param(
-            "accum",
-            marks=pytest.mark.xfail(
-                strict=True, reason="signatures do not see lifetimes: use step(key=...) (issue 10)"
-            ),
-        ),
+        # Micro-batch 0 (gradients set to None: backward's gradients are kept as .grad) requests
+        # exactly what micro-batches 1-2 request, where the same tensors are temporaries: the
+        # runtime tells them apart by what the device holds when the step begins.
+        "accum",
         # Quickstart loop, 70 samples in batches of 16 (last batch 6), 2 epochs.
         "dataloader",
         # The same with num_workers=2: forked workers allocate through the inherited allocator.
