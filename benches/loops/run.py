@@ -107,6 +107,8 @@ def main() -> None:
                         f"{median([a['plain_peak_rss_kib'] / 1024 for a in ans]):.0f}",
                         f"{median([a['peak_rss_ratio'] for a in ans]):.3f}",
                         f"{median([a['loop_rss_growth_ratio'] for a in ans]):.2f}",
+                        f"{median([a['peak_reserved_bytes'] / 2**20 for a in ans]):.1f} / "
+                        f"{median([a['peak_allocated_bytes'] / 2**20 for a in ans]):.1f}",
                         f"{1000 * median([median(a['plain_step_seconds']) for a in ans]):.1f}",
                         f"{median(time_ratios):.3f}",
                     ]
@@ -114,7 +116,8 @@ def main() -> None:
     header = [
         "loop", "planned steps", "labels / plans", "divergences after first sight",
         "divergences at first sight", "abandoned steps", "bit-identical", "plain peak RSS (MiB)",
-        "peak RSS model_opt/plain", "loop RSS growth model_opt/plain", "plain median step (ms)",
+        "peak RSS model_opt/plain", "loop RSS growth model_opt/plain",
+        "model_opt peak reserved / peak allocated (MiB)", "plain median step (ms)",
         "median step time model_opt/plain",
     ]  # fmt: skip
     print(f"scale={args.scale} rounds={args.rounds} seed={args.seed} use_key={args.use_key} "

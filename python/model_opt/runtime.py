@@ -273,6 +273,7 @@ def stats() -> dict[str, Any]:
     """Statistics of the runtime (PyTorch's own memory statistics do not work with a custom allocator).
 
     Keys include ``mode``, ``allocated_bytes``, ``peak_allocated_bytes``, ``reserved_bytes``,
+    ``peak_reserved_bytes`` (like ``torch.cuda.max_memory_reserved``),
     ``arena_bytes``, ``lower_bound_bytes``, ``planned_hits``, ``fallback_allocations``,
     ``fallback_bytes``, ``divergences``, ``plan_active``, ``transient_fallbacks``,
     ``persistent_allocations``, ``abandoned_steps``, ``auto_replans``, ``steps``, ``plans`` (step
@@ -285,7 +286,7 @@ def stats() -> dict[str, Any]:
 
 
 def reset_peak_stats() -> None:
-    """Set ``peak_allocated_bytes`` to the bytes allocated now."""
+    """Set ``peak_allocated_bytes`` and ``peak_reserved_bytes`` to the bytes allocated and reserved now."""
     _native.runtime_reset_peak_stats()
 
 

@@ -88,50 +88,13 @@ pub(crate) fn solve(
         return Ok(IlpEnd::Stopped);
     }
 
-    // Columns are created in this order; the MIP start below follows it.
-    let mut vars = ProblemVariables::new();
-    let hf = h as f64;
-    let k: Vec<Variable> = items
-        .iter()
-        .map(|it| match it.fixed {
-            Some(f) => vars.add(variable().min(f as f64).max(f as f64)),
-            None => vars.add(
-                variable()
-                    .integer()
-                    .min(0)
-                    .max(((h - it.size) / it.align) as f64),
-            ),
-        })
-        .collect();
-    let offset = |i: usize| -> Expression {
-        match items[i].fixed {
-            Some(_) => k[i].into(),
-            None => (items[i].align as f64) * k[i],
-        }
+    let model = Model {
+        inst: &inst,
+        pairs: &pairs,
+        h,
+        low: state.bound().0.div_ceil(inst.unit).min(h) as f64,
+        decide: opts.decide,
     };
-    let low = state.bound().0.div_ceil(inst.unit).min(h) as f64;
-    let z = vars.add(variable().min(low).max(hf));
-    let y: Vec<Variable> = pairs
-        .iter()
-        .map(|_| vars.add(variable().binary()))
-        .collect();
-
-    let objective: Expression = if opts.decide {
-        Expression::from(0.0)
-    } else {
-        z.into()
-    };
-    let mut model = vars.minimise(objective).using(highs);
-    for (i, it) in items.iter().enumerate() {
-        model.add_constraint((offset(i) + it.size as f64).leq(z));
-    }
-    for (p, &(i, j)) in pairs.iter().enumerate() {
-        // y = 1: i below j; y = 0: j below i. M = h suffices since every top is <= h.
-        let (si, sj) = (items[i].size as f64, items[j].size as f64);
-        model.add_constraint((offset(i) + si - offset(j) + hf * y[p]).leq(hf));
-        model.add_constraint((offset(j) + sj - offset(i) - hf * y[p]).leq(0.0));
-    }
-
     let start = state.best().filter(|s| s.peak.0 <= h * inst.unit).map(|s| {
         let units: Vec<u64> = s.offsets.iter().map(|o| o.0 / inst.unit).collect();
         let mut cols: Vec<f64> = Vec::with_capacity(n + 1 + pairs.len());
@@ -149,31 +112,34 @@ pub(crate) fn solve(
         }));
         cols
     });
-
-    let mut hm = match model.try_into_inner() {
-        Ok(m) => m,
-        Err(e) => return Ok(IlpEnd::Skipped(format!("HiGHS rejected the model: {e}"))),
+    let mut solved = match model.solve(start.as_deref(), seconds, opts) {
+        Ok(s) => s,
+        Err(reason) => return Ok(IlpEnd::Skipped(reason)),
     };
-    let options: [(&str, f64); 2] = [("time_limit", seconds), ("mip_rel_gap", opts.gap.max(0.0))];
-    for (name, value) in options {
-        if hm.try_set_option(name, value).is_err() {
-            return Ok(IlpEnd::Skipped(format!("HiGHS refused option {name}")));
+    if start.is_some()
+        && !opts.decide
+        && solved.primal_solution_status() == HighsSolutionStatus::Feasible
+    {
+        // HiGHS (1.16) can report a better objective than the columns it returns, which are then
+        // the MIP start's: solved again without the start, in the time left.
+        let z = solved
+            .get_solution()
+            .columns()
+            .get(n)
+            .copied()
+            .unwrap_or(f64::NAN);
+        if (z - solved.objective_value()).abs() > 0.5 {
+            let left = opts
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
+            if left >= 0.01 {
+                if let Ok(again) = model.solve(None, left, opts) {
+                    solved = again;
+                }
+            }
         }
     }
-    if hm
-        .try_set_option("threads", opts.threads.max(1) as i32)
-        .is_err()
-    {
-        return Ok(IlpEnd::Skipped("HiGHS refused option threads".into()));
-    }
-    if let Some(cols) = start {
-        // A start HiGHS cannot use is only a lost hint.
-        let _ = hm.try_set_solution(Some(&cols), None, None, None);
-    }
-    let solved = match hm.try_solve() {
-        Ok(s) => s,
-        Err(e) => return Ok(IlpEnd::Skipped(format!("HiGHS failed: {e:?}"))),
-    };
 
     let status = solved.status();
     if status == HighsModelStatus::Infeasible {
@@ -229,6 +195,87 @@ pub(crate) fn solve(
             }
         }
         _ => Ok(IlpEnd::Stopped),
+    }
+}
+
+/// The program of one horizon: what [`Model::solve`] builds afresh for each HiGHS run.
+struct Model<'a> {
+    inst: &'a Instance,
+    pairs: &'a [(usize, usize)],
+    /// The horizon, in units.
+    h: u64,
+    /// A proven lower bound on the peak, in units.
+    low: f64,
+    decide: bool,
+}
+
+impl Model<'_> {
+    /// Builds the program (columns: offsets, the peak, one binary per pair, in that order, which
+    /// `start` follows) and solves it within `seconds`; the reason when HiGHS refuses or fails.
+    fn solve(
+        &self,
+        start: Option<&[f64]>,
+        seconds: f64,
+        opts: IlpOptions,
+    ) -> Result<highs::SolvedModel, String> {
+        let items = &self.inst.items;
+        let (h, hf) = (self.h, self.h as f64);
+        let mut vars = ProblemVariables::new();
+        let k: Vec<Variable> = items
+            .iter()
+            .map(|it| match it.fixed {
+                Some(f) => vars.add(variable().min(f as f64).max(f as f64)),
+                None => vars.add(
+                    variable()
+                        .integer()
+                        .min(0)
+                        .max(((h - it.size) / it.align) as f64),
+                ),
+            })
+            .collect();
+        let offset = |i: usize| -> Expression {
+            match items[i].fixed {
+                Some(_) => k[i].into(),
+                None => (items[i].align as f64) * k[i],
+            }
+        };
+        let z = vars.add(variable().min(self.low).max(hf));
+        let y: Vec<Variable> = self
+            .pairs
+            .iter()
+            .map(|_| vars.add(variable().binary()))
+            .collect();
+        let objective: Expression = if self.decide {
+            Expression::from(0.0)
+        } else {
+            z.into()
+        };
+        let mut model = vars.minimise(objective).using(highs);
+        for (i, it) in items.iter().enumerate() {
+            model.add_constraint((offset(i) + it.size as f64).leq(z));
+        }
+        for (p, &(i, j)) in self.pairs.iter().enumerate() {
+            // y = 1: i below j; y = 0: j below i. M = h suffices since every top is <= h.
+            let (si, sj) = (items[i].size as f64, items[j].size as f64);
+            model.add_constraint((offset(i) + si - offset(j) + hf * y[p]).leq(hf));
+            model.add_constraint((offset(j) + sj - offset(i) - hf * y[p]).leq(0.0));
+        }
+        let mut hm = model
+            .try_into_inner()
+            .map_err(|e| format!("HiGHS rejected the model: {e}"))?;
+        let options: [(&str, f64); 2] =
+            [("time_limit", seconds), ("mip_rel_gap", opts.gap.max(0.0))];
+        for (name, value) in options {
+            hm.try_set_option(name, value)
+                .map_err(|_| format!("HiGHS refused option {name}"))?;
+        }
+        hm.try_set_option("threads", opts.threads.max(1) as i32)
+            .map_err(|_| "HiGHS refused option threads".to_string())?;
+        if let Some(cols) = start {
+            // A start HiGHS cannot use is only a lost hint.
+            let _ = hm.try_set_solution(Some(cols), None, None, None);
+        }
+        hm.try_solve().map_err(|e| format!("HiGHS failed: {e:?}"))
     }
 }
 

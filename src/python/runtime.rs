@@ -124,6 +124,7 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("allocated_bytes", c.allocated_bytes)?;
     d.set_item("peak_allocated_bytes", c.peak_allocated_bytes)?;
     d.set_item("reserved_bytes", s.reserved_bytes)?;
+    d.set_item("peak_reserved_bytes", s.peak_reserved_bytes)?;
     d.set_item("arena_bytes", s.arena_bytes)?;
     d.set_item("fallback_reserved_bytes", s.fallback_reserved_bytes)?;
     d.set_item("lower_bound_bytes", s.lower_bound_bytes)?;
@@ -147,6 +148,7 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("signature_switches", c.signature_switches)?;
     d.set_item("unplanned_allocations", c.unplanned_allocations)?;
     d.set_item("unplanned_arena_allocations", c.unplanned_arena_allocations)?;
+    d.set_item("arenas_returned", c.arenas_returned)?;
     d.set_item("plans", s.plans)?;
     d.set_item("max_plans", s.max_plans)?;
     d.set_item("max_divergences", s.max_divergences)?;

@@ -123,6 +123,8 @@ pub struct DeviceState {
     /// second free is refused) until the events recorded on those streams at the free have completed.
     pub quarantine: HashMap<usize, Quarantined>,
     pub step: StepStats,
+    /// The most bytes reserved at once (arenas and pool) since the start or `reset_peak_stats`.
+    pub peak_reserved: usize,
 }
 
 impl DeviceState {
@@ -149,7 +151,17 @@ impl DeviceState {
             record_streamed: HashMap::new(),
             quarantine: HashMap::new(),
             step: StepStats::default(),
+            peak_reserved: 0,
         }
+    }
+
+    /// Bytes reserved now: arenas and pool segments.
+    pub fn reserved_bytes(&self) -> usize {
+        self.arena_bytes() + self.pool.reserved_bytes()
+    }
+
+    fn note_reserved(&mut self) {
+        self.peak_reserved = self.peak_reserved.max(self.reserved_bytes());
     }
 
     pub fn arena_bytes(&self) -> usize {
@@ -165,7 +177,24 @@ impl DeviceState {
         stream: usize,
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
-        let addr = self.pool.alloc(backend, self.device, size, stream)?;
+        let reserved = self.pool.reserved_bytes();
+        let addr = match self.pool.alloc(backend, self.device, size, stream) {
+            Ok(addr) => addr,
+            Err(e) if e.is_out_of_memory() && self.arena.as_ref().is_some_and(Arena::is_idle) => {
+                // The idle arena stands in the way (a step longer than any planned one, on a full
+                // GPU): it is returned, as PyTorch returns its cache, and reserved again for the next
+                // step that has a plan (`begin_step`).
+                if let Some(arena) = self.arena.take() {
+                    arena.free(backend, self.device)?;
+                }
+                c.arenas_returned += 1;
+                self.pool.alloc(backend, self.device, size, stream)?
+            }
+            Err(e) => return Err(e),
+        };
+        if self.pool.reserved_bytes() > reserved {
+            self.note_reserved();
+        }
         c.fallback_allocations += 1;
         c.fallback_bytes += size as u64;
         Ok(addr)
@@ -219,7 +248,20 @@ impl DeviceState {
 
     /// Opens a step: follows the signature named by `key`, else the one most recently seen from
     /// what the device holds now, else the most recently used one.
-    pub fn begin_step(&mut self, key: Option<&str>, automatic: bool, recording: bool) {
+    pub fn begin_step(
+        &mut self,
+        backend: &dyn Backend,
+        key: Option<&str>,
+        automatic: bool,
+        recording: bool,
+    ) {
+        if self.arena.is_none() && !self.signatures.is_empty() {
+            // Returned under memory pressure (`fallback`): reserved again when memory allows; until
+            // then, steps are served as unplanned ones would be.
+            if let Ok(arena) = Arena::reserve(backend, self.device, self.signatures.arena_bytes()) {
+                self.install_arena(backend, arena);
+            }
+        }
         self.step = StepStats::default();
         self.observed.clear();
         self.unmatched = false;
@@ -273,7 +315,11 @@ impl DeviceState {
     fn mark_unmatched(&mut self) {
         self.unmatched = true;
         self.step.new_signature = true;
-        self.hint = self.active;
+        // A new key, or requests no plan began with: the plan it followed, else the one a step from
+        // this start would follow, tells which requests are temporaries.
+        self.hint = self
+            .active
+            .or_else(|| self.signatures.for_start(self.step_start));
     }
 
     /// Closes the step; what the runtime should plan for this device. `step_trace` is the step's
@@ -454,8 +500,7 @@ impl DeviceState {
     }
 
     /// A request of a step served without its plan's offsets, expected to be freed in the step:
-    /// first-fit in the arena's free space, else the pool. On a GPU only while every plan of the
-    /// device runs on this one stream (memory another stream used would need its work done first).
+    /// first-fit in the arena's free space, else the pool.
     fn unplanned_transient(
         &mut self,
         backend: &dyn Backend,
@@ -466,20 +511,33 @@ impl DeviceState {
     ) -> Result<usize, BackendError> {
         self.step.unplanned_allocations += 1;
         c.unplanned_allocations += 1;
+        if let Some(addr) = self.arena_first_fit(size, stream, limits) {
+            c.unplanned_arena_allocations += 1;
+            return Ok(addr);
+        }
+        self.fallback(backend, size, stream, c)
+    }
+
+    /// `size` bytes first-fit in the arena's free space, for a temporary that no plan entry serves.
+    /// On a GPU only while every plan of the device runs on this one stream (memory another stream
+    /// used would need that stream's work done first).
+    fn arena_first_fit(
+        &mut self,
+        size: usize,
+        stream: usize,
+        limits: ReplayLimits,
+    ) -> Option<usize> {
         let one_stream = self.device == HOST_DEVICE
             || self
                 .signatures
                 .iter()
                 .all(|s| s.streams.as_slice() == [stream]);
-        if let (Some(arena), true) = (self.arena.as_mut(), one_stream) {
-            let align = limits.alignment.max(1);
-            let slot = size.div_ceil(align) * align;
-            if let Some(addr) = arena.claim_first_fit(slot, align, size) {
-                c.unplanned_arena_allocations += 1;
-                return Ok(addr);
-            }
+        if !one_stream {
+            return None;
         }
-        self.fallback(backend, size, stream, c)
+        let align = limits.alignment.max(1);
+        let slot = size.checked_next_multiple_of(align)?;
+        self.arena.as_mut()?.claim_first_fit(slot, align, size)
     }
 
     fn divergent(
@@ -490,6 +548,12 @@ impl DeviceState {
         limits: ReplayLimits,
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
+        self.count_divergence(limits, c);
+        self.transient_fallback(backend, size, stream, c)
+    }
+
+    /// Counts a request the plan could not serve; past the limit the rest of the step stops using it.
+    fn count_divergence(&mut self, limits: ReplayLimits, c: &mut Counters) {
         c.divergences += 1;
         self.step.divergences += 1;
         if let Some(a) = self.active {
@@ -501,7 +565,6 @@ impl DeviceState {
                 c.abandoned_steps += 1;
             }
         }
-        self.transient_fallback(backend, size, stream, c)
     }
 
     /// A transient (planned-for) request served by the fallback pool instead, counted as such.
@@ -681,16 +744,49 @@ impl DeviceState {
         (needed > self.arena.as_ref().map_or(0, Arena::size)).then_some(needed)
     }
 
+    /// Reserves an arena of `size` bytes to replace the current one. An idle current arena is
+    /// returned first (on a GPU the two would otherwise be held at once, however briefly); when the
+    /// reservation then fails, the old size is reserved back, and if even that fails the device
+    /// forgets its plans (none could be served) and the error is returned. An arena with live
+    /// allocations stays until they are freed (`install_arena`).
+    pub fn reserve_arena(
+        &mut self,
+        backend: &dyn Backend,
+        size: usize,
+    ) -> Result<Arena, BackendError> {
+        if !self.arena.as_ref().is_some_and(Arena::is_idle) {
+            return Arena::reserve(backend, self.device, size);
+        }
+        let Some(old) = self.arena.take() else {
+            return Arena::reserve(backend, self.device, size);
+        };
+        let old_size = old.size();
+        old.free(backend, self.device)?;
+        match Arena::reserve(backend, self.device, size) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                match Arena::reserve(backend, self.device, old_size) {
+                    Ok(a) => self.arena = Some(a),
+                    Err(_) => self.forget_plans(),
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Makes `arena` the device's arena; the old one is freed now if idle, else when its last
     /// allocation is.
     pub fn install_arena(&mut self, backend: &dyn Backend, arena: Arena) {
         if let Some(old) = self.arena.replace(arena) {
+            // Both were reserved at once, however briefly.
+            self.peak_reserved = self.peak_reserved.max(self.reserved_bytes() + old.size());
             if old.is_idle() {
                 let _ = old.free(backend, self.device);
             } else {
                 self.retired.push(old);
             }
         }
+        self.note_reserved();
     }
 
     /// Adds a planned signature (replacing the one with the same key, or with exactly the same

@@ -24,6 +24,11 @@ struct Block {
     size: usize,
     segment: usize,
     stream: usize,
+    /// In a small segment (requests up to 1 MiB): small and large requests never share a segment,
+    /// so a small block kept for long (a loss, a step counter) never pins a large segment, and
+    /// returning cached memory frees the large segments a step's temporaries used (as in PyTorch's
+    /// allocator, whose small and large pools are apart).
+    small: bool,
     /// Bytes the caller asked for; 0 when the block is free.
     requested: usize,
     used: bool,
@@ -33,8 +38,9 @@ struct Block {
 pub struct FallbackPool {
     /// Every block, free or used, by address.
     blocks: BTreeMap<usize, Block>,
-    /// Free blocks as (stream, size, address): best fit is the first entry at or above a size.
-    free: BTreeSet<(usize, usize, usize)>,
+    /// Free blocks as (stream, small, size, address): best fit is the first entry at or above a size
+    /// of the request's class.
+    free: BTreeSet<(usize, bool, usize, usize)>,
     /// Segment start -> size.
     segments: BTreeMap<usize, usize>,
     reserved: usize,
@@ -111,15 +117,16 @@ impl FallbackPool {
         let Some(rounded) = round_size(size) else {
             return Err(BackendError::too_large(backend.name(), device, size));
         };
+        let small = rounded <= SMALL_REQUEST;
         let found = self
             .free
-            .range((stream, rounded, 0)..=(stream, usize::MAX, usize::MAX))
+            .range((stream, small, rounded, 0)..=(stream, small, usize::MAX, usize::MAX))
             .next()
             .copied();
         let addr = match found {
             Some(key) => {
                 self.free.remove(&key);
-                key.2
+                key.3
             }
             None => self.grow(backend, device, rounded, stream)?,
         };
@@ -127,7 +134,7 @@ impl FallbackPool {
             unreachable!("free list and block map disagree");
         };
         let remainder = block.size - rounded;
-        let (segment, block_stream) = (block.segment, block.stream);
+        let (segment, block_stream, block_small) = (block.segment, block.stream, block.small);
         block.used = true;
         block.requested = size;
         if remainder >= ROUNDING {
@@ -139,11 +146,13 @@ impl FallbackPool {
                     size: remainder,
                     segment,
                     stream: block_stream,
+                    small: block_small,
                     requested: 0,
                     used: false,
                 },
             );
-            self.free.insert((block_stream, remainder, tail));
+            self.free
+                .insert((block_stream, block_small, remainder, tail));
         }
         self.live_bytes += self.blocks.get(&addr).map_or(0, |b| b.size);
         Ok(addr)
@@ -175,6 +184,7 @@ impl FallbackPool {
                 size: seg,
                 segment: addr,
                 stream,
+                small: rounded <= SMALL_REQUEST,
                 requested: 0,
                 used: false,
             },
@@ -194,13 +204,13 @@ impl FallbackPool {
             stream: block.stream,
         };
         block.requested = 0;
-        let (mut start, mut size, segment, stream) =
-            (addr, block.size, block.segment, block.stream);
+        let (mut start, mut size, segment, stream, small) =
+            (addr, block.size, block.segment, block.stream, block.small);
         self.live_bytes -= size;
         // Merge with the next block of the same segment when it is free.
         if let Some(next) = self.blocks.get(&(start + size)).copied() {
             if !next.used && next.segment == segment {
-                self.free.remove(&(stream, next.size, start + size));
+                self.free.remove(&(stream, small, next.size, start + size));
                 self.blocks.remove(&(start + size));
                 size += next.size;
             }
@@ -214,7 +224,7 @@ impl FallbackPool {
                 .map(|(&a, &b)| (a, b))
             {
                 if !prev.used && prev.segment == segment && prev_addr + prev.size == start {
-                    self.free.remove(&(stream, prev.size, prev_addr));
+                    self.free.remove(&(stream, small, prev.size, prev_addr));
                     self.blocks.remove(&start);
                     start = prev_addr;
                     size += prev.size;
@@ -224,7 +234,7 @@ impl FallbackPool {
         if let Some(b) = self.blocks.get_mut(&start) {
             b.size = size;
         }
-        self.free.insert((stream, size, start));
+        self.free.insert((stream, small, size, start));
         Some(freed)
     }
 
@@ -238,10 +248,13 @@ impl FallbackPool {
             .collect();
         let mut released = 0;
         for (start, size) in empty {
-            let stream = self.blocks.get(&start).map_or(0, |b| b.stream);
+            let (stream, small) = self
+                .blocks
+                .get(&start)
+                .map_or((0, false), |b| (b.stream, b.small));
             // A failed free leaves the segment cached rather than forgetting memory we still own.
             if backend.free(device, start, size).is_ok() {
-                self.free.remove(&(stream, size, start));
+                self.free.remove(&(stream, small, size, start));
                 self.blocks.remove(&start);
                 self.segments.remove(&start);
                 self.reserved -= size;
@@ -308,6 +321,33 @@ mod tests {
         assert_eq!(p.reserved_bytes(), 2 * SMALL_SEGMENT);
         p.free(c);
         p.release_all(&b, -1);
+    }
+
+    #[test]
+    fn small_requests_never_pin_a_large_segment() {
+        let b = HostBackend::new();
+        let mut p = FallbackPool::new();
+        // A step's large temporary, freed: its segment is cached, free.
+        let big = p.alloc(&b, -1, 30 << 20, 0).unwrap();
+        p.free(big);
+        // A small request kept for long comes from a small segment, not from the cached large one.
+        let small = p.alloc(&b, -1, 4096, 0).unwrap();
+        assert!(
+            small < big || small >= big + (30 << 20),
+            "split off the large segment"
+        );
+        assert_eq!(p.reserved_bytes(), (30 << 20) + SMALL_SEGMENT);
+        assert_eq!(
+            p.release_cached(&b, -1),
+            30 << 20,
+            "the large segment goes back"
+        );
+        // And a large request is not served from a small segment's free space.
+        let medium = p.alloc(&b, -1, (1 << 20) + 512, 0).unwrap();
+        assert_eq!(p.reserved_bytes(), MEDIUM_SEGMENT + SMALL_SEGMENT);
+        p.free(medium);
+        p.free(small);
+        assert_eq!(p.release_cached(&b, -1), MEDIUM_SEGMENT + SMALL_SEGMENT);
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl Runtime {
                     // A device first used inside a step: its step follows no plan yet.
                     let (key, automatic) = (inner.step_key.clone(), inner.config.auto_replan);
                     if let Some(d) = inner.devices.last_mut() {
-                        d.begin_step(key.as_deref(), automatic, automatic);
+                        d.begin_step(&*self.backend, key.as_deref(), automatic, automatic);
                     }
                 }
                 inner.devices.len() - 1
@@ -414,25 +414,25 @@ impl Runtime {
         // Reserve every arena that must grow first, so a failure leaves the runtime as it was.
         let mut arenas: Vec<Option<Arena>> = Vec::with_capacity(plans.len());
         for (job, p) in jobs.iter().zip(&plans) {
-            let Some(size) = inner.device(job.device).arena_needed(p) else {
+            let d = inner.device(job.device);
+            let Some(size) = d.arena_needed(p) else {
                 arenas.push(None);
                 continue;
             };
-            let reserved = match Arena::reserve(&*self.backend, job.device, size) {
-                Ok(a) => Ok(a),
-                Err(e) if e.is_out_of_memory() => {
-                    // Cached fallback memory may be what stands in the way.
-                    let d = inner.device(job.device);
-                    d.pool.release_cached(&*self.backend, job.device);
-                    Arena::reserve(&*self.backend, job.device, size)
-                }
-                Err(e) => Err(e),
-            };
-            match reserved {
+            // What the pool caches is what the new plan will serve (the warm-up's and the recorded
+            // step's temporaries): returned first, so that the two are never reserved together.
+            d.pool.release_cached(&*self.backend, job.device);
+            match d.reserve_arena(&*self.backend, size) {
                 Ok(a) => arenas.push(Some(a)),
                 Err(e) => {
                     for (job, a) in jobs.iter().zip(arenas) {
-                        if let Some(a) = a {
+                        let Some(a) = a else { continue };
+                        let d = inner.device(job.device);
+                        if d.arena.is_none() && !d.signatures.is_empty() {
+                            // Its old arena was returned to make room: the new one, larger, serves
+                            // its old plans as well.
+                            d.install_arena(&*self.backend, a);
+                        } else {
                             let _ = a.free(&*self.backend, job.device);
                         }
                     }
@@ -494,7 +494,7 @@ impl Runtime {
         inner.step_key = key.map(str::to_string);
         let automatic = inner.config.auto_replan;
         for d in inner.devices.iter_mut() {
-            d.begin_step(key, automatic, automatic);
+            d.begin_step(&*self.backend, key, automatic, automatic);
         }
         Ok(())
     }
@@ -587,6 +587,9 @@ impl Runtime {
     pub fn reset_peak_stats(&self) {
         let mut inner = self.lock();
         inner.counters.peak_allocated_bytes = inner.counters.allocated_bytes;
+        for d in inner.devices.iter_mut() {
+            d.peak_reserved = d.reserved_bytes();
+        }
     }
 
     pub fn last_plan(&self) -> Option<PlanSummary> {
@@ -622,6 +625,7 @@ impl Runtime {
             plan_active,
             counters: inner.counters.clone(),
             reserved_bytes: arena + pool,
+            peak_reserved_bytes: inner.devices.iter().map(|d| d.peak_reserved as u64).sum(),
             arena_bytes: arena,
             fallback_reserved_bytes: pool,
             // Every plan is a signature: the largest lower bound of each device's plans.

@@ -38,6 +38,9 @@ pub struct Counters {
     pub unplanned_allocations: u64,
     /// Of those, the ones served first-fit from the arena's free space (the rest: the pool).
     pub unplanned_arena_allocations: u64,
+    /// Times an idle arena was returned to the device because the pool could not get memory
+    /// otherwise (reserved again at the next step).
+    pub arenas_returned: u64,
 }
 
 impl Counters {
@@ -98,6 +101,9 @@ pub struct Stats {
     pub counters: Counters,
     /// Arena bytes plus the fallback pool's segments.
     pub reserved_bytes: u64,
+    /// The most `reserved_bytes` held at once since the start or `reset_peak_stats` (per device,
+    /// summed over devices).
+    pub peak_reserved_bytes: u64,
     pub arena_bytes: u64,
     pub fallback_reserved_bytes: u64,
     pub lower_bound_bytes: u64,

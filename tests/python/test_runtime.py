@@ -22,6 +22,7 @@ STATS_KEYS = (
     "allocated_bytes",
     "peak_allocated_bytes",
     "reserved_bytes",
+    "peak_reserved_bytes",
     "arena_bytes",
     "lower_bound_bytes",
     "planned_hits",

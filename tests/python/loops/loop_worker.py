@@ -121,7 +121,9 @@ class Harness:
             s = model_opt.stats()
             record["last_step"] = s.get("last_step")
             for key in ("plans", "divergences", "abandoned_steps", "auto_replans", "reserved_bytes",
-                        "arena_bytes", "fallback_reserved_bytes", "mode"):  # fmt: skip
+                        "arena_bytes", "fallback_reserved_bytes", "allocated_bytes",
+                        "lower_bound_bytes", "peak_reserved_bytes", "peak_allocated_bytes",
+                        "mode"):  # fmt: skip
                 record[key] = s.get(key)
         self.steps.append(record)
 
@@ -462,6 +464,18 @@ def analyse(plain: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
             seen.add(label)
             labels.add(label)
     stats = planned.get("stats", {})
+    # What the runtime reserves beyond the largest plan's arena and what is live between steps (the
+    # weights, optimizer state and outputs the pool holds): cached pool memory, worst step.
+    pool_cache = [
+        s["fallback_reserved_bytes"] - s["allocated_bytes"]
+        for s in planned["steps"]
+        if s["phase"] == "step" and s.get("allocated_bytes") is not None
+    ]
+    arena_over_bound = [
+        s["arena_bytes"] / s["lower_bound_bytes"]
+        for s in planned["steps"]
+        if s["phase"] == "step" and s.get("lower_bound_bytes")
+    ]
     plain_times = [s["seconds"] for s in plain["steps"] if s["index"] > planned["warmup"]]
     planned_times = [s["seconds"] for s in planned["steps"] if s["phase"] == "step"]
     return {
@@ -477,6 +491,11 @@ def analyse(plain: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
             k for k in plain["params"] if plain["params"][k] != planned["params"].get(k)
         ),
         "labels": sorted(labels),
+        "max_pool_cache_bytes": max(pool_cache, default=0),
+        "max_arena_over_bound": max(arena_over_bound, default=0.0),
+        # The most reserved at once (arena and pool) and the most allocated at once, whole run.
+        "peak_reserved_bytes": stats.get("peak_reserved_bytes"),
+        "peak_allocated_bytes": stats.get("peak_allocated_bytes"),
         "plans": stats.get("plans"),
         "repeat_divergences": repeat_divergences,
         "repeat_new_signature": repeat_new_signature,

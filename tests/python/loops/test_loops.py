@@ -9,7 +9,12 @@ model_opt in separate processes with the same seeds. Each test asserts:
 - no free of a pointer model_opt did not allocate (``unknown_frees``), in particular with forked
   DataLoader workers;
 - the runtime planned at most one signature per distinct label (``stats()["plans"]``, when reported;
-  one more with step keys: the profiled step has no key).
+  one more with step keys: the profiled step has no key);
+- after every planned step, what the runtime reserves is the largest plan's arena (at most 1.05 times
+  the largest lower bound) plus what is live in the fallback pool and at most 8 MiB of its cache;
+- the most it reserved at once (``peak_reserved_bytes``) is at most 1.10 times the most allocated at
+  once plus 8 MiB: the warm-up's or an unplanned step's temporaries never sit in the pool beside the
+  arena.
 
 The peak RSS of model_opt over plain is printed (``pytest -rP`` shows it), not asserted: it is a
 benchmark (benches/loops/run.py, BENCHMARKS.md). Each loop is small (a few seconds per process); the
@@ -38,6 +43,8 @@ pytestmark = pytest.mark.loops
 
 TIMEOUT = 300
 SEED = 0
+# Cached pool memory allowed after a step: a few of the pool's 2 MiB segments.
+POOL_CACHE_SLACK = 8 << 20
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -79,7 +86,11 @@ def check(name: str, plain: dict[str, Any], planned: dict[str, Any]) -> dict[str
         f"({a['model_opt_peak_rss_kib']} / {a['plain_peak_rss_kib']} KiB), growth during the loop "
         f"{a['model_opt_loop_rss_growth_kib']} / {a['plain_loop_rss_growth_kib']} KiB; "
         f"labels {len(a['labels'])}, plans {a['plans']}; divergences on first sight "
-        f"{a['first_sight_divergences']}, on repeats {sum(d for _, _, d in a['repeat_divergences'])}"
+        f"{a['first_sight_divergences']}, on repeats {sum(d for _, _, d in a['repeat_divergences'])}; "
+        f"pool cache at most {a['max_pool_cache_bytes'] / 2**20:.1f} MiB, arena at most "
+        f"{a['max_arena_over_bound']:.3f} x the largest lower bound; peak reserved "
+        f"{a['peak_reserved_bytes'] / 2**20:.1f} MiB for {a['peak_allocated_bytes'] / 2**20:.1f} MiB "
+        "allocated at most"
     )
     failures = []
     if not a["losses_identical"]:
@@ -93,6 +104,23 @@ def check(name: str, plain: dict[str, Any], planned: dict[str, Any]) -> dict[str
         )
     if a["abandoned"] or a["abandoned_steps"]:
         failures.append(f"abandoned steps: {a['abandoned']} (abandoned_steps={a['abandoned_steps']})")
+    # reserved_bytes = arena + pool: the arena is the largest plan's (about its lower bound), and the
+    # pool holds what is live outside steps (weights, optimizer state, kept outputs) plus a little
+    # cache; never the warm-up's or an unplanned step's temporaries on top of the arena.
+    if a["max_arena_over_bound"] > 1.05:
+        failures.append(f"arena {a['max_arena_over_bound']:.3f} x the largest lower bound (> 1.05)")
+    if a["max_pool_cache_bytes"] > POOL_CACHE_SLACK:
+        failures.append(
+            f"fallback pool reserved {a['max_pool_cache_bytes'] / 2**20:.1f} MiB beyond what was live "
+            f"after a step (> {POOL_CACHE_SLACK >> 20} MiB)"
+        )
+    # Never a step's temporaries in both the arena and the pool: the most reserved at once is the most
+    # allocated at once, give or take rounding and a few cached segments.
+    if a["peak_reserved_bytes"] > 1.10 * a["peak_allocated_bytes"] + POOL_CACHE_SLACK:
+        failures.append(
+            f"peak reserved {a['peak_reserved_bytes'] / 2**20:.1f} MiB for a peak of "
+            f"{a['peak_allocated_bytes'] / 2**20:.1f} MiB allocated (> 1.10 x + 8 MiB)"
+        )
     if a["unknown_frees"]:
         failures.append(f"{a['unknown_frees']} frees of pointers model_opt did not allocate")
     # With step keys the profiled step (profile() takes no key) may hold one more, unkeyed, plan.
