@@ -184,11 +184,22 @@ impl DeviceState {
                 // The idle arena stands in the way (a step longer than any planned one, on a full
                 // GPU): it is returned, as PyTorch returns its cache, and reserved again for the next
                 // step that has a plan (`begin_step`).
-                if let Some(arena) = self.arena.take() {
-                    arena.free(backend, self.device)?;
+                let Some(arena) = self.arena.take() else {
+                    return Err(e);
+                };
+                let arena_size = arena.size();
+                arena.free(backend, self.device)?;
+                match self.pool.alloc(backend, self.device, size, stream) {
+                    Ok(addr) => {
+                        c.arenas_returned += 1;
+                        addr
+                    }
+                    Err(e) => {
+                        // It did not help: the arena is taken back, as it was.
+                        self.arena = Arena::reserve(backend, self.device, arena_size).ok();
+                        return Err(e);
+                    }
                 }
-                c.arenas_returned += 1;
-                self.pool.alloc(backend, self.device, size, stream)?
             }
             Err(e) => return Err(e),
         };
