@@ -3,10 +3,10 @@
 Each row reuses `model_opt.bench_reorder` for the capture and the schedule (simulated peaks in eager
 and reordered order, the order lower bound, solve time). Where the step is small enough to run for real
 cheaply (simulated eager peak at most ``trace_max_gb``), the reordered step also runs once on CPU under
-model_opt's allocator in profile mode; its recorded trace is planned offline (``model_opt.plan_csv``),
-giving the arena and the trace's lower bound, and, from the model of PyTorch's caching allocator
-(``model_opt.caching_allocator_peak``), what that allocator would reserve for the same trace and its
-fragmentation. Rows too large to run show "n/a" there.
+model_opt's allocator in profile mode; the runtime plans the recorded step (``model_opt.plan``: the
+plan it would serve, 512-byte slots), giving the arena and its lower bound, and, from the model of
+PyTorch's caching allocator (``model_opt.caching_allocator_peak``), what that allocator would reserve
+for the same trace and its fragmentation. Rows too large to run show "n/a" there.
 """
 
 from __future__ import annotations
@@ -138,10 +138,12 @@ def _record_trace(
         del out
     row.run_s = time.perf_counter() - started
     trace, _ = model_opt.save_trace(folder / f"{name}_{mode}_b{batch}.csv")
-    placed = model_opt.plan_csv(trace, time_limit=time_limit)
+    # The runtime's own plan of the step (512-byte slots, as it would serve them), not a re-plan of
+    # the exported trace.
+    placed = model_opt.plan(time_limit=time_limit)
     row.trace_buffers = int(placed["buffers"])
-    row.arena_gb = int(placed["peak"]) / GB
-    row.trace_lower_bound_gb = int(placed["lower_bound"]) / GB
+    row.arena_gb = int(placed["arena_bytes"]) / GB
+    row.trace_lower_bound_gb = int(placed["lower_bound_bytes"]) / GB
     row.plan_method = str(placed["method"])
     row.plan_s = float(placed["seconds"])
     try:

@@ -141,14 +141,14 @@ def _caching_allocator(trace: Path, report: DemoReport) -> None:
     report.caching_fragmentation = float(detail["fragmentation"])
 
 
-def _plots(folder: Path, trace: Path, step: Any, report: DemoReport, time_limit: float) -> list[str]:
-    """Writes the plan and live-bytes plots of the demo; returns their paths."""
+def _plots(folder: Path, step: Any, report: DemoReport) -> list[str]:
+    """Writes the plan and live-bytes plots of the demo; returns their paths. The plan drawn is the
+    one the runtime installed and served (``plan.csv`` beside the plots), not a new plan of the trace."""
     import model_opt
     from model_opt.plot import live_bytes_of_step, plot_live_bytes, plot_plan
 
     folder.mkdir(parents=True, exist_ok=True)
-    solution = folder / "plan.csv"
-    model_opt.plan_csv(trace, output=solution, time_limit=time_limit)
+    solution = model_opt.save_plan(folder / "plan.csv")[0]
     out = [plot_plan(solution, folder / "plan.png", title=f"{report.model} training step: planned arena")]
     lines = {"resident + arena (measured step)": report.resident_bytes + report.arena_bytes}
     if report.caching_reserved_bytes is not None:
@@ -339,7 +339,7 @@ def run_demo(
             report.caching_error = f"{type(e).__name__}: {e}"[:200]
         if plot_dir is not None:
             say(f"plotting into {plot_dir}")
-            report.plots = _plots(Path(plot_dir), trace, step, report, time_limit)
+            report.plots = _plots(Path(plot_dir), step, report)
 
     # 5. Step times: the reordered step on PyTorch's default allocator, then on model_opt's arena, in
     # blocks of `steps` timed steps, each block after one untimed step (the first step after a switch

@@ -46,6 +46,7 @@ __all__ = [
     "profile",
     "reset_peak_stats",
     "restore_default_cpu_allocator",
+    "save_plan",
     "save_trace",
     "set_auto_replan",
     "set_max_divergences",
@@ -305,6 +306,31 @@ def save_trace(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     out.write_text(transient)
     side.write_text(persistent)
     return out, side
+
+
+def save_plan(path: str | os.PathLike[str]) -> list[Path]:
+    """Write the plans the runtime serves, as MiniMalloc solution CSV (``id,lower,upper,size,offset``).
+
+    Each row is a buffer the arena serves: its lifetime in the recorded step's events, its slot (the
+    size rounded up to 512 bytes: what the arena holds for it) and its offset in the arena, every
+    stream's region included, so the largest ``offset + size`` is the plan's arena. This is the plan
+    that was installed, not a new plan of the trace: ``model-opt validate``, ``plot_plan`` and
+    ``save_snapshot`` read it. The most recently used signature goes to ``path``; every other
+    signature (and device) to ``<stem>.<n><suffix>`` beside it, n = 1, 2, ...
+
+    Returns:
+        The paths written, the most recently used signature's first.
+
+    Raises:
+        ModelOptError: when no plan is installed.
+    """
+    out = Path(path)
+    written = []
+    for n, (_device, _key, text) in enumerate(_native.runtime_plan_csvs()):
+        target = out if n == 0 else out.with_name(f"{out.stem}.{n}{out.suffix}")
+        target.write_text(text)
+        written.append(target)
+    return written
 
 
 def last_error(clear: bool = False) -> str | None:

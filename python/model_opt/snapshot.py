@@ -36,6 +36,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Address of the arena's first byte in a planned snapshot (the caching model's segments start here too).
 ARENA_BASE = 1 << 32
+#: The runtime's slot rounding: a served plan (``save_plan``) holds each buffer's size rounded up to it.
+SLOT = 512
 
 Snapshot = dict[str, Any]
 Frame = dict[str, Any]
@@ -79,8 +81,9 @@ def _free_block(address: int, size: int) -> dict[str, Any]:
 
 def _check_plan_matches(trace: Path, t: dict[str, Any], plan: Path, p: dict[str, Any]) -> None:
     """Raises `InputError` unless the plan has exactly the trace's buffers (same ids), each with the
-    trace's lifetime and size: only then do the plan's offsets, validated against the plan's own
-    lifetimes, keep every two buffers of the trace that live together apart."""
+    trace's lifetime and its size, or its slot (the size rounded up to 512 bytes, as ``save_plan``
+    writes the plan the runtime served): only then do the plan's offsets, validated against the
+    plan's own lifetimes, keep every two buffers of the trace that live together apart."""
     if p["offset"] is None:
         raise InputError(f"{plan}: no offset column: not a plan (write one with model-opt plan --output)")
     row_of = {buffer_id: j for j, buffer_id in enumerate(p["ids"])}
@@ -96,10 +99,10 @@ def _check_plan_matches(trace: Path, t: dict[str, Any], plan: Path, p: dict[str,
                 f"{at}: buffer '{buffer_id}' lives [{p_life[0]}, {p_life[1]}) in the plan but "
                 f"[{t_life[0]}, {t_life[1]}) in the trace ({where}): the plan is not of this trace"
             )
-        if t["size"][i] != p["size"][j]:
+        if p["size"][j] not in (t["size"][i], -(-t["size"][i] // SLOT) * SLOT):
             raise InputError(
                 f"{at}: buffer '{buffer_id}' has size {p['size'][j]} in the plan but {t['size'][i]} "
-                f"in the trace ({where}): the plan is not of this trace"
+                f"in the trace ({where}), nor its {SLOT}-byte slot: the plan is not of this trace"
             )
     if row_of:
         buffer_id, j = min(row_of.items(), key=lambda item: item[1])
@@ -113,11 +116,13 @@ def _planned(trace: Path, plan: Path) -> Snapshot:
     _check_plan_matches(trace, t, plan, p)
     _native.validate_csv(plan)  # every offset aligned, no two live buffers sharing a byte
     offset_of = dict(zip(p["ids"], p["offset"]))
+    # The arena as the plan reserves it (a served plan's slots may be larger than the requests).
+    planned_top = max((o + z for o, z in zip(p["offset"], p["size"]) if z > 0), default=0)
     buffers = [
         {"id": i, "lower": lo, "upper": hi, "size": size, "offset": offset_of[i], "line": line}
         for i, lo, hi, size, line in zip(t["ids"], t["lower"], t["upper"], t["size"], t["lines"])
     ]
-    arena = max((b["offset"] + b["size"] for b in buffers if b["size"] > 0), default=0)
+    arena = max(planned_top, max((b["offset"] + b["size"] for b in buffers if b["size"] > 0), default=0))
     # (time, 0 = free / 1 = alloc, row): frees first at equal times (lifetimes are half-open).
     order = sorted(
         [(b["lower"], 1, i) for i, b in enumerate(buffers) if b["size"] > 0]

@@ -23,6 +23,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_stats, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_reset_peak_stats, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_trace_csv, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_plan_csvs, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_last_error, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_empty_cache, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_set_max_divergences, m)?)?;
@@ -162,6 +163,12 @@ fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 fn runtime_reset_peak_stats() {
     global().reset_peak_stats();
+}
+
+/// Every signature's plan as served, as solution CSV text: `[(device, key, csv)]`.
+#[pyfunction]
+fn runtime_plan_csvs() -> PyResult<Vec<(i32, Option<String>, String)>> {
+    global().plan_csvs().map_err(runtime_error)
 }
 
 /// The recorded step as CSV text: `(transient, persistent)`.

@@ -26,6 +26,9 @@ pub struct PlanEntry {
 #[derive(Debug, Clone, Default)]
 pub struct DevicePlan {
     pub entries: Vec<PlanEntry>,
+    /// Per entry, its lifetime in the recorded step's events, `[alloc, free)`; `None` when it
+    /// outlived the step (persistent). Kept for [`DevicePlan::solution_csv`].
+    pub lifetimes: Vec<Option<(u64, u64)>>,
     pub arena_bytes: usize,
     /// Sum over streams of the largest number of (aligned) bytes live at once.
     pub lower_bound: u64,
@@ -163,9 +166,35 @@ fn plan_with_fixed(
     result.persistent_buffers = trace.persistent().count();
     result.persistent_bytes = trace.persistent().map(|b| b.size as u64).sum();
     result.arena_bytes = base;
+    result.lifetimes = trace
+        .buffers
+        .iter()
+        .map(|b| b.free_event.map(|end| (b.alloc_event, end)))
+        .collect();
     result.entries = entries;
     result.elapsed = started.elapsed();
     Ok(result)
+}
+
+impl DevicePlan {
+    /// The plan as served, as a MiniMalloc solution CSV (`id,lower,upper,size,offset`): each buffer
+    /// the arena serves, with its slot (the size rounded to the alignment, what the arena reserves for
+    /// it) at its offset in the arena, every stream's region included. Its peak is `arena_bytes`.
+    pub fn solution_csv(&self, device: i32) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from("id,lower,upper,size,offset\n");
+        for (i, (e, life)) in self.entries.iter().zip(&self.lifetimes).enumerate() {
+            if let (Some(offset), Some((lower, upper))) = (e.offset, life) {
+                let _ = writeln!(
+                    out,
+                    "{},{lower},{upper},{},{offset}",
+                    buffer_name(device, i),
+                    e.slot
+                );
+            }
+        }
+        out
+    }
 }
 
 /// Validates the device's whole plan, every stream together: each stream's plan passed the validator,
@@ -225,6 +254,30 @@ mod tests {
         assert!(s7 >= s0 + 1024 || s0 >= s7 + 512);
         assert_eq!(p.lower_bound, 1536);
         assert_eq!(p.persistent_bytes, 8);
+    }
+
+    #[test]
+    fn the_served_plan_reads_back_as_a_valid_solution_of_its_arena() {
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 700, 7);
+        t.record_free(1);
+        t.record_alloc(3, 1000, 0);
+        t.record_free(2);
+        t.record_free(3);
+        t.record_alloc(4, 8, 0); // persistent: not in the arena
+        t.finish();
+        let p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
+        let csv = p.solution_csv(0);
+        let parsed = crate::placement::csv::parse_csv(&csv, "served").unwrap();
+        assert_eq!(parsed.problem.len(), 3);
+        let offsets = parsed.offsets.unwrap();
+        let solution = Solution::from_offsets(&parsed.problem, offsets);
+        validate(&parsed.problem, &solution).unwrap();
+        assert_eq!(solution.peak.0 as usize, p.arena_bytes);
+        // Slots, not requests: 100 -> 512, 700 -> 1024, 1000 -> 1024.
+        let sizes: Vec<u64> = parsed.problem.buffers.iter().map(|b| b.size.0).collect();
+        assert_eq!(sizes, vec![512, 1024, 1024]);
     }
 
     use proptest::prelude::*;

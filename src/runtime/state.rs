@@ -648,6 +648,30 @@ impl Runtime {
         }
     }
 
+    /// Every planned signature's plan as served (see [`DevicePlan::solution_csv`]), per device, the
+    /// most recently used signature first: `(device, key, csv)`.
+    pub fn plan_csvs(&self) -> Result<Vec<(i32, Option<String>, String)>, RuntimeError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for d in &inner.devices {
+            let mut sigs: Vec<_> = d.signatures.iter().collect();
+            sigs.sort_by_key(|s| std::cmp::Reverse(s.last_used));
+            for s in sigs {
+                out.push((
+                    d.device,
+                    s.key.clone(),
+                    s.replay.plan.solution_csv(d.device),
+                ));
+            }
+        }
+        if out.is_empty() {
+            return Err(RuntimeError::Usage(
+                "no plan installed: profile a step and call model_opt.plan() first".to_string(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// The recorded step as MiniMalloc CSV: `(transient, persistent)`. Transient rows are
     /// `id,lower,upper,size`; persistent rows are `id,lower,size,stream` (they never end in the step).
     pub fn trace_csv(&self) -> Result<(String, String), RuntimeError> {

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("torchvision")
 
+
 def test_bench_writes_csv_and_markdown_with_arena_columns(tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = ["bench", "--model", "alexnet", "--mode", "train", "eval", "--batch-size", "1"]

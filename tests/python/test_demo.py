@@ -49,6 +49,19 @@ def test_demo_small_resnet18_report_is_consistent(tmp_path: Path) -> None:
     for png in r["plots"]:
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(r["plots"]) == 2
+    # The plan plotted is the plan served: its peak is the reported arena, byte for byte, and it is a
+    # valid placement of the trace's buffers (one row each, slots of 512 bytes).
+    served = tmp_path / "plots" / "plan.csv"
+    rows = [line.split(",") for line in served.read_text().splitlines()[1:]]
+    assert len(rows) == r["plan_buffers"]
+    assert max(int(size) + int(offset) for _, _, _, size, offset in rows) == r["arena_bytes"]
+    assert all(int(size) % 512 == 0 and int(offset) % 512 == 0 for _, _, _, size, offset in rows)
+    assert model_opt.validate_csv(served)["peak"] == r["arena_bytes"]
+    # PyTorch's memory visualizer reads it: one segment, the served arena.
+    from model_opt.snapshot import build_snapshot
+
+    snapshot = build_snapshot(tmp_path / "trace" / "resnet18_b2_trace.csv", served)
+    assert [s["total_size"] for s in snapshot["segments"]] == [r["arena_bytes"]]
     # --trace-dir keeps the recorded trace: the step that was planned, readable by `model-opt plan`.
     trace = tmp_path / "trace" / "resnet18_b2_trace.csv"
     assert r["trace_csv"] == str(trace)
