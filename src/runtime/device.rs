@@ -353,18 +353,18 @@ impl DeviceState {
         let diverged = self.step.divergences > 0;
         let sig = self.signatures.get_mut(i);
         if sig.key.is_none() && !sig.starts.contains(&start) {
-            // Its requests from a start this signature was never seen from: the same signature when
-            // the step kept what the plan keeps and freed what it frees, else one of its own (the
-            // first micro-batch of gradient accumulation, which keeps the gradients).
-            let same = !diverged
-                && (sig.lifetimes_match(&self.step_trace)
-                    || sig.replay.plan.entries.len() != self.step_trace.buffers.len());
-            if same {
+            // Its requests from a start this signature was never seen from. The same requests with
+            // other lifetimes make a signature of its own (the first micro-batch of gradient
+            // accumulation keeps the gradients the others free); a step that followed the plan
+            // cleanly adds the start to it; any other divergence is the plan's own business below.
+            if sig.lifetimes_differ(&self.step_trace) {
+                self.step.new_signature = true;
+                return AfterStep::PlanNew { key: None, start };
+            }
+            if !diverged {
                 sig.add_start(start);
                 return AfterStep::Nothing;
             }
-            self.step.new_signature = true;
-            return AfterStep::PlanNew { key: None, start };
         }
         let twice = diverged && sig.diverged;
         sig.diverged = diverged && !twice;

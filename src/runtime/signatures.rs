@@ -99,14 +99,20 @@ impl Signature {
                 .all(|(e, &(size, stream))| e.size == size && e.stream == stream)
     }
 
-    /// Whether `trace` (a step that followed this plan) made exactly these requests and kept
-    /// exactly the buffers the plan leaves to the fallback: the plan's lifetimes were the step's.
-    pub fn lifetimes_match(&self, trace: &Trace) -> bool {
+    /// Whether `trace` (a step that followed this plan) made this plan's first requests, exactly,
+    /// but kept buffers the plan frees or freed buffers the plan keeps: the same requests with other
+    /// lifetimes (false when the requests themselves differ).
+    pub fn lifetimes_differ(&self, trace: &Trace) -> bool {
         let entries = &self.replay.plan.entries;
-        entries.len() == trace.buffers.len()
-            && entries.iter().zip(&trace.buffers).all(|(e, b)| {
-                e.size == b.size && e.stream == b.stream && e.offset.is_none() == b.is_persistent()
-            })
+        entries.len() >= trace.buffers.len()
+            && entries
+                .iter()
+                .zip(&trace.buffers)
+                .all(|(e, b)| e.size == b.size && e.stream == b.stream)
+            && entries
+                .iter()
+                .zip(&trace.buffers)
+                .any(|(e, b)| e.offset.is_none() != b.is_persistent())
     }
 }
 
@@ -339,28 +345,36 @@ mod tests {
     }
 
     #[test]
-    fn lifetimes_match_compares_requests_and_what_outlives_the_step() {
-        let mut p = plan(&[100, 200]);
+    fn lifetimes_differ_on_the_same_requests_only() {
+        let mut p = plan(&[100, 200, 300]);
         p.entries[1].offset = None; // kept past the step
         let sig = Signature::new(None, p, start(0));
-        let mut t = Trace::new();
-        t.record_alloc(1, 100, 0);
-        t.record_alloc(2, 200, 0);
-        t.record_free(1);
-        t.finish();
-        assert!(sig.lifetimes_match(&t));
-        let mut t = Trace::new();
-        t.record_alloc(1, 100, 0);
-        t.record_alloc(2, 200, 0);
-        t.record_free(2);
-        t.finish();
+        let trace = |ops: &[(bool, usize, usize)]| {
+            let mut t = Trace::new();
+            for &(alloc, addr, size) in ops {
+                if alloc {
+                    t.record_alloc(addr, size, 0);
+                } else {
+                    t.record_free(addr);
+                }
+            }
+            t.finish();
+            t
+        };
+        let requests = [(true, 1, 100), (true, 2, 200), (true, 3, 300)];
+        let same = trace(&[&requests[..], &[(false, 1, 0), (false, 3, 0)]].concat());
+        assert!(!sig.lifetimes_differ(&same));
+        let swapped = trace(&[&requests[..], &[(false, 2, 0), (false, 3, 0)]].concat());
         assert!(
-            !sig.lifetimes_match(&t),
+            sig.lifetimes_differ(&swapped),
             "100 kept, 200 freed: the other way round"
         );
-        let mut t = Trace::new();
-        t.record_alloc(1, 100, 0);
-        t.finish();
-        assert!(!sig.lifetimes_match(&t), "fewer requests");
+        // A step that made only the plan's first request, keeping it.
+        assert!(sig.lifetimes_differ(&trace(&[(true, 1, 100)])));
+        assert!(!sig.lifetimes_differ(&trace(&[(true, 1, 100), (false, 1, 0)])));
+        // Other requests: not a question of lifetimes.
+        assert!(!sig.lifetimes_differ(&trace(&[(true, 1, 101)])));
+        let longer = trace(&[&requests[..], &[(true, 4, 8)]].concat());
+        assert!(!sig.lifetimes_differ(&longer));
     }
 }

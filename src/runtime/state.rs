@@ -14,7 +14,7 @@ use super::device::{AfterStep, DeviceState, Recording, ReplayLimits, Route};
 use super::error::RuntimeError;
 use super::fallback::MAX_REQUEST;
 use super::global;
-use super::mode::Mode;
+use super::mode::{Mode, Phase};
 use super::planning::{plan_trace_like, DevicePlan};
 use super::signatures::{Start, DEFAULT_MAX_PLANS};
 use super::stats::{Counters, Stats, StepStats};
@@ -102,10 +102,9 @@ impl PlanJob {
 }
 
 struct Inner {
-    mode: Mode,
-    in_step: bool,
-    /// The user's key of the open step.
-    step_key: Option<String>,
+    /// Where the runtime is (`mode.rs`): passthrough, recording, planned, or in a step.
+    phase: Phase,
+    /// A recorded step exists (what `plan()` and `save_trace` need).
     has_trace: bool,
     devices: Vec<DeviceState>,
     counters: Counters,
@@ -127,22 +126,11 @@ impl Inner {
     }
 
     fn route(&self) -> Route {
-        match (self.mode, self.in_step) {
-            (Mode::Recording, _) => Route::Record,
-            (Mode::Planned, true) if self.config.auto_replan => Route::ReplayRecord,
-            (Mode::Planned, true) => Route::Replay,
-            _ => Route::Fallback,
-        }
+        self.phase.route(self.config.auto_replan)
     }
 
     fn recording(&self) -> Recording {
-        if self.mode == Mode::Recording {
-            Recording::Profile
-        } else if self.in_step && self.config.auto_replan {
-            Recording::Step
-        } else {
-            Recording::No
-        }
+        self.phase.recording(self.config.auto_replan)
     }
 }
 
@@ -161,9 +149,7 @@ impl Runtime {
         Runtime {
             backend,
             inner: Mutex::new(Inner {
-                mode: Mode::Passthrough,
-                in_step: false,
-                step_key: None,
+                phase: Phase::Passthrough,
                 has_trace: false,
                 devices: Vec::new(),
                 counters: Counters::default(),
@@ -184,7 +170,7 @@ impl Runtime {
     }
 
     pub fn mode(&self) -> Mode {
-        self.lock().mode
+        self.lock().phase.mode()
     }
 
     pub fn set_max_divergences(&self, n: u64) {
@@ -231,9 +217,10 @@ impl Runtime {
             Some(i) => i,
             None => {
                 inner.device(device);
-                if inner.in_step {
+                if inner.phase.in_step() {
                     // A device first used inside a step: its step follows no plan yet.
-                    let (key, automatic) = (inner.step_key.clone(), inner.config.auto_replan);
+                    let key = inner.phase.step_key().map(str::to_string);
+                    let automatic = inner.config.auto_replan;
                     if let Some(d) = inner.devices.last_mut() {
                         d.begin_step(&*self.backend, key.as_deref(), automatic, automatic);
                     }
@@ -315,48 +302,24 @@ impl Runtime {
     /// Starts recording a step (`profile()`).
     pub fn begin_profile(&self) -> Result<(), RuntimeError> {
         let mut inner = self.lock();
-        match (inner.mode, inner.in_step) {
-            (Mode::Recording, _) => Err(RuntimeError::WrongMode {
-                action: "start profiling",
-                mode: Mode::Recording,
-                hint: "profile() blocks cannot be nested",
-            }),
-            (_, true) => Err(RuntimeError::WrongMode {
-                action: "start profiling",
-                mode: inner.mode,
-                hint: "a step() block is open; profile outside of step()",
-            }),
-            _ => {
-                inner.mode = Mode::Recording;
-                for d in inner.devices.iter_mut() {
-                    d.trace = Trace::new();
-                    d.profile_start = d.holding();
-                }
-                Ok(())
-            }
+        inner.phase = inner.phase.begin_profile()?;
+        for d in inner.devices.iter_mut() {
+            d.trace = Trace::new();
+            d.profile_start = d.holding();
         }
+        Ok(())
     }
 
     /// Ends the recording. With a plan from before, the runtime stays planned (the old plan keeps
     /// serving steps until `plan()` replaces it).
     pub fn end_profile(&self) -> Result<(), RuntimeError> {
         let mut inner = self.lock();
-        if inner.mode != Mode::Recording {
-            return Err(RuntimeError::WrongMode {
-                action: "end profiling",
-                mode: inner.mode,
-                hint: "no profile() block is open",
-            });
-        }
+        let has_plans = inner.devices.iter().any(|d| !d.signatures.is_empty());
+        inner.phase = inner.phase.end_profile(has_plans)?;
         for d in inner.devices.iter_mut() {
             d.trace.finish();
         }
         inner.has_trace = true;
-        inner.mode = if inner.devices.iter().any(|d| !d.signatures.is_empty()) {
-            Mode::Planned
-        } else {
-            Mode::Passthrough
-        };
         Ok(())
     }
 
@@ -368,13 +331,7 @@ impl Runtime {
     pub fn plan(&self, options: &PlanOptions) -> Result<PlanSummary, RuntimeError> {
         let jobs = {
             let inner = self.lock();
-            if inner.mode == Mode::Recording || inner.in_step {
-                return Err(RuntimeError::WrongMode {
-                    action: "plan",
-                    mode: inner.mode,
-                    hint: "call plan() after the profile() block and outside step()",
-                });
-            }
+            inner.phase.check_plan("plan")?;
             if !inner.has_trace {
                 return Err(RuntimeError::Usage(
                     "no recorded step to plan: run one training step inside `with model_opt.profile():` first"
@@ -404,13 +361,8 @@ impl Runtime {
 
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if inner.mode == Mode::Recording || inner.in_step {
-            return Err(RuntimeError::WrongMode {
-                action: "finish planning",
-                mode: inner.mode,
-                hint: "profile() or step() started while plan() was running",
-            });
-        }
+        // profile() or step() may have started while planning ran without the lock.
+        inner.phase.check_plan("finish planning")?;
         // Reserve every arena that must grow first, so a failure leaves the runtime as it was.
         let mut arenas: Vec<Option<Arena>> = Vec::with_capacity(plans.len());
         for (job, p) in jobs.iter().zip(&plans) {
@@ -466,7 +418,7 @@ impl Runtime {
             d.add_signature(&*self.backend, job.key, job.start, p, max_plans);
             d.trace = job.trace;
         }
-        inner.mode = Mode::Planned;
+        inner.phase = Phase::Planned;
         inner.last_plan = Some(summary.clone());
         Ok(summary)
     }
@@ -476,22 +428,7 @@ impl Runtime {
     pub fn begin_step(&self, key: Option<&str>) -> Result<(), RuntimeError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if inner.mode != Mode::Planned {
-            return Err(RuntimeError::WrongMode {
-                action: "start a planned step",
-                mode: inner.mode,
-                hint: "record a step inside `with model_opt.profile():` and call model_opt.plan() first",
-            });
-        }
-        if inner.in_step {
-            return Err(RuntimeError::WrongMode {
-                action: "start a planned step",
-                mode: inner.mode,
-                hint: "step() blocks cannot be nested",
-            });
-        }
-        inner.in_step = true;
-        inner.step_key = key.map(str::to_string);
+        inner.phase = inner.phase.begin_step(key)?;
         let automatic = inner.config.auto_replan;
         for d in inner.devices.iter_mut() {
             d.begin_step(&*self.backend, key, automatic, automatic);
@@ -505,15 +442,7 @@ impl Runtime {
     pub fn end_step(&self) -> Result<StepStats, RuntimeError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if !inner.in_step {
-            return Err(RuntimeError::WrongMode {
-                action: "end a step",
-                mode: inner.mode,
-                hint: "no step() block is open",
-            });
-        }
-        inner.in_step = false;
-        inner.step_key = None;
+        inner.phase = inner.phase.end_step()?;
         inner.counters.steps += 1;
         let automatic = inner.config.auto_replan;
         let mut total = StepStats::default();
@@ -575,9 +504,7 @@ impl Runtime {
     /// from the parent can still be freed, and new requests come from the fallback pool.
     pub(crate) fn after_fork_in_child(&self) {
         let mut inner = self.lock();
-        inner.mode = Mode::Passthrough;
-        inner.in_step = false;
-        inner.step_key = None;
+        inner.phase = Phase::Passthrough;
         inner.has_trace = false;
         for d in inner.devices.iter_mut() {
             d.forget_plans();
@@ -605,23 +532,24 @@ impl Runtime {
             .map(|d| d.pool.reserved_bytes() as u64)
             .sum();
         // A loaded plan is active unless the open step has given up on it on every device.
-        let plan_active = inner.mode == Mode::Planned
-            && (!inner.in_step
+        let in_step = inner.phase.in_step();
+        let plan_active = inner.phase.mode() == Mode::Planned
+            && (!in_step
                 || inner.devices.iter().any(|d| {
                     d.active
                         .is_some_and(|a| !d.signatures.get(a).replay.abandoned)
                 }));
         let plan = inner.last_plan.clone().unwrap_or_default();
         let mut last_step = inner.last_step.clone();
-        if inner.in_step {
+        if in_step {
             last_step = StepStats::default();
             for d in &inner.devices {
                 last_step.add(&d.step);
             }
         }
         Stats {
-            mode: inner.mode.as_str(),
-            in_step: inner.in_step,
+            mode: inner.phase.mode().as_str(),
+            in_step,
             plan_active,
             counters: inner.counters.clone(),
             reserved_bytes: arena + pool,
