@@ -192,6 +192,7 @@ fn past_the_plan_limit_the_least_recently_used_signature_is_dropped() {
         d.run_step(&padded_step(len), true);
         rt.end_step().unwrap();
     }
+    assert_eq!(rt.stats().plans, 2, "exactly the bound");
     rt.begin_step(None).unwrap();
     d.run_step(&padded_step(48), true);
     let s = rt.end_step().unwrap();
@@ -308,4 +309,47 @@ fn gradient_accumulation_tells_the_first_micro_batch_by_what_the_device_holds() 
     assert!(st.plans <= 5, "{st:?}");
     d.free_all();
     assert_eq!(rt.stats().counters.allocated_bytes, 0);
+}
+
+#[test]
+fn a_step_that_follows_its_plan_never_switches() {
+    let rt = runtime();
+    let program = padded_step(64);
+    let mut d = profile_and_plan(&rt, &program);
+    for k in 0..3 {
+        rt.begin_step(None).unwrap();
+        d.run_step(&program, true);
+        let s = rt.end_step().unwrap();
+        assert_eq!(s.planned_hits, transient(&program), "step {k}: {s:?}");
+    }
+    assert_eq!(rt.stats().counters.signature_switches, 0);
+    d.free_all();
+}
+
+#[test]
+fn profiling_without_a_plan_leaves_steps_refused_and_re_profiling_keeps_the_plans() {
+    let rt = runtime();
+    let program = padded_step(64);
+    let mut d = Driver::new(&rt, HOST_DEVICE);
+    rt.begin_profile().unwrap();
+    d.run_step(&program, true);
+    rt.end_profile().unwrap();
+    assert_eq!(
+        rt.mode().as_str(),
+        "passthrough",
+        "recorded, not planned yet"
+    );
+    let err = rt.begin_step(None).unwrap_err().to_string();
+    assert!(err.contains("call model_opt.plan() first"), "{err}");
+    rt.plan(&PlanOptions::default()).unwrap();
+    // A second recording while planned: the plans keep serving steps once it ends.
+    rt.begin_profile().unwrap();
+    d.run_step(&padded_step(48), true);
+    rt.end_profile().unwrap();
+    assert_eq!(rt.mode().as_str(), "planned");
+    rt.begin_step(None).unwrap();
+    d.run_step(&program, true);
+    let s = rt.end_step().unwrap();
+    assert_eq!(s.planned_hits, transient(&program), "{s:?}");
+    d.free_all();
 }

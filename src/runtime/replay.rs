@@ -132,4 +132,36 @@ mod tests {
         assert_eq!(r.choose(100, 1, 4), None, "another stream never matches");
         assert_eq!(r.choose(5000, 0, 4), None, "larger than planned");
     }
+
+    #[test]
+    fn lookahead_counts_transient_entries_only() {
+        let t = |size| entry(size, Some(0));
+        let p = |size| entry(size, None);
+        // Three transient entries before the one asked for: found with a lookahead of 3, not 2.
+        let plan = vec![t(100), t(200), t(300), t(9000)];
+        let mut r = replay(plan.clone());
+        assert_eq!(r.choose(9000, 0, 2), None);
+        let mut r2 = replay(plan);
+        assert_eq!(r2.choose(9000, 0, 3), Some(3));
+        // Persistent entries in between cost nothing.
+        let mut r = replay(vec![p(1), p(2), p(3), p(4), t(9000)]);
+        assert_eq!(r.choose(9000, 0, 0), Some(4));
+    }
+
+    #[test]
+    fn resume_at_moves_the_cursor_and_carries_the_count() {
+        let mut r = replay(vec![
+            entry(100, Some(0)),
+            entry(100, Some(512)),
+            entry(100, Some(1024)),
+        ]);
+        r.start_step();
+        r.resume_at(2, 5);
+        assert_eq!(r.step_divergences, 5);
+        assert_eq!(
+            r.choose(100, 0, 4),
+            Some(2),
+            "from the third entry, not the first"
+        );
+    }
 }

@@ -328,6 +328,26 @@ mod tests {
     }
 
     #[test]
+    fn past_the_bound_the_least_recently_used_goes_and_the_index_follows() {
+        let mut set = SignatureSet::default();
+        set.insert(Signature::new(None, plan(&[1]), start(0)), 2);
+        set.insert(Signature::new(None, plan(&[2]), start(0)), 2);
+        set.touch(0); // [1] used last: [2] is the least recently used
+        let i = set.insert(Signature::new(None, plan(&[3]), start(0)), 2);
+        assert_eq!(set.len(), 2, "exactly the bound");
+        assert_eq!(
+            set.get(i).replay.plan.entries[0].size,
+            3,
+            "the index of the one just added"
+        );
+        assert!(set.iter().any(|s| s.replay.plan.entries[0].size == 1));
+        // The one just added stays even when it is the least recently used.
+        let j = set.insert(Signature::new(None, plan(&[4]), start(0)), 1);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.get(j).replay.plan.entries[0].size, 4);
+    }
+
+    #[test]
     fn a_signature_remembers_its_most_recent_starts() {
         let mut sig = Signature::new(None, plan(&[10]), start(0));
         for k in 1..=MAX_STARTS + 2 {
