@@ -88,8 +88,8 @@ def test_a_plan_of_other_lifetimes_is_refused(tmp_path: Path) -> None:
         ),
         (
             "id,lower,upper,size,offset\na,0,3,8,0\nb,2,4,16,8\n",
-            "{plan}:3: buffer 'b' has size 16 in the plan but 8 in the trace ({trace}:3): the plan is not of "
-            "this trace",
+            "{plan}:3: buffer 'b' has size 16 in the plan but 8 in the trace ({trace}:3), nor its 512-byte "
+            "slot: the plan is not of this trace",
         ),
         (
             "id,lower,upper,size,offset\na,0,3,8,0\nb,2,4,8,4\n",
