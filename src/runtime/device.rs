@@ -93,11 +93,9 @@ pub struct DeviceState {
     observed: Vec<(usize, usize)>,
     /// The open step may move to another signature (no user key named one).
     switchable: bool,
-    /// The open step follows no planned signature: served by the pool, recorded, and planned at its
-    /// end.
+    /// The open step follows no planned signature: served without a plan (temporaries first-fit in
+    /// the arena, the rest by the pool), recorded, and planned at its end.
     unmatched: bool,
-    /// The user's key of the open step.
-    step_key: Option<String>,
     /// Allocations of this device live now, and their requested bytes (a step's [`Start`]).
     live: Start,
     /// What the device held when the open step began.
@@ -139,7 +137,6 @@ impl DeviceState {
             observed: Vec::new(),
             switchable: false,
             unmatched: false,
-            step_key: None,
             live: Start::default(),
             step_start: Start::default(),
             profile_start: Start::default(),
@@ -184,22 +181,11 @@ impl DeviceState {
                 // The idle arena stands in the way (a step longer than any planned one, on a full
                 // GPU): it is returned, as PyTorch returns its cache, and reserved again for the next
                 // step that has a plan (`begin_step`).
-                let Some(arena) = self.arena.take() else {
-                    return Err(e);
-                };
-                let arena_size = arena.size();
-                arena.free(backend, self.device)?;
-                match self.pool.alloc(backend, self.device, size, stream) {
-                    Ok(addr) => {
-                        c.arenas_returned += 1;
-                        addr
-                    }
-                    Err(e) => {
-                        // It did not help: the arena is taken back, as it was.
-                        self.arena = Arena::reserve(backend, self.device, arena_size).ok();
-                        return Err(e);
-                    }
-                }
+                let addr = self.without_idle_arena(backend, |d| {
+                    d.pool.alloc(backend, d.device, size, stream)
+                })?;
+                c.arenas_returned += 1;
+                addr
             }
             Err(e) => return Err(e),
         };
@@ -259,13 +245,7 @@ impl DeviceState {
 
     /// Opens a step: follows the signature named by `key`, else the one most recently seen from
     /// what the device holds now, else the most recently used one.
-    pub fn begin_step(
-        &mut self,
-        backend: &dyn Backend,
-        key: Option<&str>,
-        automatic: bool,
-        recording: bool,
-    ) {
+    pub fn begin_step(&mut self, backend: &dyn Backend, key: Option<&str>, automatic: bool) {
         if self.arena.is_none() && !self.signatures.is_empty() {
             // Returned under memory pressure (`fallback`): reserved again when memory allows; until
             // then, steps are served as unplanned ones would be.
@@ -278,9 +258,8 @@ impl DeviceState {
         self.unmatched = false;
         self.hint = None;
         self.first_fit = false;
-        self.step_key = key.map(str::to_string);
         self.step_start = self.live;
-        if recording {
+        if automatic {
             self.step_trace = Trace::new();
         }
         self.stale.clear();
@@ -333,9 +312,9 @@ impl DeviceState {
             .or_else(|| self.signatures.for_start(self.step_start));
     }
 
-    /// Closes the step; what the runtime should plan for this device. `step_trace` is the step's
-    /// finished recording (under automatic planning).
-    pub fn end_step(&mut self, automatic: bool) -> AfterStep {
+    /// Closes the step opened with the user's `key`; what the runtime should plan for this device.
+    /// `step_trace` is the step's finished recording (under automatic planning).
+    pub fn end_step(&mut self, automatic: bool, key: Option<&str>) -> AfterStep {
         let active = self.active.take();
         if !automatic {
             return AfterStep::Nothing;
@@ -343,7 +322,7 @@ impl DeviceState {
         let start = self.step_start;
         if self.unmatched {
             return AfterStep::PlanNew {
-                key: self.step_key.take(),
+                key: key.map(str::to_string),
                 start,
             };
         }
@@ -756,33 +735,35 @@ impl DeviceState {
     }
 
     /// Reserves an arena of `size` bytes to replace the current one. An idle current arena is
-    /// returned first (on a GPU the two would otherwise be held at once, however briefly); when the
-    /// reservation then fails, the old size is reserved back, and if even that fails the device
-    /// forgets its plans (none could be served) and the error is returned. An arena with live
-    /// allocations stays until they are freed (`install_arena`).
+    /// returned first (on a GPU the two would otherwise be held at once, however briefly), see
+    /// [`DeviceState::without_idle_arena`]; an arena with live allocations stays until they are
+    /// freed (`install_arena`).
     pub fn reserve_arena(
         &mut self,
         backend: &dyn Backend,
         size: usize,
     ) -> Result<Arena, BackendError> {
-        if !self.arena.as_ref().is_some_and(Arena::is_idle) {
-            return Arena::reserve(backend, self.device, size);
-        }
-        let Some(old) = self.arena.take() else {
-            return Arena::reserve(backend, self.device, size);
+        self.without_idle_arena(backend, |d| Arena::reserve(backend, d.device, size))
+    }
+
+    /// Runs `attempt` with the arena returned to the device first when it is idle. When `attempt`
+    /// fails, the old size is reserved back; when even that fails the device has no arena until
+    /// `begin_step` can reserve one for its plans again.
+    fn without_idle_arena<T>(
+        &mut self,
+        backend: &dyn Backend,
+        attempt: impl FnOnce(&mut Self) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let Some(old) = self.arena.take_if(|a| a.is_idle()) else {
+            return attempt(self);
         };
         let old_size = old.size();
         old.free(backend, self.device)?;
-        match Arena::reserve(backend, self.device, size) {
-            Ok(a) => Ok(a),
-            Err(e) => {
-                match Arena::reserve(backend, self.device, old_size) {
-                    Ok(a) => self.arena = Some(a),
-                    Err(_) => self.forget_plans(),
-                }
-                Err(e)
-            }
+        let result = attempt(self);
+        if result.is_err() {
+            self.arena = Arena::reserve(backend, self.device, old_size).ok();
         }
+        result
     }
 
     /// Makes `arena` the device's arena; the old one is freed now if idle, else when its last
@@ -800,12 +781,10 @@ impl DeviceState {
         self.note_reserved();
     }
 
-    /// Adds a planned signature (replacing the one with the same key, or with exactly the same
-    /// requests), keeping at most `max_plans`; the arena must already be large enough. Cached fallback memory is returned: the plan now serves
-    /// what the warm-up and recorded steps took from the pool.
+    /// Adds a planned signature (replacing the one with the same key, or with the same requests
+    /// from the same start), keeping at most `max_plans`; the arena must already be large enough.
     pub fn add_signature(
         &mut self,
-        backend: &dyn Backend,
         key: Option<String>,
         start: Start,
         plan: DevicePlan,
@@ -813,7 +792,6 @@ impl DeviceState {
     ) {
         self.signatures
             .insert(Signature::new(key, plan, start), max_plans);
-        self.pool.release_cached(backend, self.device);
     }
 
     /// Drops every plan and recording (in a forked child); arenas stay until their allocations are

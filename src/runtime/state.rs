@@ -222,7 +222,7 @@ impl Runtime {
                     let key = inner.phase.step_key().map(str::to_string);
                     let automatic = inner.config.auto_replan;
                     if let Some(d) = inner.devices.last_mut() {
-                        d.begin_step(&*self.backend, key.as_deref(), automatic, automatic);
+                        d.begin_step(&*self.backend, key.as_deref(), automatic);
                     }
                 }
                 inner.devices.len() - 1
@@ -367,13 +367,14 @@ impl Runtime {
         let mut arenas: Vec<Option<Arena>> = Vec::with_capacity(plans.len());
         for (job, p) in jobs.iter().zip(&plans) {
             let d = inner.device(job.device);
+            // What the pool caches is what the new plan will serve (the warm-up's and the recorded
+            // step's temporaries): returned before any arena is reserved, so that the two are never
+            // held together.
+            d.pool.release_cached(&*self.backend, job.device);
             let Some(size) = d.arena_needed(p) else {
                 arenas.push(None);
                 continue;
             };
-            // What the pool caches is what the new plan will serve (the warm-up's and the recorded
-            // step's temporaries): returned first, so that the two are never reserved together.
-            d.pool.release_cached(&*self.backend, job.device);
             match d.reserve_arena(&*self.backend, size) {
                 Ok(a) => arenas.push(Some(a)),
                 Err(e) => {
@@ -415,7 +416,7 @@ impl Runtime {
             if let Some(arena) = arena {
                 d.install_arena(&*self.backend, arena);
             }
-            d.add_signature(&*self.backend, job.key, job.start, p, max_plans);
+            d.add_signature(job.key, job.start, p, max_plans);
             d.trace = job.trace;
         }
         inner.phase = Phase::Planned;
@@ -431,7 +432,7 @@ impl Runtime {
         inner.phase = inner.phase.begin_step(key)?;
         let automatic = inner.config.auto_replan;
         for d in inner.devices.iter_mut() {
-            d.begin_step(&*self.backend, key, automatic, automatic);
+            d.begin_step(&*self.backend, key, automatic);
         }
         Ok(())
     }
@@ -442,6 +443,7 @@ impl Runtime {
     pub fn end_step(&self) -> Result<StepStats, RuntimeError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
+        let key = inner.phase.step_key().map(str::to_string);
         inner.phase = inner.phase.end_step()?;
         inner.counters.steps += 1;
         let automatic = inner.config.auto_replan;
@@ -453,7 +455,7 @@ impl Runtime {
             if automatic {
                 d.step_trace.finish();
             }
-            match d.end_step(automatic) {
+            match d.end_step(automatic, key.as_deref()) {
                 AfterStep::Nothing => {}
                 AfterStep::PlanNew { key, start } => jobs.push(PlanJob::last_step(d, key, start)),
                 AfterStep::Replan { key, start } => {
