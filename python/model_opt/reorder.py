@@ -10,23 +10,20 @@ parameters match eager.
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import fx, nn
 
 from model_opt._native import schedule_graph, simulate_order
-from model_opt.capture import (
-    CapturedStep,
-    DataflowGraph,
-    LossFn,
-    Tensors,
-    _as_tuple,
-    capture_inference_step,
-    capture_training_step,
-)
+from model_opt.capture import DataflowGraph, Tensors
+from model_opt.discover import find_state, outermost
+from model_opt.guards import Context, context_of, describe_change
+from model_opt.step_capture import CapturedStep, StepState, capture_step, forward_step, model_step
 
 
 def reorder_graph(gm: fx.GraphModule, dataflow: DataflowGraph, order: Sequence[int]) -> fx.GraphModule:
@@ -90,75 +87,200 @@ def peak_of_order(captured: CapturedStep, order: Sequence[int]) -> int:
     return max(simulate_order(num_ops, tensors, edges, list(order), resident), default=resident)
 
 
-class ReorderedStep:
-    """One training step with reordered operators. Call it as ``step(inputs, targets)``; it updates
-    the model's parameters, buffers and the optimizer state in place and returns the loss (detached).
+@dataclass
+class _Schedule:
+    """One captured context: the captured step, its reordered graph, and the scheduler's report."""
 
-    ``report`` describes the schedule; ``graph_module`` is the reordered FX graph (for inspection, or to
-    run under the allocator runtime like any other step)."""
+    captured: CapturedStep
+    graph_module: fx.GraphModule
+    report: dict[str, Any]
 
-    def __init__(self, captured: CapturedStep, graph_module: fx.GraphModule, report: dict[str, Any]):
-        self.captured = captured
-        self.graph_module = graph_module
-        self.report = report
 
-    def _check(self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...]) -> None:
-        placeholders = [n for n in self.graph_module.graph.nodes if n.op == "placeholder"]
-        expected = placeholders[len(self.captured.state_args) :]
-        given = list(inputs) + list(targets)
-        if len(given) != len(expected):
-            raise ValueError(
-                f"the step was captured with {len(expected)} inputs and targets, got {len(given)}"
+class OptimizedStep:
+    """A training-step function with its operators reordered for a lower memory peak.
+
+    Call it exactly as the function: ``step(*args, **kwargs)`` runs one step on the real model and
+    optimizer (parameters, buffers, optimizer state and ``.grad`` end as the eager call leaves them) and
+    returns what the function returns (tensors detached). Each call's context (`model_opt.guards`) picks
+    the schedule captured for it; a context seen for the first time is captured and scheduled then, like
+    ``torch.compile``'s recompiles, up to ``max_captures`` contexts; calls beyond run the function
+    eagerly (with one warning), never a schedule captured for another context.
+
+    ``report`` is the latest schedule's report (eager_peak_bytes, peak_bytes, lower_bound_bytes,
+    solve_seconds, method, status, capture_seconds, num_ops, resident_bytes, order) plus the counters
+    ``calls``, ``captures``, ``eager_calls`` and ``recaptures`` (one entry per capture after the first:
+    what changed, and the seconds it took). ``captured`` and ``graph_module`` are the latest schedule's.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        modules: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        *,
+        time_limit: float = 10.0,
+        method: str = "auto",
+        gap: float = 0.0,
+        max_captures: int = 8,
+    ) -> None:
+        if max_captures < 1:
+            raise ValueError(f"max_captures must be at least 1, got {max_captures}")
+        self.fn = fn
+        self.modules = list(modules)
+        self.optimizers = list(optimizers)
+        self.time_limit, self.method, self.gap = time_limit, method, gap
+        self.max_captures = max_captures
+        self._schedules: dict[Context, _Schedule] = {}
+        self._latest: _Schedule | None = None
+        self._last_context: Context | None = None
+        self._counters: dict[str, Any] = {"calls": 0, "captures": 0, "eager_calls": 0, "recaptures": []}
+        self._warned = False
+
+    @property
+    def report(self) -> dict[str, Any]:
+        base = dict(self._latest.report) if self._latest else {}
+        return {**base, **self._counters}
+
+    @property
+    def captured(self) -> CapturedStep:
+        if self._latest is None:
+            raise RuntimeError("the step has not been captured yet")
+        return self._latest.captured
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        return self._latest_schedule().graph_module
+
+    def _latest_schedule(self) -> _Schedule:
+        if self._latest is None:
+            raise RuntimeError("the step has not been captured yet")
+        return self._latest
+
+    def _context(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[StepState, Context]:
+        state = StepState.of(self.modules, self.optimizers)
+        return state, context_of(args, kwargs, state.modules, state.params, state.buffers, state.optimizers)
+
+    def capture(self, *args: Any, **kwargs: Any) -> _Schedule:
+        """Captures and schedules the function for the context of ``fn(*args, **kwargs)`` without running
+        it (``optimize`` does this with the example arguments). Raises `CaptureError`."""
+        state, context = self._context(args, kwargs)
+        return self._schedule_for(state, context, args, kwargs)
+
+    def _schedule_for(
+        self, state: StepState, context: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Schedule:
+        found = self._schedules.get(context)
+        if found is not None:
+            return found
+        started = time.perf_counter()
+        captured = capture_step(self.fn, args, kwargs, state)
+        capture_seconds = time.perf_counter() - started
+        gm, report = schedule_captured(captured, method=self.method, time_limit=self.time_limit, gap=self.gap)
+        report["capture_seconds"] = capture_seconds
+        if self._last_context is not None:
+            self._counters["recaptures"].append(
+                {
+                    "reason": describe_change(self._last_context, context),
+                    "seconds": time.perf_counter() - started,
+                }
             )
-        for node, t in zip(expected, given):
-            val = node.meta.get("val")
-            if val is not None and (tuple(val.shape) != tuple(t.shape) or val.dtype != t.dtype):
-                raise ValueError(
-                    f"the step was captured for shape {tuple(val.shape)} {val.dtype}, got {tuple(t.shape)} "
-                    f"{t.dtype}: call optimize() again with an example of this shape (e.g. the last batch)"
-                )
+        self._counters["captures"] += 1
+        schedule = _Schedule(captured, gm, report)
+        self._schedules[context] = schedule
+        self._last_context = context
+        return schedule
 
-    def __call__(self, inputs: Tensors, targets: Tensors) -> torch.Tensor:
-        xs, ys = _as_tuple(inputs), _as_tuple(targets)
-        self._check(xs, ys)
-        with torch.no_grad():
-            return self.graph_module(*self.captured.state_args, *xs, *ys)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._counters["calls"] += 1
+        state, context = self._context(args, kwargs)
+        if context not in self._schedules and len(self._schedules) >= self.max_captures:
+            if not self._warned:
+                warnings.warn(
+                    f"model_opt: the step has been captured for {self.max_captures} contexts; this call's "
+                    f"context is new ({describe_change(self._last_context or context, context)} changed), so "
+                    "it and later new contexts run eagerly (raise max_captures to capture more)",
+                    stacklevel=2,
+                )
+                self._warned = True
+            self._counters["eager_calls"] += 1
+            return self.fn(*args, **kwargs)
+        schedule = self._schedule_for(state, context, args, kwargs)
+        self._latest, self._last_context = schedule, context
+        return schedule.captured.run(schedule.graph_module, *args, **kwargs)
+
+
+#: The name of `OptimizedStep` before step functions (kept for existing code).
+ReorderedStep = OptimizedStep
 
 
 def optimize(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    example_inputs: Tensors,
-    example_targets: Tensors,
+    fn: Callable[..., Any] | nn.Module,
+    *example_args: Any,
     time_limit: float = 10.0,
     method: str = "auto",
     gap: float = 0.0,
-) -> ReorderedStep:
-    """Captures one training step, schedules it for the lowest memory peak, and returns the step.
+    modules: Sequence[nn.Module] | None = None,
+    optimizers: Sequence[torch.optim.Optimizer] | None = None,
+    max_captures: int = 8,
+    **example_kwargs: Any,
+) -> OptimizedStep:
+    """Captures a training step, schedules it for the lowest memory peak, and returns the step.
+
+    Two forms::
+
+        step = optimize(train_step, x0, y0)                       # any step function, like torch.compile
+        step = optimize(model, optimizer, loss_fn, x0, y0)        # shorthand: forward, loss, backward, step
+
+    ``train_step`` is the user's own function (forward, ``loss.backward()``, clipping, ``optimizer.step()``,
+    ``zero_grad``, any of these) with example arguments of a call: tensors, or tuples, lists and dicts
+    of them (``model(**batch)`` inside works), and numbers. They are only traced, under fake tensors:
+    nothing runs. The shorthand builds ``train_step(inputs, targets)`` (zero_grad, forward, loss,
+    backward, ``optimizer.step()``, zero_grad) and is called as ``step(inputs, targets)``.
 
     Args:
-        model: an unmodified ``nn.Module`` (its train/eval mode at capture time is the one traced).
-        optimizer: ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over the model's parameters; its state
-            is created now if it has not stepped yet.
-        loss_fn: ``loss_fn(model(*inputs), targets) -> scalar tensor``.
-        example_inputs, example_targets: a tensor or a tuple of tensors with the shapes and dtypes of
-            every later call (they are only traced, under fake tensors: no compute).
-        time_limit: seconds the scheduler may spend.
+        fn: the step function, or a model for the shorthand form.
+        example_args, example_kwargs: a call's arguments, for the first capture. Keyword arguments named
+            like the options below cannot be passed this way.
+        time_limit: seconds the scheduler may spend per capture.
         method: one of `model_opt.SCHEDULE_METHODS` ("auto" = heuristics, then the MODel ILP).
         gap: relative MIP gap at which the ILP may stop.
+        modules, optimizers: what the function uses; by default found from the function
+            (`model_opt.discover.find_state`: its closure, the globals it names, bound objects).
+        max_captures: contexts (input shapes, autocast, train/eval ...) captured at most; further new
+            contexts run eagerly.
 
     Returns:
-        A `ReorderedStep`; ``step(inputs, targets)`` runs one step and returns the loss, and
-        ``step.report`` has eager_peak_bytes, peak_bytes, lower_bound_bytes, solve_seconds, method,
-        status (and capture_seconds, num_ops, resident_bytes, order).
+        An `OptimizedStep`.
+
+    Raises:
+        CaptureError: the step cannot be captured faithfully (a data-parallel wrapper, ``.item()`` or
+            other data-dependent Python, reseeding, an optimizer step with a closure ...); the message
+            says what and why.
     """
-    started = time.perf_counter()
-    captured = capture_training_step(model, optimizer, loss_fn, example_inputs, example_targets)
-    capture_seconds = time.perf_counter() - started
-    gm, report = schedule_captured(captured, method=method, time_limit=time_limit, gap=gap)
-    report["capture_seconds"] = capture_seconds
-    return ReorderedStep(captured, gm, report)
+    if isinstance(fn, nn.Module):
+        if len(example_args) != 4 or example_kwargs:
+            raise TypeError(
+                "optimize(model, optimizer, loss_fn, example_inputs, example_targets): expected 4 "
+                f"arguments after the model, got {len(example_args)}"
+            )
+        optimizer, loss_fn, inputs, targets = example_args
+        found_modules = [fn, *([loss_fn] if isinstance(loss_fn, nn.Module) else [])]
+        step_fn: Callable[..., Any] = model_step(fn, optimizer, loss_fn)
+        modules, optimizers = modules or found_modules, optimizers or [optimizer]
+        example_args = (inputs, targets)
+    else:
+        if not callable(fn):
+            raise TypeError(f"optimize() takes a step function or a model, got {type(fn).__name__}")
+        step_fn = fn
+        if modules is None or optimizers is None:
+            found_modules, found_optimizers = find_state(fn)
+            modules = found_modules if modules is None else outermost(list(modules))
+            optimizers = found_optimizers if optimizers is None else optimizers
+    step = OptimizedStep(
+        step_fn, modules, optimizers, time_limit=time_limit, method=method, gap=gap, max_captures=max_captures
+    )
+    step._latest = step.capture(*example_args, **example_kwargs)
+    return step
 
 
 def optimize_inference(
@@ -167,15 +289,13 @@ def optimize_inference(
     time_limit: float = 10.0,
     method: str = "auto",
     gap: float = 0.0,
-) -> ReorderedStep:
-    """Like `optimize` for a forward pass without gradients; call the result as ``step(inputs, ())``
-    — it returns the model's output."""
-    started = time.perf_counter()
-    captured = capture_inference_step(model, example_inputs)
-    capture_seconds = time.perf_counter() - started
-    gm, report = schedule_captured(captured, method=method, time_limit=time_limit, gap=gap)
-    report["capture_seconds"] = capture_seconds
-    return ReorderedStep(captured, gm, report)
+) -> OptimizedStep:
+    """Like `optimize` for a forward pass without gradients; call the result as ``step(inputs)`` — it
+    returns the model's output."""
+
+    step = OptimizedStep(forward_step(model), [model], [], time_limit=time_limit, method=method, gap=gap)
+    step._latest = step.capture(example_inputs)
+    return step
 
 
 class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
@@ -219,14 +339,14 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def measure_peak_bytes(
-    graph_module: fx.GraphModule, captured: CapturedStep, inputs: Tensors, targets: Tensors = ()
+    graph_module: fx.GraphModule, captured: CapturedStep, *args: Any, **kwargs: Any
 ) -> int:
-    """Runs ``graph_module`` (the captured graph or a reordering of it) once for real and returns the
-    peak bytes of the tensors it allocated, plus the bytes resident before it — the quantity the
-    simulated peaks estimate. The step's updates are applied as usual."""
-    xs, ys = _as_tuple(inputs), _as_tuple(targets)
-    tracker = _LiveBytes([*captured.state_args, *xs, *ys])
-    with torch.no_grad(), tracker:
-        out = graph_module(*captured.state_args, *xs, *ys)
+    """Runs ``graph_module`` (the captured graph or a reordering of it) once for real on a call's
+    arguments and returns the peak bytes of the tensors it allocated, plus the bytes resident before it —
+    the quantity the simulated peaks estimate. The step's updates are applied as usual."""
+    existing = [t for t in captured.binding.flat_args(args, kwargs) if isinstance(t, torch.Tensor)]
+    tracker = _LiveBytes(existing)
+    with tracker:
+        out = captured.run(graph_module, *args, **kwargs)
     del out
     return int(captured.dataflow.resident_bytes + tracker.peak)

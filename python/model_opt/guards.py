@@ -1,0 +1,93 @@
+"""What a captured step depends on besides its tensors' values: the call's context.
+
+A captured graph bakes in everything that decided which operators ran: the inputs' shapes and dtypes,
+autocast, grad mode, the modules' train/eval mode, the deterministic-algorithms flag, which parameters
+hold a gradient, which parameters the optimizers step. `context_of` reads all of it at each call; a call
+whose context differs from every captured one is captured again (`OptimizedStep`), and `describe_change`
+says what changed, for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from model_opt.capture import CaptureError
+
+#: One entry per aspect of the context, named for `describe_change`.
+Context = tuple[tuple[str, Any], ...]
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _leaf_key(i: int, leaf: Any) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        if leaf.requires_grad:
+            raise CaptureError(
+                f"argument leaf {i} requires grad: a captured step computes gradients of the model's "
+                "parameters only; pass inputs that do not require grad"
+            )
+        return ("tensor", tuple(leaf.shape), leaf.dtype, leaf.device.type, leaf.device.index, leaf.layout)
+    try:
+        hash(leaf)
+    except TypeError:
+        raise CaptureError(
+            f"argument leaf {i} is a {type(leaf).__name__}, which model_opt cannot compare between calls; "
+            "pass tensors, numbers, strings, or tuples, lists and dicts of them"
+        ) from None
+    return ("value", type(leaf).__name__, leaf)
+
+
+def context_of(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    modules: Sequence[nn.Module],
+    params: Sequence[torch.Tensor],
+    buffers: Sequence[torch.Tensor],
+    optimizers: Sequence[torch.optim.Optimizer],
+) -> Context:
+    """The context of one call (see the module doc). Raises `CaptureError` for an argument that cannot
+    be part of it."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    autocast = tuple(
+        (
+            d,
+            torch.is_autocast_enabled(d),
+            torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None,
+        )
+        for d in _AUTOCAST_DEVICES
+    )
+    return (
+        ("argument structure", str(spec)),
+        ("argument shapes, dtypes and values", tuple(_leaf_key(i, x) for i, x in enumerate(leaves))),
+        ("autocast", autocast),
+        ("grad mode", torch.is_grad_enabled()),
+        ("train/eval mode", tuple(m.training for root in modules for m in root.modules())),
+        ("deterministic algorithms", torch.are_deterministic_algorithms_enabled()),
+        (
+            "parameters (identity, shape, dtype, device)",
+            tuple((id(t), tuple(t.shape), t.dtype, t.device) for t in (*params, *buffers)),
+        ),
+        (
+            "gradients present",
+            tuple(
+                None if p.grad is None else (tuple(p.grad.shape), p.grad.dtype, tuple(p.grad.stride()))
+                for p in params
+            ),
+        ),
+        (
+            "optimizer parameters",
+            tuple(id(p) for o in optimizers for g in o.param_groups for p in g["params"]),
+        ),
+    )
+
+
+def describe_change(old: Context, new: Context) -> str:
+    """The names of the aspects that differ between two contexts, e.g. ``"argument shapes, dtypes and
+    values"``."""
+    changed = [name for (name, a), (_, b) in zip(old, new) if a != b]
+    return ", ".join(changed) if changed else "nothing"

@@ -1,0 +1,271 @@
+"""Capture a user's training-step function, as eager PyTorch would run it, into one aten graph.
+
+The function is called once under ``make_fx`` with fake tensors (no compute) with everything it reaches
+swapped for graph inputs:
+
+* the parameters and buffers of its modules (`torch.nn.utils.stateless._reparametrize_module`, weights
+  tied as they are), the parameters as leaf tensors that require grad, so ``loss.backward()`` traces the
+  backward and leaves each traced parameter's ``.grad`` as eagerly;
+* the gradients already present (``.grad`` from an earlier call that did not zero them), so gradient
+  accumulation across calls works;
+* the optimizers' ``param_groups``, and ``step()`` recorded as one ``model_opt::optimizer_step`` operator
+  that runs the optimizer's own ``step()`` when the graph runs (`model_opt.graph_ops`);
+* the RNG state functions, recorded as operators (activation checkpointing's recomputation).
+
+Code between backward and the update (``clip_grad_norm_``, ``zero_grad``, anything on tensors) is traced
+like the rest. The graph returns the function's tensor results and every parameter's final ``.grad``;
+`CapturedStep.run` calls it on the real tensors and leaves ``.grad`` as the eager step would.
+
+What Python does at trace time happens once: a step whose Python decides on values that change between
+calls (``loss.item()``, a counter, reseeding) is refused or guarded (`model_opt.guards`), never replayed
+silently. Modules wrapped for data parallelism are refused: their gradient all-reduce runs in autograd
+hooks that a captured graph does not replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils import _pytree as pytree
+
+from model_opt.capture import (
+    CaptureError,
+    DataflowGraph,
+    LossFn,
+    Tensors,
+    _as_tuple,
+    _fake_trace,
+    build_dataflow,
+)
+from model_opt.graph_ops import OptimizerBinding, traced_optimizers, traced_rng
+
+_DATA_PARALLEL = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+
+
+@dataclass
+class StepState:
+    """The modules and optimizers a step function uses, and the tensors they hold, deduplicated."""
+
+    modules: list[nn.Module]
+    optimizers: list[torch.optim.Optimizer]
+    #: Every parameter of the modules and the optimizers (trainable or frozen), each once.
+    params: list[torch.Tensor] = field(default_factory=list)
+    buffers: list[torch.Tensor] = field(default_factory=list)
+    #: Per module: its own names of its parameters and buffers -> index into ``params`` / ``buffers``.
+    param_names: list[dict[str, int]] = field(default_factory=list)
+    buffer_names: list[dict[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, modules: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> StepState:
+        """Collects the tensors; raises `CaptureError` for a data-parallel wrapper."""
+        for root in modules:
+            for name, m in root.named_modules():
+                if type(m).__name__ in _DATA_PARALLEL:
+                    where = f" (at '{name}')" if name else ""
+                    raise CaptureError(
+                        f"the step uses a {type(m).__name__}{where}: its gradient all-reduce runs in "
+                        "autograd hooks that a captured graph does not replay, so the ranks would "
+                        "diverge; optimize the step of the unwrapped module on one process, or use "
+                        "model_opt's allocator runtime (model_opt.step()), which works under DDP"
+                    )
+        state = cls(modules, optimizers)
+        p_index: dict[int, int] = {}
+        b_index: dict[int, int] = {}
+        for m in modules:
+            names: dict[str, int] = {}
+            for name, p in m.named_parameters():
+                if id(p) not in p_index:
+                    p_index[id(p)] = len(state.params)
+                    state.params.append(p)
+                names[name] = p_index[id(p)]
+            state.param_names.append(names)
+            bnames: dict[str, int] = {}
+            for name, b in m.named_buffers():
+                if id(b) not in b_index:
+                    b_index[id(b)] = len(state.buffers)
+                    state.buffers.append(b)
+                bnames[name] = b_index[id(b)]
+            state.buffer_names.append(bnames)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    if id(p) not in p_index:
+                        p_index[id(p)] = len(state.params)
+                        state.params.append(p)
+        return state
+
+
+@dataclass
+class Binding:
+    """How the graph's inputs and outputs map to the real tensors of a call."""
+
+    state: StepState
+    #: Indices into ``state.params`` of the parameters whose ``.grad`` is a graph input.
+    grads_in: list[int]
+    in_spec: pytree.TreeSpec
+    #: Positions of the tensor leaves among the flattened ``(args, kwargs)``.
+    tensor_leaves: list[int]
+    out_spec: pytree.TreeSpec | None = None
+    #: The function's non-tensor results, by leaf position (constant for this captured context).
+    out_constants: dict[int, Any] = field(default_factory=dict)
+    num_tensor_outputs: int = 0
+    optimizers: list[OptimizerBinding] = field(default_factory=list)
+
+    def flat_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        """The graph's arguments for one call: parameters, buffers, present gradients, input tensors."""
+        leaves, _ = pytree.tree_flatten((args, kwargs))
+        params = self.state.params
+        return [
+            *params,
+            *self.state.buffers,
+            *(params[i].grad for i in self.grads_in),
+            *(leaves[i] for i in self.tensor_leaves),
+        ]
+
+    def finish(self, outputs: Any) -> Any:
+        """Sets every parameter's ``.grad`` to the graph's, and returns the function's result."""
+        results, grads = outputs[: self.num_tensor_outputs], outputs[self.num_tensor_outputs :]
+        for p, g in zip(self.state.params, grads):
+            if p.grad is not g:
+                p.grad = g
+        leaves: list[Any] = []
+        it = iter(results)
+        for i in range(len(results) + len(self.out_constants)):
+            leaves.append(self.out_constants[i] if i in self.out_constants else next(it))
+        assert self.out_spec is not None
+        return pytree.tree_unflatten(leaves, self.out_spec)
+
+
+@dataclass
+class CapturedStep:
+    """A traced step: the FX graph, its dataflow graph, and how to call it on real tensors."""
+
+    graph_module: fx.GraphModule
+    dataflow: DataflowGraph
+    binding: Binding
+
+    def run(self, graph_module: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        """Runs ``graph_module`` (this graph or a reordering of it) on a call's arguments: the step's
+        updates happen in place, ``.grad`` is left as eagerly, and the function's result is returned."""
+        flat = self.binding.flat_args(args, kwargs)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            # The graph holds autocast's casts already: running it under autocast would cast again.
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            outputs = graph_module(*flat)
+        return self.binding.finish(outputs)
+
+
+def _check_constants(gm: fx.GraphModule) -> None:
+    """Refuses a graph that holds a parameter as a constant: a module the step reaches in a way
+    `model_opt.discover` does not follow, whose gradients and updates would be lost."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        value = getattr(gm, str(node.target), None)
+        if isinstance(value, torch.Tensor) and (isinstance(value, nn.Parameter) or value.requires_grad):
+            raise CaptureError(
+                f"the step uses a parameter of shape {tuple(value.shape)} of a module model_opt did not "
+                "find from the function (its closure, the globals it names, the objects it holds); pass "
+                "the modules explicitly: optimize(step, ..., modules=[model])"
+            )
+
+
+def capture_step(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], state: StepState
+) -> CapturedStep:
+    """Traces one call ``fn(*args, **kwargs)`` as described in the module doc. Nothing runs for real: the
+    model, the optimizer and the RNG are left as they were. Raises `CaptureError`."""
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    tensor_leaves = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
+    params, buffers = state.params, state.buffers
+    grads_in = [i for i, p in enumerate(params) if p.grad is not None]
+    bindings = [OptimizerBinding(opt) for opt in state.optimizers]
+    binding = Binding(state, grads_in, in_spec, tensor_leaves, optimizers=bindings)
+    n_p, n_b, n_g = len(params), len(buffers), len(grads_in)
+
+    def traced(*flat: torch.Tensor) -> tuple[Any, ...]:
+        ps, bs = flat[:n_p], flat[n_p : n_p + n_b]
+        for i, g in zip(grads_in, flat[n_p + n_b : n_p + n_b + n_g]):
+            ps[i].grad = g
+        call_leaves = list(leaves)
+        for pos, x in zip(tensor_leaves, flat[n_p + n_b + n_g :]):
+            call_leaves[pos] = x
+        call_args, call_kwargs = pytree.tree_unflatten(call_leaves, in_spec)
+        by_id = {id(p): ps[i] for i, p in enumerate(params)}
+        with contextlib.ExitStack() as stack:
+            for m, pn, bn in zip(state.modules, state.param_names, state.buffer_names):
+                swap = {**{n: ps[i] for n, i in pn.items()}, **{n: bs[i] for n, i in bn.items()}}
+                stack.enter_context(_reparametrize_module(m, swap, tie_weights=True, strict=False))
+            stack.enter_context(traced_optimizers(state.optimizers, bindings, lambda p: by_id[id(p)]))
+            stack.enter_context(traced_rng())
+            result = fn(*call_args, **call_kwargs)
+        out_leaves, binding.out_spec = pytree.tree_flatten(result)
+        tensors: list[torch.Tensor] = []
+        binding.out_constants = {}
+        for i, leaf in enumerate(out_leaves):
+            if isinstance(leaf, torch.Tensor):
+                tensors.append(leaf.detach())
+            else:
+                binding.out_constants[i] = leaf
+        binding.num_tensor_outputs = len(tensors)
+        return (*tensors, *(p.grad for p in ps))
+
+    trace_args = [
+        *(p.detach().requires_grad_(p.requires_grad) for p in params),
+        *(b.detach() for b in buffers),
+        *(params[i].grad.detach() for i in grads_in),  # type: ignore[union-attr]
+        *(leaves[i] for i in tensor_leaves),
+    ]
+    gm = _fake_trace(traced, trace_args)
+    _check_constants(gm)
+    return CapturedStep(gm, build_dataflow(gm), binding)
+
+
+def model_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn
+) -> Callable[[Tensors, Tensors], torch.Tensor]:
+    """The step function of ``optimize(model, optimizer, loss_fn, inputs, targets)``: zero_grad, forward,
+    loss, backward, ``optimizer.step()``, zero_grad; it returns the loss, detached."""
+
+    def train_step(inputs: Tensors, targets: Tensors) -> torch.Tensor:
+        xs, ys = _as_tuple(inputs), _as_tuple(targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(*xs), ys[0] if len(ys) == 1 else ys)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train_step
+
+
+def forward_step(model: nn.Module) -> Callable[[Tensors], Any]:
+    """A forward pass without gradients, as a step function ``forward(inputs)``."""
+
+    def forward(inputs: Tensors) -> Any:
+        with torch.no_grad():
+            return model(*_as_tuple(inputs))
+
+    return forward
+
+
+def capture_training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, inputs: Tensors, targets: Tensors
+) -> CapturedStep:
+    """Captures `model_step`; run it as ``captured.run(gm, inputs, targets)``."""
+    modules = [model, *([loss_fn] if isinstance(loss_fn, nn.Module) else [])]
+    state = StepState.of(modules, [optimizer])
+    return capture_step(model_step(model, optimizer, loss_fn), (inputs, targets), {}, state)
+
+
+def capture_inference_step(model: nn.Module, inputs: Tensors) -> CapturedStep:
+    """Captures `forward_step`; run it as ``captured.run(gm, inputs)``."""
+    return capture_step(forward_step(model), (inputs,), {}, StepState.of([model], []))
