@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils import _pytree as pytree
 
@@ -111,8 +112,9 @@ class Binding:
     #: Positions of the tensor leaves among the flattened ``(args, kwargs)``.
     tensor_leaves: list[int]
     out_spec: pytree.TreeSpec | None = None
-    #: The function's non-tensor results, by leaf position (constant for this captured context).
+    #: The function's results that no tensor computes, by leaf position (constant for this context).
     out_constants: dict[int, Any] = field(default_factory=dict)
+    #: How many results the graph computes (tensors, and numbers read from tensors), before the grads.
     num_tensor_outputs: int = 0
     optimizers: list[OptimizerBinding] = field(default_factory=list)
 
@@ -166,16 +168,21 @@ class CapturedStep:
 def _check_constants(gm: fx.GraphModule) -> None:
     """Refuses a graph that holds a parameter as a constant: a module the step reaches in a way
     `model_opt.discover` does not follow, whose gradients and updates would be lost."""
+    found = []
     for node in gm.graph.nodes:
-        if node.op != "get_attr":
-            continue
-        value = getattr(gm, str(node.target), None)
+        value = getattr(gm, str(node.target), None) if node.op == "get_attr" else None
         if isinstance(value, torch.Tensor) and (isinstance(value, nn.Parameter) or value.requires_grad):
-            raise CaptureError(
-                f"the step uses a parameter of shape {tuple(value.shape)} of a module model_opt did not "
-                "find from the function (its closure, the globals it names, the objects it holds); pass "
-                "the modules explicitly: optimize(step, ..., modules=[model])"
-            )
+            found.append(value)
+            # The trace's backward left a fake gradient on the real parameter: take it back.
+            if isinstance(value.grad, FakeTensor):
+                value.grad = None
+    if found:
+        shapes = ", ".join(str(tuple(t.shape)) for t in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise CaptureError(
+            f"the step uses {len(found)} parameters (shapes {shapes}) of a module model_opt did not find "
+            "from the function (its closure, the globals it names, the objects it holds); pass the "
+            "modules explicitly: optimize(step, ..., modules=[model])"
+        )
 
 
 def capture_step(
@@ -208,15 +215,17 @@ def capture_step(
             stack.enter_context(traced_rng())
             result = fn(*call_args, **call_kwargs)
         out_leaves, binding.out_spec = pytree.tree_flatten(result)
-        tensors: list[torch.Tensor] = []
+        computed: list[Any] = []
         binding.out_constants = {}
         for i, leaf in enumerate(out_leaves):
             if isinstance(leaf, torch.Tensor):
-                tensors.append(leaf.detach())
+                computed.append(leaf.detach())
+            elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                computed.append(leaf)  # read from a tensor (``loss.item()``): computed at every call
             else:
                 binding.out_constants[i] = leaf
-        binding.num_tensor_outputs = len(tensors)
-        return (*tensors, *(p.grad for p in ps))
+        binding.num_tensor_outputs = len(computed)
+        return (*computed, *(p.grad for p in ps))
 
     trace_args = [
         *(p.detach().requires_grad_(p.requires_grad) for p in params),
