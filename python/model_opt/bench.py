@@ -124,17 +124,16 @@ def _record_trace(
 ) -> None:
     """Runs the reordered step once for real under model_opt's CPU allocator in profile mode, plans the
     recorded trace offline and fills the row's arena and caching-allocator columns."""
-    import torch
 
     import model_opt
     from model_opt.reorder import schedule_captured
 
     model_opt.install_cpu_allocator()
-    captured, inputs, targets = bench_reorder.capture_with_inputs(name, mode, batch)
+    captured, args = bench_reorder.capture_with_inputs(name, mode, batch)
     gm, _ = schedule_captured(captured, method=method, time_limit=time_limit)
     started = time.perf_counter()
-    with torch.no_grad(), model_opt.profile():
-        out = gm(*captured.state_args, *inputs, *targets)
+    with model_opt.profile():
+        out = captured.run(gm, *args)
         del out
     row.run_s = time.perf_counter() - started
     trace, _ = model_opt.save_trace(folder / f"{name}_{mode}_b{batch}.csv")

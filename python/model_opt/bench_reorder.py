@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from model_opt.capture import CapturedStep, capture_inference_step, capture_training_step
 from model_opt.reorder import measure_peak_bytes, schedule_captured
+from model_opt.step_capture import CapturedStep, capture_inference_step, capture_training_step
 
 #: The MODel set, in its paper's order (BERT/GPT-2 need `transformers`; see `_hf_model`).
 MODELS = [
@@ -144,20 +144,19 @@ def _loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return nn.functional.cross_entropy
 
 
-def capture_with_inputs(
-    name: str, mode: str, batch: int
-) -> tuple[CapturedStep, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def capture_with_inputs(name: str, mode: str, batch: int) -> tuple[CapturedStep, tuple[Any, ...]]:
     """Captures one step of `name` in `mode` ("train" or "eval") at `batch`; returns it with the real
-    inputs and targets it was captured for (targets are empty in eval mode)."""
+    arguments of a call (``captured.run(gm, *args)``): ``(inputs, targets)``, or ``(inputs,)`` in eval
+    mode."""
     torch.manual_seed(0)
     model, inputs, targets = _factory(name)(batch)
     if mode == "eval":
         model.eval()
-        return capture_inference_step(model, inputs), inputs, ()
+        return capture_inference_step(model, inputs), (inputs,)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     captured = capture_training_step(model, optimizer, _loss_for(name), inputs, targets)
-    return captured, inputs, (targets,)
+    return captured, (inputs, targets)
 
 
 def capture(name: str, mode: str, batch: int) -> CapturedStep:
@@ -172,7 +171,7 @@ def run_one(
     both orders also run once for real and their peaks are measured (see `measure_peak_bytes`)."""
     started = time.perf_counter()
     try:
-        captured, inputs, targets = capture_with_inputs(name, mode, batch)
+        captured, args = capture_with_inputs(name, mode, batch)
     except Exception as e:  # a model that cannot be built or traced is reported, not fatal
         return Row(
             name, mode, batch, 0, 0, 0, 0, 0, 0, "", "error", 0, error=f"{type(e).__name__}: {e}"[:200]
@@ -195,8 +194,8 @@ def run_one(
         capture_s=capture_s,
     )
     if measure:
-        row.measured_eager_gb = measure_peak_bytes(captured.graph_module, captured, inputs, targets) / GB
-        row.measured_peak_gb = measure_peak_bytes(gm, captured, inputs, targets) / GB
+        row.measured_eager_gb = measure_peak_bytes(captured.graph_module, captured, *args) / GB
+        row.measured_peak_gb = measure_peak_bytes(gm, captured, *args) / GB
     return row
 
 

@@ -207,6 +207,8 @@ def live_bytes_of_step(step: Any) -> dict[str, list[int]]:
     from model_opt._native import simulate_order
 
     num_ops, tensors, edges, resident = step.captured.dataflow.native_args()
+    # The optimizer's state lives outside the graph (see `OptimizedStep.report`): resident in both.
+    resident += int(step.report.get("optimizer_state_bytes", 0))
     eager = list(simulate_order(num_ops, tensors, edges, list(range(num_ops)), resident))
     reordered = list(simulate_order(num_ops, tensors, edges, list(step.report["order"]), resident))
     return {"eager order": eager, "reordered": reordered}

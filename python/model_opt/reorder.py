@@ -109,7 +109,10 @@ class OptimizedStep:
     ``report`` is the latest schedule's report (eager_peak_bytes, peak_bytes, lower_bound_bytes,
     solve_seconds, method, status, capture_seconds, num_ops, resident_bytes, order) plus the counters
     ``calls``, ``captures``, ``eager_calls`` and ``recaptures`` (one entry per capture after the first:
-    what changed, and the seconds it took). ``captured`` and ``graph_module`` are the latest schedule's.
+    what changed, and the seconds it took), and ``optimizer_state_bytes``: the optimizers' state now.
+    The optimizer's state is its own, outside the graph (its ``step()`` runs as an operator and creates
+    the state at its first call), so the peaks leave it out: it adds the same bytes to every order.
+    ``captured`` and ``graph_module`` are the latest schedule's.
     """
 
     def __init__(
@@ -139,7 +142,7 @@ class OptimizedStep:
     @property
     def report(self) -> dict[str, Any]:
         base = dict(self._latest.report) if self._latest else {}
-        return {**base, **self._counters}
+        return {**base, **self._counters, "optimizer_state_bytes": optimizer_state_bytes(self.optimizers)}
 
     @property
     def captured(self) -> CapturedStep:
@@ -207,6 +210,18 @@ class OptimizedStep:
         schedule = self._schedule_for(state, context, args, kwargs)
         self._latest, self._last_context = schedule, context
         return schedule.captured.run(schedule.graph_module, *args, **kwargs)
+
+
+def optimizer_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    """Bytes of the storages the optimizers' state holds (each storage once)."""
+    seen: dict[tuple[str, int], int] = {}
+    for opt in optimizers:
+        for state in opt.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+                    storage = value.untyped_storage()
+                    seen[(str(value.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
 
 
 #: The name of `OptimizedStep` before step functions (kept for existing code).
