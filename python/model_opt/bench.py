@@ -129,7 +129,7 @@ def _record_trace(
     from model_opt.reorder import schedule_captured
 
     model_opt.install_cpu_allocator()
-    captured, args = bench_reorder.capture_with_inputs(name, mode, batch)
+    captured, args, _ = bench_reorder.capture_with_inputs(name, mode, batch)
     gm, _ = schedule_captured(captured, method=method, time_limit=time_limit)
     started = time.perf_counter()
     with model_opt.profile():

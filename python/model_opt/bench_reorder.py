@@ -17,10 +17,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from model_opt.reorder import measure_peak_bytes, schedule_captured
+from model_opt.reorder import measure_peak_bytes, optimizer_state_bytes, schedule_captured
 from model_opt.step_capture import CapturedStep, capture_inference_step, capture_training_step
 
-#: The MODel set, in its paper's order (BERT/GPT-2 need `transformers`; see `_hf_model`).
+#: The MODel set, in its paper's order, and a Llama-style decoder (BERT/GPT-2/Llama need `transformers`;
+#: see `_hf_model`).
 MODELS = [
     "alexnet",
     "resnet18",
@@ -34,7 +35,14 @@ MODELS = [
     "transformer",
     "bert",
     "gpt2",
+    "llama",
 ]
+
+#: Optimizers a training row can use (``--optimizer``).
+OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-4),
+}
 
 
 def resolve_models(names: list[str]) -> list[str]:
@@ -119,9 +127,20 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
         if name == "bert":
             config = transformers.BertConfig()
             inner = transformers.BertForMaskedLM(config)
-        else:
+        elif name == "gpt2":
             config = transformers.GPT2Config()
             inner = transformers.GPT2LMHeadModel(config)
+        else:  # Llama's architecture (RMSNorm, rotary, SwiGLU, untied head) at GPT-2-small's size
+            config = transformers.LlamaConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                num_key_value_heads=12,
+                vocab_size=32000,
+                max_position_embeddings=512,
+            )
+            inner = transformers.LlamaForCausalLM(config)
         ids = torch.randint(0, config.vocab_size, (batch, seq))
         return LogitsOnly(inner), (ids,), ids
 
@@ -131,7 +150,7 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
 def _factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
     if name == "transformer":
         return _transformer
-    if name in ("bert", "gpt2"):
+    if name in ("bert", "gpt2", "llama"):
         return _hf_model(name)
     return _vision(name)
 
@@ -139,24 +158,46 @@ def _factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, 
 def _loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     if name == "transformer":
         return nn.functional.mse_loss
-    if name in ("bert", "gpt2"):
+    if name in ("bert", "gpt2", "llama"):
         return lambda logits, ids: nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     return nn.functional.cross_entropy
 
 
-def capture_with_inputs(name: str, mode: str, batch: int) -> tuple[CapturedStep, tuple[Any, ...]]:
-    """Captures one step of `name` in `mode` ("train" or "eval") at `batch`; returns it with the real
-    arguments of a call (``captured.run(gm, *args)``): ``(inputs, targets)``, or ``(inputs,)`` in eval
-    mode."""
+def _create_state(optimizer: torch.optim.Optimizer) -> None:
+    """Creates the optimizer's state as its first step would, without changing a parameter: one step on
+    zero gradients at learning rate 0 (the state's values do not matter to a memory benchmark)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+    for p in params:
+        p.grad = None
+
+
+def capture_with_inputs(
+    name: str, mode: str, batch: int, optimizer: str = "sgd"
+) -> tuple[CapturedStep, tuple[Any, ...], int]:
+    """Captures one step of `name` in `mode` ("train" or "eval") at `batch` with ``optimizer`` (a key
+    of `OPTIMIZERS`, its state created first); returns it with the real arguments of a call
+    (``captured.run(gm, *args)``: ``(inputs, targets)``, or ``(inputs,)`` in eval mode) and the bytes of
+    the optimizer's state (resident, outside the graph)."""
     torch.manual_seed(0)
     model, inputs, targets = _factory(name)(batch)
     if mode == "eval":
         model.eval()
-        return capture_inference_step(model, inputs), (inputs,)
+        return capture_inference_step(model, inputs), (inputs,), 0
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    captured = capture_training_step(model, optimizer, _loss_for(name), inputs, targets)
-    return captured, (inputs, targets)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    _create_state(opt)
+    captured = capture_training_step(model, opt, _loss_for(name), inputs, targets)
+    return captured, (inputs, targets), optimizer_state_bytes([opt])
 
 
 def capture(name: str, mode: str, batch: int) -> CapturedStep:
@@ -165,37 +206,46 @@ def capture(name: str, mode: str, batch: int) -> CapturedStep:
 
 
 def run_one(
-    name: str, mode: str, batch: int, time_limit: float, method: str = "auto", measure: bool = False
+    name: str,
+    mode: str,
+    batch: int,
+    time_limit: float,
+    method: str = "auto",
+    measure: bool = False,
+    optimizer: str = "sgd",
 ) -> Row:
     """Captures and schedules one configuration; errors become a row with `error` set. With `measure`,
-    both orders also run once for real and their peaks are measured (see `measure_peak_bytes`)."""
+    both orders also run once for real and their peaks are measured (see `measure_peak_bytes`). Peaks
+    include the optimizer's state (resident, outside the graph)."""
     started = time.perf_counter()
     try:
-        captured, args = capture_with_inputs(name, mode, batch)
+        captured, args, state_bytes = capture_with_inputs(name, mode, batch, optimizer)
     except Exception as e:  # a model that cannot be built or traced is reported, not fatal
         return Row(
             name, mode, batch, 0, 0, 0, 0, 0, 0, "", "error", 0, error=f"{type(e).__name__}: {e}"[:200]
         )
     capture_s = time.perf_counter() - started
     gm, r = schedule_captured(captured, method=method, time_limit=time_limit)
-    eager, peak = r["eager_peak_bytes"], r["peak_bytes"]
+    eager, peak = r["eager_peak_bytes"] + state_bytes, r["peak_bytes"] + state_bytes
     row = Row(
         model=name,
-        mode=mode,
+        mode=mode if mode == "eval" or optimizer == "sgd" else f"{mode} ({optimizer})",
         batch=batch,
         ops=r["num_ops"],
         eager_peak_gb=eager / GB,
         peak_gb=peak / GB,
         saved_pct=100.0 * (eager - peak) / eager if eager else 0.0,
-        lower_bound_gb=r["lower_bound_bytes"] / GB,
+        lower_bound_gb=(r["lower_bound_bytes"] + state_bytes) / GB,
         solve_s=r["solve_seconds"],
         method=r["method"],
         status=r["status"],
         capture_s=capture_s,
     )
     if measure:
-        row.measured_eager_gb = measure_peak_bytes(captured.graph_module, captured, *args) / GB
-        row.measured_peak_gb = measure_peak_bytes(gm, captured, *args) / GB
+        row.measured_eager_gb = (
+            measure_peak_bytes(captured.graph_module, captured, *args) + state_bytes
+        ) / GB
+        row.measured_peak_gb = (measure_peak_bytes(gm, captured, *args) + state_bytes) / GB
     return row
 
 

@@ -22,6 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--time-limit", type=seconds, default=10.0, metavar="SECONDS", help="per configuration")
     b.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     b.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="the training step's optimizer (its state is created first and counted as resident)",
+    )
+    b.add_argument(
         "--measure", action="store_true", help="also run both orders for real and measure their peaks (slow)"
     )
     b.add_argument("--csv", type=Path, metavar="OUT.csv", help="write every row here")
@@ -49,7 +55,9 @@ def run_bench(args: argparse.Namespace) -> int:
     for model in models:
         for mode in args.mode:
             for batch in args.batch_size:
-                row = bench.run_one(model, mode, batch, args.time_limit, args.method, args.measure)
+                row = bench.run_one(
+                    model, mode, batch, args.time_limit, args.method, args.measure, args.optimizer
+                )
                 rows.append(row)
                 print(bench.markdown_row(row), flush=True)
                 if args.csv:  # rewritten after every row so a long run leaves partial results

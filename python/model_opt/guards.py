@@ -1,8 +1,9 @@
 """What a captured step depends on besides its tensors' values: the call's context.
 
 A captured graph bakes in everything that decided which operators ran: the inputs' shapes and dtypes,
-autocast, grad mode, the modules' train/eval mode, the deterministic-algorithms flag, which parameters
-hold a gradient, which parameters the optimizers step. `context_of` reads all of it at each call; a call
+autocast, grad mode, the modules' train/eval mode, their plain attributes and hooks, the default dtype,
+the deterministic-algorithms flag, which parameters hold a gradient, which parameters the optimizers
+step. `context_of` reads all of it at each call; a call
 whose context differs from every captured one is captured again (`OptimizedStep`), and `describe_change`
 says what changed, for the report.
 """
@@ -42,6 +43,32 @@ def _leaf_key(i: int, leaf: Any) -> Any:
     return ("value", type(leaf).__name__, leaf)
 
 
+_PRIMITIVE = (bool, int, float, str, type(None))
+_HOOKS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+)
+
+
+def _primitives(obj: Any) -> tuple[tuple[str, Any], ...]:
+    # ``training`` is an aspect of its own ("train/eval mode").
+    return tuple((k, v) for k, v in vars(obj).items() if isinstance(v, _PRIMITIVE) and k != "training")
+
+
+def _module_key(m: nn.Module) -> Any:
+    """What of a module its forward may read besides tensors: its plain attributes (a temperature, a
+    flag), those of its ``config`` (Hugging Face models), and how many hooks it has."""
+    config = getattr(m, "config", None)
+    return (
+        _primitives(m),
+        _primitives(config) if config is not None and hasattr(config, "__dict__") else (),
+        tuple(len(getattr(m, name, ())) for name in _HOOKS),
+    )
+
+
 def context_of(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -67,10 +94,12 @@ def context_of(
         ("autocast", autocast),
         ("grad mode", torch.is_grad_enabled()),
         ("train/eval mode", tuple(m.training for root in modules for m in root.modules())),
+        ("module attributes and hooks", tuple(_module_key(m) for root in modules for m in root.modules())),
+        ("default dtype", torch.get_default_dtype()),
         ("deterministic algorithms", torch.are_deterministic_algorithms_enabled()),
         (
-            "parameters (identity, shape, dtype, device)",
-            tuple((id(t), tuple(t.shape), t.dtype, t.device) for t in (*params, *buffers)),
+            "parameters (identity, shape, dtype, device, requires_grad)",
+            tuple((id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in (*params, *buffers)),
         ),
         (
             "gradients present",

@@ -314,6 +314,34 @@ def test_train_and_eval_mode_are_captured_apart():
     assert report["recaptures"][0]["reason"] == "train/eval mode"
 
 
+class Tempered(Mlp):
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / self.temperature
+
+
+def test_a_plain_attribute_the_forward_reads_is_guarded():
+    def cool(i: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        model.temperature = 1.0 + 0.5 * (i % 2)
+
+    report = run_faithful(Tempered, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), between=cool)
+    assert report["captures"] == 2
+    assert report["recaptures"][0]["reason"] == "module attributes and hooks"
+
+
+def test_freezing_a_parameter_between_calls_is_guarded():
+    def freeze_head(i: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        if i == 1:
+            model.head.requires_grad_(False)
+
+    report = run_faithful(Mlp, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), between=freeze_head)
+    assert report["captures"] == 2
+    assert report["recaptures"][0]["reason"].startswith("parameters (identity, shape")
+
+
 def test_contexts_beyond_max_captures_run_eagerly_with_a_warning():
     torch.manual_seed(0)
     model = Mlp()
