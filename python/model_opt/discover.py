@@ -1,7 +1,7 @@
 """Find the modules and optimizers a step function uses.
 
-A step function reaches its model and optimizer the way Python code does: through its closure, the
-globals it names, the object a bound method belongs to, a ``functools.partial``'s arguments, and the
+A step function reaches its model and optimizer the way Python code does: through its closure, its
+default arguments, the globals it names, the object a bound method belongs to, a ``functools.partial``'s arguments, and the
 attributes of objects it holds (a trainer's ``self.model``). `find_state` follows those references a few
 levels deep, without calling anything, and returns the outermost modules and every optimizer it meets.
 What it cannot see (a module reached only through a call) can be passed to ``optimize`` explicitly.
@@ -62,6 +62,8 @@ def find_state(fn: Any) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         elif inspect.isfunction(obj):
             if _is_library(obj):
                 return
+            for item in (*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()):
+                visit(item, depth + 1)
             for cell in obj.__closure__ or ():
                 try:
                     visit(cell.cell_contents, depth + 1)

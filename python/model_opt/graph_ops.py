@@ -34,10 +34,10 @@ import torch.optim.optimizer as _optim_base
 
 from model_opt.capture import CaptureError
 
-_LIB = torch.library.Library("model_opt", "FRAGMENT")
-_LIB.define("optimizer_step(int handle, int[] indices, Tensor(a!)[] params, Tensor?[] grads) -> ()")
-_LIB.define("get_rng_state(str device) -> Tensor", tags=(torch.Tag.nondeterministic_seeded,))
-_LIB.define("set_rng_state(str device, Tensor state) -> ()", tags=(torch.Tag.nondeterministic_seeded,))
+LIB = torch.library.Library("model_opt", "FRAGMENT")
+LIB.define("optimizer_step(int handle, int[] indices, Tensor(a!)[] params, Tensor?[] grads) -> ()")
+LIB.define("get_rng_state(str device) -> Tensor", tags=(torch.Tag.nondeterministic_seeded,))
+LIB.define("set_rng_state(str device, Tensor state) -> ()", tags=(torch.Tag.nondeterministic_seeded,))
 
 
 class OptimizerBinding:
@@ -152,8 +152,8 @@ for _name, _impl, _fake in (
     ("get_rng_state", _get_rng_state, _get_rng_state_fake),
     ("set_rng_state", _set_rng_state, _set_rng_state_fake),
 ):
-    _LIB.impl(_name, _impl, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"model_opt::{_name}", _fake, lib=_LIB)
+    LIB.impl(_name, _impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"model_opt::{_name}", _fake, lib=LIB)
 
 
 def _cuda_device(device: Any = "cuda") -> str:

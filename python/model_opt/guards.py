@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from model_opt.capture import CaptureError
+from model_opt.ddp_capture import context_of_ddps
 
 #: One entry per aspect of the context, named for `describe_change`.
 Context = tuple[tuple[str, Any], ...]
@@ -97,6 +98,7 @@ def context_of(
         ("module attributes and hooks", tuple(_module_key(m) for root in modules for m in root.modules())),
         ("default dtype", torch.get_default_dtype()),
         ("deterministic algorithms", torch.are_deterministic_algorithms_enabled()),
+        ("DDP synchronization (no_sync)", context_of_ddps(modules)),
         (
             "parameters (identity, shape, dtype, device, requires_grad)",
             tuple((id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in (*params, *buffers)),

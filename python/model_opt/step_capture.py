@@ -18,8 +18,8 @@ like the rest. The graph returns the function's tensor results and every paramet
 
 What Python does at trace time happens once: a step whose Python decides on values that change between
 calls (``loss.item()``, a counter, reseeding) is refused or guarded (`model_opt.guards`), never replayed
-silently. Modules wrapped for data parallelism are refused: their gradient all-reduce runs in autograd
-hooks that a captured graph does not replay.
+silently. DistributedDataParallel's communication becomes operators of the graph
+(`model_opt.ddp_capture`); other data-parallel wrappers are refused.
 """
 
 from __future__ import annotations
@@ -43,9 +43,12 @@ from model_opt.capture import (
     _fake_trace,
     build_dataflow,
 )
+from model_opt.ddp_capture import DDP, DdpBinding, traced_ddps
 from model_opt.graph_ops import OptimizerBinding, traced_optimizers, traced_rng
 
-_DATA_PARALLEL = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+#: Data-parallel wrappers whose communication a captured graph does not reproduce (DDP's it does:
+#: `model_opt.ddp_capture`).
+_REFUSED_WRAPPERS = ("DataParallel", "FullyShardedDataParallel")
 
 
 @dataclass
@@ -54,6 +57,8 @@ class StepState:
 
     modules: list[nn.Module]
     optimizers: list[torch.optim.Optimizer]
+    #: The DistributedDataParallel modules among them (`model_opt.ddp_capture`).
+    ddps: list[DDP] = field(default_factory=list)
     #: Every parameter of the modules and the optimizers (trainable or frozen), each once.
     params: list[torch.Tensor] = field(default_factory=list)
     buffers: list[torch.Tensor] = field(default_factory=list)
@@ -64,17 +69,19 @@ class StepState:
     @classmethod
     def of(cls, modules: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> StepState:
         """Collects the tensors; raises `CaptureError` for a data-parallel wrapper."""
+        ddps = []
         for root in modules:
             for name, m in root.named_modules():
-                if type(m).__name__ in _DATA_PARALLEL:
+                if isinstance(m, DDP):
+                    ddps.append(m)
+                elif type(m).__name__ in _REFUSED_WRAPPERS:
                     where = f" (at '{name}')" if name else ""
                     raise CaptureError(
-                        f"the step uses a {type(m).__name__}{where}: its gradient all-reduce runs in "
-                        "autograd hooks that a captured graph does not replay, so the ranks would "
-                        "diverge; optimize the step of the unwrapped module on one process, or use "
-                        "model_opt's allocator runtime (model_opt.step()), which works under DDP"
+                        f"the step uses a {type(m).__name__}{where}: its communication runs in hooks "
+                        "that a captured graph does not replay, so the ranks would diverge; use "
+                        "DistributedDataParallel, or model_opt's allocator runtime (model_opt.step())"
                     )
-        state = cls(modules, optimizers)
+        state = cls(modules, optimizers, ddps=ddps)
         p_index: dict[int, int] = {}
         b_index: dict[int, int] = {}
         for m in modules:
@@ -117,6 +124,9 @@ class Binding:
     #: How many results the graph computes (tensors, and numbers read from tensors), before the grads.
     num_tensor_outputs: int = 0
     optimizers: list[OptimizerBinding] = field(default_factory=list)
+    ddps: list[DdpBinding] = field(default_factory=list)
+    #: DDP's Python state after the step (``require_forward_param_sync``), set again after every run.
+    ddp_effects: dict[int, tuple[DDP, bool]] = field(default_factory=dict)
 
     def flat_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         """The graph's arguments for one call: parameters, buffers, present gradients, input tensors."""
@@ -131,6 +141,8 @@ class Binding:
 
     def finish(self, outputs: Any) -> Any:
         """Sets every parameter's ``.grad`` to the graph's, and returns the function's result."""
+        for ddp, sync in self.ddp_effects.values():
+            ddp.require_forward_param_sync = sync
         results, grads = outputs[: self.num_tensor_outputs], outputs[self.num_tensor_outputs :]
         for p, g in zip(self.state.params, grads):
             if p.grad is not g:
@@ -195,7 +207,9 @@ def capture_step(
     params, buffers = state.params, state.buffers
     grads_in = [i for i, p in enumerate(params) if p.grad is not None]
     bindings = [OptimizerBinding(opt) for opt in state.optimizers]
-    binding = Binding(state, grads_in, in_spec, tensor_leaves, optimizers=bindings)
+    ddp_bindings = [DdpBinding(ddp) for ddp in state.ddps]
+    binding = Binding(state, grads_in, in_spec, tensor_leaves, optimizers=bindings, ddps=ddp_bindings)
+    ddp_effects: list[tuple[DDP, bool]] = []
     n_p, n_b, n_g = len(params), len(buffers), len(grads_in)
 
     def traced(*flat: torch.Tensor) -> tuple[Any, ...]:
@@ -213,6 +227,7 @@ def capture_step(
                 stack.enter_context(_reparametrize_module(m, swap, tie_weights=True, strict=False))
             stack.enter_context(traced_optimizers(state.optimizers, bindings, lambda p: by_id[id(p)]))
             stack.enter_context(traced_rng())
+            stack.enter_context(traced_ddps(ddp_bindings, ddp_effects))
             result = fn(*call_args, **call_kwargs)
         out_leaves, binding.out_spec = pytree.tree_flatten(result)
         computed: list[Any] = []
@@ -234,6 +249,7 @@ def capture_step(
         *(leaves[i] for i in tensor_leaves),
     ]
     gm = _fake_trace(traced, trace_args)
+    binding.ddp_effects = {id(ddp): (ddp, sync) for ddp, sync in ddp_effects}
     _check_constants(gm)
     return CapturedStep(gm, build_dataflow(gm), binding)
 

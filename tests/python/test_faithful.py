@@ -10,8 +10,12 @@ a tolerance. The refusals assert the message and that nothing ran.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -491,21 +495,50 @@ def test_a_module_the_function_does_not_reach_visibly_is_refused():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_distributed_data_parallel_is_refused(tmp_path: Any):
+def test_ddp_two_ranks_under_torchrun_is_bit_identical(tmp_path: Path):
+    """DDP (gloo, CPU, 2 ranks by torchrun) with batch-norm buffers, dropout, AdamW and accumulation
+    under no_sync(): per rank, losses, parameters, buffers and gradients equal eager DDP's bit for bit;
+    both ranks end with the same parameters."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    worker = Path(__file__).with_name("faithful_ddp_worker.py")
+    prefix = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker), str(prefix)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        if any(
+            s in tail for s in ("DistNetworkError", "RendezvousConnectionError", "Network is unreachable")
+        ):
+            pytest.skip(f"torchrun cannot start its rendezvous on this machine:\n{tail}")
+        raise AssertionError(f"torchrun exited with {proc.returncode}:\n{tail}")
+    ranks = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["losses"] == r["eager_losses"], r
+        assert r["state_equal"] and r["grads_equal"], r
+        assert r["report"]["eager_calls"] == 0, r["report"]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+
+
+def test_ddp_options_it_does_not_reproduce_and_data_parallel_are_refused(tmp_path: Path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        model = nn.parallel.DistributedDataParallel(Mlp())
+        model = nn.parallel.DistributedDataParallel(Mlp(), find_unused_parameters=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         _refused(
             _plain_step(model, opt),
             *_batches(1)[0],
-            match="DistributedDataParallel: its gradient all-reduce runs in autograd hooks",
+            match="DistributedDataParallel with find_unused_parameters=True is not supported",
             model=model,
         )
     finally:
         dist.destroy_process_group()
+    model = nn.DataParallel(Mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _refused(_plain_step(model, opt), *_batches(1)[0], match="the step uses a DataParallel", model=model)
 
 
 def test_the_step_does_not_touch_real_state_while_capturing():
