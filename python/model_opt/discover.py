@@ -2,8 +2,9 @@
 
 A step function reaches its model and optimizer the way Python code does: through its closure, its
 default arguments, the globals it names, the object a bound method belongs to, a ``functools.partial``'s
-arguments, and the attributes of objects it holds (a trainer's ``self.model``). `find_state` follows those references a few
-levels deep, without calling anything, and returns the outermost modules and every optimizer it meets.
+arguments, and the attributes of objects it holds (a trainer's ``self.model``). `find_state` follows
+those references a few levels deep, without calling anything, and returns the outermost modules and
+every optimizer it meets.
 What it cannot see (a module reached only through a call) can be passed to ``optimize`` explicitly.
 """
 
