@@ -107,14 +107,9 @@ def refuse_unsupported(ddp: DDP) -> None:
             )
 
 
-def context_of_ddps(modules: Sequence[nn.Module]) -> tuple[tuple[bool, bool], ...]:
+def context_of_ddps(ddps: Sequence[DDP]) -> tuple[tuple[bool, bool], ...]:
     """The DDP flags that decide the communication of a step (``no_sync`` sets the first)."""
-    return tuple(
-        (m.require_backward_grad_sync, m.require_forward_param_sync)
-        for root in modules
-        for m in root.modules()
-        if isinstance(m, DDP)
-    )
+    return tuple((m.require_backward_grad_sync, m.require_forward_param_sync) for m in ddps)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from torch.utils import _pytree as pytree
 
 from model_opt.capture import CaptureError
 from model_opt.ddp_capture import context_of_ddps
+from model_opt.step_capture import StepState
 
 #: One entry per aspect of the context, named for `describe_change`.
 Context = tuple[tuple[str, Any], ...]
@@ -61,47 +62,40 @@ def _primitives(obj: Any) -> tuple[tuple[str, Any], ...]:
 
 def _module_key(m: nn.Module) -> Any:
     """What of a module its forward may read besides tensors: its plain attributes (a temperature, a
-    flag), those of its ``config`` (Hugging Face models), and how many hooks it has."""
-    config = getattr(m, "config", None)
-    return (
-        _primitives(m),
-        _primitives(config) if config is not None and hasattr(config, "__dict__") else (),
-        tuple(len(getattr(m, name, ())) for name in _HOOKS),
-    )
+    flag) and how many hooks it has."""
+    return (_primitives(m), tuple(len(getattr(m, name, ())) for name in _HOOKS))
 
 
-def context_of(
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    modules: Sequence[nn.Module],
-    params: Sequence[torch.Tensor],
-    buffers: Sequence[torch.Tensor],
-    optimizers: Sequence[torch.optim.Optimizer],
-) -> Context:
+def _configs_key(submodules: Sequence[nn.Module]) -> Any:
+    """The plain attributes of the modules' ``config`` objects (Hugging Face models), each config once."""
+    configs = {id(c): c for m in submodules if hasattr(c := getattr(m, "config", None), "__dict__")}
+    return tuple(_primitives(c) for c in configs.values())
+
+
+def context_of(args: tuple[Any, ...], kwargs: dict[str, Any], state: StepState) -> Context:
     """The context of one call (see the module doc). Raises `CaptureError` for an argument that cannot
     be part of it."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
     autocast = tuple(
-        (
-            d,
-            torch.is_autocast_enabled(d),
-            torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None,
-        )
-        for d in _AUTOCAST_DEVICES
+        (d, torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None) for d in _AUTOCAST_DEVICES
     )
+    params, tensors, submodules = state.params, (*state.params, *state.buffers), state.submodules
     return (
         ("argument structure", str(spec)),
         ("argument shapes, dtypes and values", tuple(_leaf_key(i, x) for i, x in enumerate(leaves))),
         ("autocast", autocast),
         ("grad mode", torch.is_grad_enabled()),
-        ("train/eval mode", tuple(m.training for root in modules for m in root.modules())),
-        ("module attributes and hooks", tuple(_module_key(m) for root in modules for m in root.modules())),
+        ("train/eval mode", tuple(m.training for m in submodules)),
+        (
+            "module attributes and hooks",
+            (tuple(_module_key(m) for m in submodules), _configs_key(submodules)),
+        ),
         ("default dtype", torch.get_default_dtype()),
         ("deterministic algorithms", torch.are_deterministic_algorithms_enabled()),
-        ("DDP synchronization (no_sync)", context_of_ddps(modules)),
+        ("DDP synchronization (no_sync)", context_of_ddps(state.ddps)),
         (
             "parameters (identity, shape, dtype, device, requires_grad)",
-            tuple((id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in (*params, *buffers)),
+            tuple((id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors),
         ),
         (
             "gradients present",
@@ -112,7 +106,7 @@ def context_of(
         ),
         (
             "optimizer parameters",
-            tuple(id(p) for o in optimizers for g in o.param_groups for p in g["params"]),
+            tuple(id(p) for o in state.optimizers for g in o.param_groups for p in g["params"]),
         ),
     )
 

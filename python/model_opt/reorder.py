@@ -161,7 +161,7 @@ class OptimizedStep:
 
     def _context(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[StepState, Context]:
         state = StepState.of(self.modules, self.optimizers)
-        return state, context_of(args, kwargs, state.modules, state.params, state.buffers, state.optimizers)
+        return state, context_of(args, kwargs, state)
 
     def capture(self, *args: Any, **kwargs: Any) -> _Schedule:
         """Captures and schedules the function for the context of ``fn(*args, **kwargs)`` without running

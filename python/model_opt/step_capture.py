@@ -25,6 +25,7 @@ silently. DistributedDataParallel's communication becomes operators of the graph
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +60,8 @@ class StepState:
     optimizers: list[torch.optim.Optimizer]
     #: The DistributedDataParallel modules among them (`model_opt.ddp_capture`).
     ddps: list[DDP] = field(default_factory=list)
+    #: Every module under ``modules``, each once, in ``named_modules`` order.
+    submodules: list[nn.Module] = field(default_factory=list)
     #: Every parameter of the modules and the optimizers (trainable or frozen), each once.
     params: list[torch.Tensor] = field(default_factory=list)
     buffers: list[torch.Tensor] = field(default_factory=list)
@@ -70,8 +73,10 @@ class StepState:
     def of(cls, modules: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> StepState:
         """Collects the tensors; raises `CaptureError` for a data-parallel wrapper."""
         ddps = []
+        submodules = []
         for root in modules:
             for name, m in root.named_modules():
+                submodules.append(m)
                 if isinstance(m, DDP):
                     ddps.append(m)
                 elif type(m).__name__ in _REFUSED_WRAPPERS:
@@ -81,31 +86,33 @@ class StepState:
                         "that a captured graph does not replay, so the ranks would diverge; use "
                         "DistributedDataParallel, or model_opt's allocator runtime (model_opt.step())"
                     )
-        state = cls(modules, optimizers, ddps=ddps)
+        state = cls(modules, optimizers, ddps=ddps, submodules=submodules)
         p_index: dict[int, int] = {}
         b_index: dict[int, int] = {}
         for m in modules:
-            names: dict[str, int] = {}
-            for name, p in m.named_parameters():
-                if id(p) not in p_index:
-                    p_index[id(p)] = len(state.params)
-                    state.params.append(p)
-                names[name] = p_index[id(p)]
-            state.param_names.append(names)
-            bnames: dict[str, int] = {}
-            for name, b in m.named_buffers():
-                if id(b) not in b_index:
-                    b_index[id(b)] = len(state.buffers)
-                    state.buffers.append(b)
-                bnames[name] = b_index[id(b)]
-            state.buffer_names.append(bnames)
+            state.param_names.append(_add_unique(m.named_parameters(), state.params, p_index))
+            state.buffer_names.append(_add_unique(m.named_buffers(), state.buffers, b_index))
         for opt in optimizers:
-            for g in opt.param_groups:
-                for p in g["params"]:
-                    if id(p) not in p_index:
-                        p_index[id(p)] = len(state.params)
-                        state.params.append(p)
+            _add_unique(((str(i), p) for i, p in enumerate(_params_of(opt))), state.params, p_index)
         return state
+
+
+def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _add_unique(
+    named: Iterable[tuple[str, torch.Tensor]], tensors: list[torch.Tensor], index: dict[int, int]
+) -> dict[str, int]:
+    """Appends to ``tensors`` the tensors not in it yet (``index``: id -> position); returns each name's
+    position."""
+    names: dict[str, int] = {}
+    for name, t in named:
+        if id(t) not in index:
+            index[id(t)] = len(tensors)
+            tensors.append(t)
+        names[name] = index[id(t)]
+    return names
 
 
 @dataclass
