@@ -17,6 +17,7 @@ from model_opt._native import (
     simulate_order,
     validate_csv,
 )
+from model_opt.errors import ArgumentError
 from model_opt.runtime import (
     allocator,
     install_cpu_allocator,
@@ -31,6 +32,8 @@ from model_opt.runtime import (
 from model_opt.snapshot import save_snapshot
 
 __all__ = [
+    "ArgumentError",
+    "CaptureError",
     "PLACEMENT_METHODS",
     "SCHEDULE_METHODS",
     "CapacityError",
@@ -86,3 +89,12 @@ def plot_live_bytes(*args, **kwargs):  # type: ignore[no-untyped-def]
     from model_opt.plot import plot_live_bytes as _plot_live_bytes
 
     return _plot_live_bytes(*args, **kwargs)
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``model_opt.CaptureError`` without importing torch at ``import model_opt``."""
+    if name == "CaptureError":
+        from model_opt.capture.dataflow import CaptureError
+
+        return CaptureError
+    raise AttributeError(f"module 'model_opt' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Run a training step with its operators reordered for a lower memory peak.
 
-``optimize`` captures one step (see `model_opt.capture`), asks the Rust scheduler for the order with
+``optimize`` captures one step (see `model_opt.capture.dataflow`), asks the Rust scheduler for the order with
 the lowest peak of live bytes, rewrites the FX graph in that order, and returns a callable that runs
 the rewritten step on the real model and optimizer. The reordered step computes exactly what the
 captured one computes — only the order of independent operators changes — so losses and updated
@@ -20,10 +20,11 @@ import torch
 from torch import fx, nn
 
 from model_opt._native import schedule_graph, simulate_order
-from model_opt.capture import DataflowGraph, Tensors
-from model_opt.discover import find_state, outermost
-from model_opt.guards import Context, context_of, describe_change
-from model_opt.step_capture import CapturedStep, StepState, capture_step, forward_step, model_step
+from model_opt.capture.dataflow import DataflowGraph, Tensors
+from model_opt.capture.discover import find_state, outermost
+from model_opt.capture.guards import Context, context_of, describe_change
+from model_opt.capture.step import CapturedStep, StepState, capture_step, forward_step, model_step
+from model_opt.errors import ArgumentError
 
 
 def reorder_graph(gm: fx.GraphModule, dataflow: DataflowGraph, order: Sequence[int]) -> fx.GraphModule:
@@ -33,7 +34,7 @@ def reorder_graph(gm: fx.GraphModule, dataflow: DataflowGraph, order: Sequence[i
     scheduler simulated."""
     ops = dataflow.ops
     if sorted(order) != list(range(len(ops))):
-        raise ValueError("the order must be a permutation of the graph's operators")
+        raise ArgumentError("the order must be a permutation of the graph's operators")
     new_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     output_node = None
@@ -47,7 +48,7 @@ def reorder_graph(gm: fx.GraphModule, dataflow: DataflowGraph, order: Sequence[i
             try:
                 env[node] = new_graph.node_copy(node, lambda n: env[n])
             except KeyError as e:
-                raise ValueError(f"the order runs {node.name} before its input {e.args[0]}") from None
+                raise ArgumentError(f"the order runs {node.name} before its input {e.args[0]}") from None
     if output_node is not None:
         new_graph.node_copy(output_node, lambda n: env[n])
     new_graph.lint()
@@ -100,11 +101,12 @@ class OptimizedStep:
     """A training-step function with its operators reordered for a lower memory peak.
 
     Call it exactly as the function: ``step(*args, **kwargs)`` runs one step on the real model and
-    optimizer (parameters, buffers, optimizer state and ``.grad`` end as the eager call leaves them) and
-    returns what the function returns (tensors detached). Each call's context (`model_opt.guards`) picks
-    the schedule captured for it; a context seen for the first time is captured and scheduled then, like
-    ``torch.compile``'s recompiles, up to ``max_captures`` contexts; calls beyond run the function
-    eagerly (with one warning), never a schedule captured for another context.
+    optimizer (parameters, buffers, optimizer state and ``.grad`` end as the eager call leaves them)
+    and returns what the function returns (tensors detached). Each call's context
+    (`model_opt.capture.guards`) picks the schedule captured for it; a context seen for the first
+    time is captured and scheduled then, like ``torch.compile``'s recompiles, up to ``max_captures``
+    contexts; calls beyond run the function eagerly (with one warning), never a schedule captured for
+    another context.
 
     ``report`` is the latest schedule's report (eager_peak_bytes, peak_bytes, lower_bound_bytes,
     solve_seconds, method, status, capture_seconds, num_ops, resident_bytes, order) plus the counters
@@ -127,7 +129,7 @@ class OptimizedStep:
         max_captures: int = 8,
     ) -> None:
         if max_captures < 1:
-            raise ValueError(f"max_captures must be at least 1, got {max_captures}")
+            raise ArgumentError(f"max_captures must be at least 1, got {max_captures}")
         self.fn = fn
         self.modules = list(modules)
         self.optimizers = list(optimizers)
@@ -260,7 +262,7 @@ def optimize(
         method: one of `model_opt.SCHEDULE_METHODS` ("auto" = heuristics, then the MODel ILP).
         gap: relative MIP gap at which the ILP may stop.
         modules, optimizers: what the function uses; by default found from the function
-            (`model_opt.discover.find_state`: its closure, the globals it names, bound objects).
+            (`model_opt.capture.discover.find_state`: its closure, the globals it names, bound objects).
         max_captures: contexts (input shapes, autocast, train/eval ...) captured at most; further new
             contexts run eagerly.
 

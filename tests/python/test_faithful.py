@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model_opt import optimize
-from model_opt.capture import CaptureError
+from model_opt.capture.dataflow import CaptureError
 
 torch.set_num_threads(1)
 

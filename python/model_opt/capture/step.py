@@ -9,7 +9,7 @@ swapped for graph inputs:
 * the gradients already present (``.grad`` from an earlier call that did not zero them), so gradient
   accumulation across calls works;
 * the optimizers' ``param_groups``, and ``step()`` recorded as one ``model_opt::optimizer_step`` operator
-  that runs the optimizer's own ``step()`` when the graph runs (`model_opt.graph_ops`);
+  that runs the optimizer's own ``step()`` when the graph runs (`model_opt.capture.ops`);
 * the RNG state functions, recorded as operators (activation checkpointing's recomputation).
 
 Code between backward and the update (``clip_grad_norm_``, ``zero_grad``, anything on tensors) is traced
@@ -17,9 +17,9 @@ like the rest. The graph returns the function's tensor results and every paramet
 `CapturedStep.run` calls it on the real tensors and leaves ``.grad`` as the eager step would.
 
 What Python does at trace time happens once: a step whose Python decides on values that change between
-calls (``loss.item()``, a counter, reseeding) is refused or guarded (`model_opt.guards`), never replayed
-silently. DistributedDataParallel's communication becomes operators of the graph
-(`model_opt.ddp_capture`); other data-parallel wrappers are refused.
+calls (``loss.item()``, a counter, reseeding) is refused or guarded (`model_opt.capture.guards`), never
+replayed silently. DistributedDataParallel's communication becomes operators of the graph
+(`model_opt.capture.ddp`); other data-parallel wrappers are refused.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils import _pytree as pytree
 
-from model_opt.capture import (
+from model_opt.capture.dataflow import (
     CaptureError,
     DataflowGraph,
     LossFn,
@@ -44,11 +44,11 @@ from model_opt.capture import (
     _fake_trace,
     build_dataflow,
 )
-from model_opt.ddp_capture import DDP, DdpBinding, traced_ddps
-from model_opt.graph_ops import OptimizerBinding, traced_optimizers, traced_rng
+from model_opt.capture.ddp import DDP, DdpBinding, traced_ddps
+from model_opt.capture.ops import OptimizerBinding, traced_optimizers, traced_rng
 
 #: Data-parallel wrappers whose communication a captured graph does not reproduce (DDP's it does:
-#: `model_opt.ddp_capture`).
+#: `model_opt.capture.ddp`).
 _REFUSED_WRAPPERS = ("DataParallel", "FullyShardedDataParallel")
 
 
@@ -58,7 +58,7 @@ class StepState:
 
     modules: list[nn.Module]
     optimizers: list[torch.optim.Optimizer]
-    #: The DistributedDataParallel modules among them (`model_opt.ddp_capture`).
+    #: The DistributedDataParallel modules among them (`model_opt.capture.ddp`).
     ddps: list[DDP] = field(default_factory=list)
     #: Every module under ``modules``, each once, in ``named_modules`` order.
     submodules: list[nn.Module] = field(default_factory=list)
@@ -186,7 +186,7 @@ class CapturedStep:
 
 def _check_constants(gm: fx.GraphModule) -> None:
     """Refuses a graph that holds a parameter as a constant: a module the step reaches in a way
-    `model_opt.discover` does not follow, whose gradients and updates would be lost."""
+    `model_opt.capture.discover` does not follow, whose gradients and updates would be lost."""
     found = []
     for node in gm.graph.nodes:
         value = getattr(gm, str(node.target), None) if node.op == "get_attr" else None

@@ -1,6 +1,6 @@
 """The dataflow graph of a captured step, in the form the scheduler takes (and tracing's error type).
 
-A step is traced with ``make_fx`` under fake tensors (`model_opt.step_capture`), so capturing a
+A step is traced with ``make_fx`` under fake tensors (`model_opt.capture.step`), so capturing a
 batch-32 step costs no real compute. The dataflow graph handed to the scheduler is built at the storage
 level:
 
@@ -27,6 +27,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
+from model_opt._native import ModelOptError
+
 Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -34,7 +36,7 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 TensorTuple = tuple[int, int, list[int], bool]
 
 
-class CaptureError(RuntimeError):
+class CaptureError(ModelOptError, RuntimeError):
     """The step could not be captured (unsupported optimizer, untraceable model, ...)."""
 
 

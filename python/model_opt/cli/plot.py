@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from model_opt._native import InputError
-from model_opt.cli_exit import EXIT_OK, error
+from model_opt.cli.exit import EXIT_OK, error
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from model_opt._native import PLACEMENT_METHODS, CapacityError, InputError, plan_csv, validate_csv
-from model_opt.cli_args import nonnegative_bytes, seconds
-from model_opt.cli_exit import EXIT_NO_FIT, EXIT_OK, error
+from model_opt.cli.args import nonnegative_bytes, seconds
+from model_opt.cli.exit import EXIT_NO_FIT, EXIT_OK, error
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

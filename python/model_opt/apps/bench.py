@@ -1,6 +1,6 @@
 """The benchmark table over models x modes x batch sizes (as MODel's ``benchmarks.py``), with the arena.
 
-Each row reuses `model_opt.bench_reorder` for the capture and the schedule (simulated peaks in eager
+Each row reuses `model_opt.apps.bench_reorder` for the capture and the schedule (simulated peaks in eager
 and reordered order, the order lower bound, solve time). Where the step is small enough to run for real
 cheaply (simulated eager peak at most ``trace_max_gb``), the reordered step also runs once on CPU under
 model_opt's allocator in profile mode; the runtime plans the recorded step (``model_opt.plan``: the
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_opt import bench_reorder
-from model_opt.bench_reorder import GB, Row
+from model_opt.apps import bench_reorder
+from model_opt.apps.bench_reorder import GB, Row
 
 #: Steps whose simulated eager peak is above this many GB are not run for real by default.
 DEFAULT_TRACE_MAX_GB = 1.0

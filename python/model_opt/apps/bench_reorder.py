@@ -15,28 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
+from model_opt.apps import models
+from model_opt.capture.step import CapturedStep, capture_inference_step, capture_training_step
+from model_opt.errors import ArgumentError
 from model_opt.reorder import measure_peak_bytes, optimizer_state_bytes, schedule_captured
-from model_opt.step_capture import CapturedStep, capture_inference_step, capture_training_step
-
-#: The MODel set, in its paper's order, and a Llama-style decoder (BERT/GPT-2/Llama need `transformers`;
-#: see `_hf_model`).
-MODELS = [
-    "alexnet",
-    "resnet18",
-    "resnet50",
-    "vgg11",
-    "mobilenet_v2",
-    "efficientnet_b0",
-    "googlenet",
-    "squeezenet",
-    "vit_b_16",
-    "transformer",
-    "bert",
-    "gpt2",
-    "llama",
-]
 
 #: Optimizers a training row can use (``--optimizer``).
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
@@ -46,12 +29,13 @@ OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
 
 
 def resolve_models(names: list[str]) -> list[str]:
-    """The models named on a command line (``all`` = every one); raises ValueError naming unknown ones."""
-    models = list(MODELS) if names == ["all"] else names
-    unknown = [m for m in models if m not in MODELS]
+    """The models named on a command line (``all`` = every one); raises `ArgumentError` (a ValueError)
+    naming unknown ones."""
+    chosen = list(models.BENCH_MODELS) if names == ["all"] else names
+    unknown = [m for m in chosen if m not in models.BENCH_MODELS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; use {list(MODELS)} or 'all'")
-    return models
+        raise ArgumentError(f"unknown model(s) {unknown}; use {list(models.BENCH_MODELS)} or 'all'")
+    return chosen
 
 
 GB = 1e9
@@ -75,92 +59,6 @@ class Row:
     measured_eager_gb: float = 0.0
     measured_peak_gb: float = 0.0
     error: str = ""
-
-
-def _vision(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
-    import torchvision
-
-    def make(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
-        ctor = {"squeezenet": "squeezenet1_0"}.get(name, name)
-        kwargs: dict[str, Any] = {"weights": None}
-        if name == "googlenet":
-            kwargs.update(aux_logits=False, init_weights=False)
-        model = getattr(torchvision.models, ctor)(**kwargs)
-        return model, (torch.randn(batch, 3, 224, 224),), torch.randint(0, 1000, (batch,))
-
-    return make
-
-
-class _Seq2Seq(nn.Module):
-    """`nn.Transformer` with its default size (d_model 512, 6+6 layers), sequences of 64 tokens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Transformer()
-
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        return self.body(src, tgt)
-
-
-def _transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
-    seq = 64
-    return (
-        _Seq2Seq(),
-        (torch.randn(seq, batch, 512), torch.randn(seq, batch, 512)),
-        torch.randn(seq, batch, 512),
-    )
-
-
-def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
-    def make(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
-        import transformers  # optional: random weights from a config, no download
-
-        class LogitsOnly(nn.Module):
-            def __init__(self, inner: nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, ids: torch.Tensor) -> torch.Tensor:
-                return self.inner(input_ids=ids).logits
-
-        seq = 128
-        if name == "bert":
-            config = transformers.BertConfig()
-            inner = transformers.BertForMaskedLM(config)
-        elif name == "gpt2":
-            config = transformers.GPT2Config()
-            inner = transformers.GPT2LMHeadModel(config)
-        else:  # Llama's architecture (RMSNorm, rotary, SwiGLU, untied head) at GPT-2-small's size
-            config = transformers.LlamaConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                num_key_value_heads=12,
-                vocab_size=32000,
-                max_position_embeddings=512,
-            )
-            inner = transformers.LlamaForCausalLM(config)
-        ids = torch.randint(0, config.vocab_size, (batch, seq))
-        return LogitsOnly(inner), (ids,), ids
-
-    return make
-
-
-def _factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
-    if name == "transformer":
-        return _transformer
-    if name in ("bert", "gpt2", "llama"):
-        return _hf_model(name)
-    return _vision(name)
-
-
-def _loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    if name == "transformer":
-        return nn.functional.mse_loss
-    if name in ("bert", "gpt2", "llama"):
-        return lambda logits, ids: nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
-    return nn.functional.cross_entropy
 
 
 def _create_state(optimizer: torch.optim.Optimizer) -> None:
@@ -187,16 +85,16 @@ def capture_with_inputs(
     (``captured.run(gm, *args)``: ``(inputs, targets)``, or ``(inputs,)`` in eval mode) and the bytes of
     the optimizer's state (resident, outside the graph)."""
     torch.manual_seed(0)
-    model, inputs, targets = _factory(name)(batch)
+    model, inputs, targets = models.example(name, batch)
     if mode == "eval":
         model.eval()
         return capture_inference_step(model, inputs), (inputs,), 0
     model.train()
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+        raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
     opt = OPTIMIZERS[optimizer](model.parameters())
     _create_state(opt)
-    captured = capture_training_step(model, opt, _loss_for(name), inputs, targets)
+    captured = capture_training_step(model, opt, models.loss_for(name), inputs, targets)
     return captured, (inputs, targets), optimizer_state_bytes([opt])
 
 

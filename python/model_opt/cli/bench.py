@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from model_opt._native import SCHEDULE_METHODS
-from model_opt.cli_args import nonnegative_float, positive_int, seconds
-from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_OK
+from model_opt.cli.args import nonnegative_float, positive_int, seconds
+from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from model_opt import bench, bench_reorder
+        from model_opt.apps import bench, bench_reorder
     except ImportError as e:
         print(f"model-opt bench: needs PyTorch and torchvision ({e})", file=sys.stderr)
         return EXIT_BAD_INPUT

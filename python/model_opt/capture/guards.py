@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from model_opt.capture import CaptureError
-from model_opt.ddp_capture import context_of_ddps
-from model_opt.step_capture import StepState
+from model_opt.capture.dataflow import CaptureError
+from model_opt.capture.ddp import context_of_ddps
+from model_opt.capture.step import StepState
 
 #: One entry per aspect of the context, named for `describe_change`.
 Context = tuple[tuple[str, Any], ...]

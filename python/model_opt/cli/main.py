@@ -1,8 +1,9 @@
-"""The `model-opt` command line.
+"""The `model-opt` command line: the parser and the entry point.
 
-Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which registers the
-subcommand and sets ``func`` (taking the parsed arguments, returning an exit status). Exit statuses
-(`model_opt.cli_exit`): 0 success, 1 no plan fits the capacity, 2 bad input, with one line on stderr.
+Each subcommand lives in its own module of this package exposing ``add_parser(subparsers)``, which
+registers the subcommand and sets ``func`` (taking the parsed arguments, returning an exit status). Exit
+statuses (`model_opt.cli.exit`): 0 success, 1 no plan fits the capacity, 2 bad input, with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from model_opt import cli_bench, cli_demo, cli_placement, cli_plot, cli_reorder, cli_snapshot
 from model_opt._native import CapacityError, InputError
-from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_NO_FIT, EXIT_OK, error, one_line, os_error_message
+from model_opt.cli import bench, demo, placement, plot, reorder, snapshot
+from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_NO_FIT, EXIT_OK, error, one_line, os_error_message
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = [cli_placement, cli_reorder, cli_demo, cli_bench, cli_plot, cli_snapshot]
+SUBCOMMAND_MODULES = [placement, reorder, demo, bench, plot, snapshot]
 
 
 class _Parser(argparse.ArgumentParser):

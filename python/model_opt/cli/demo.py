@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from model_opt.cli_args import positive_int, seconds
-from model_opt.cli_exit import EXIT_BAD_INPUT, EXIT_OK
-from model_opt.cli_exit import EXIT_CHECKS_FAILED as EXIT_FAILED
+from model_opt.cli.args import positive_int, seconds
+from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_OK
+from model_opt.cli.exit import EXIT_CHECKS_FAILED as EXIT_FAILED
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
 
-        from model_opt.demo import DemoError, format_report, run_demo
+        from model_opt.apps.demo import DemoError, format_report, run_demo
     except ImportError as e:
         print(f"model-opt demo: needs PyTorch and torchvision ({e})", file=sys.stderr)
         return EXIT_BAD_INPUT

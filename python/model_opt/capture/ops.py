@@ -1,6 +1,6 @@
 """Operators that keep a captured step faithful to eager PyTorch where tracing alone would not.
 
-A step function is traced once under fake tensors (`model_opt.step_capture`); whatever Python does at
+A step function is traced once under fake tensors (`model_opt.capture.step`); whatever Python does at
 trace time happens once, and only the aten operators it dispatched are replayed. Two things a training
 step does are not aten operators, and would be frozen at their trace-time values if traced naively:
 
@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 import torch.optim.optimizer as _optim_base
 
-from model_opt.capture import CaptureError
+from model_opt.capture.dataflow import CaptureError
 
 LIB = torch.library.Library("model_opt", "FRAGMENT")
 LIB.define("optimizer_step(int handle, int[] indices, Tensor(a!)[] params, Tensor?[] grads) -> ()")

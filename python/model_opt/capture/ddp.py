@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model_opt.capture import CaptureError
-from model_opt.graph_ops import LIB
+from model_opt.capture.dataflow import CaptureError
+from model_opt.capture.ops import LIB
 
 DDP = nn.parallel.DistributedDataParallel
 

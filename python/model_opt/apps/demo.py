@@ -26,22 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Models the demo knows how to build (torchvision classifiers taking 3-channel images).
-DEMO_MODELS = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "alexnet",
-    "vgg11",
-    "mobilenet_v2",
-    "efficientnet_b0",
-    "squeezenet1_0",
-]
-
-NUM_CLASSES = 10
+from model_opt._native import ModelOptError
+from model_opt.apps import models
 
 
-class DemoError(RuntimeError):
+class DemoError(ModelOptError, RuntimeError):
     """The demo could not run (bad argument, missing dependency, no GPU for --device cuda)."""
 
 
@@ -115,14 +104,6 @@ class _Progress:
             print(f"[demo {time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _build(name: str) -> Any:
-    import torchvision
-
-    if name not in DEMO_MODELS:
-        raise DemoError(f"unknown model {name!r}; use one of {', '.join(DEMO_MODELS)}")
-    return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
-
-
 def _check_losses(got: list[float], want: list[float], exact: bool) -> bool:
     if len(got) != len(want):
         return False
@@ -179,7 +160,7 @@ def run_demo(
     """Trains ``model`` for ``steps`` planned steps with model_opt and checks it against eager PyTorch.
 
     Args:
-        model: a torchvision classifier name from `DEMO_MODELS` (random weights, 10 classes).
+        model: a torchvision classifier name from `models.DEMO_MODELS` (random weights, 10 classes).
         batch_size, image_size: the shape of the random batches (``batch x 3 x size x size``).
         steps: planned steps (after one warm-up and one profiled step; the eager run does all of them).
         device: "cpu" (the CPU shim) or "cuda" (the pluggable allocator; must run before CUDA starts).
@@ -200,8 +181,8 @@ def run_demo(
         raise DemoError("--steps and --batch-size must be >= 1 and --image-size >= 32")
     if device not in ("cpu", "cuda"):
         raise DemoError(f"unknown device {device!r}; use cpu or cuda")
-    if model not in DEMO_MODELS:
-        raise DemoError(f"unknown model {model!r}; use one of {', '.join(DEMO_MODELS)}")
+    if model not in models.DEMO_MODELS:
+        raise DemoError(f"unknown model {model!r}; use one of {', '.join(models.DEMO_MODELS)}")
     say = _Progress(progress)
     import torch
     from torch import nn
@@ -220,13 +201,13 @@ def run_demo(
 
     say(f"building {model} (random weights), batch {batch_size}, {image_size}x{image_size} images")
     torch.manual_seed(0)
-    net = _build(model).to(dev)
+    net = models.classifier(model).to(dev)
     reference = copy.deepcopy(net)  # identical weights, before any step
     total = steps + 2  # warm-up, profiled, then the planned steps
     batches = [
         (
             torch.randn(batch_size, 3, image_size, image_size, device=dev),
-            torch.randint(0, NUM_CLASSES, (batch_size,), device=dev),
+            torch.randint(0, models.NUM_CLASSES, (batch_size,), device=dev),
         )
         for _ in range(total)
     ]

@@ -1,0 +1,150 @@
+"""The one registry of the models the demo and the benchmarks build (random weights, no download).
+
+* `DEMO_MODELS`: torchvision classifiers the demo trains (`classifier`, 10 classes);
+* `BENCH_MODELS`: the MODel model set, in its paper's order, and a Llama-style decoder, as training or
+  inference examples at a batch size (`example`: the model, its inputs, its targets) with their loss
+  (`loss_for`). BERT, GPT-2 and Llama need `transformers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from model_opt.errors import ArgumentError
+
+#: Models the demo knows how to build (torchvision classifiers taking 3-channel images).
+DEMO_MODELS = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "alexnet",
+    "vgg11",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "squeezenet1_0",
+]
+
+NUM_CLASSES = 10
+
+
+def classifier(name: str) -> nn.Module:
+    """A torchvision classifier of `DEMO_MODELS` with `NUM_CLASSES` classes."""
+    import torchvision
+
+    if name not in DEMO_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {', '.join(DEMO_MODELS)}")
+    return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
+
+
+#: The MODel set, in its paper's order, and a Llama-style decoder (see `_hf_model`).
+BENCH_MODELS = [
+    "alexnet",
+    "resnet18",
+    "resnet50",
+    "vgg11",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "googlenet",
+    "squeezenet",
+    "vit_b_16",
+    "transformer",
+    "bert",
+    "gpt2",
+    "llama",
+]
+
+
+def _vision(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
+    import torchvision
+
+    def make(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+        ctor = {"squeezenet": "squeezenet1_0"}.get(name, name)
+        kwargs: dict[str, Any] = {"weights": None}
+        if name == "googlenet":
+            kwargs.update(aux_logits=False, init_weights=False)
+        model = getattr(torchvision.models, ctor)(**kwargs)
+        return model, (torch.randn(batch, 3, 224, 224),), torch.randint(0, 1000, (batch,))
+
+    return make
+
+
+class _Seq2Seq(nn.Module):
+    """`nn.Transformer` with its default size (d_model 512, 6+6 layers), sequences of 64 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Transformer()
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        return self.body(src, tgt)
+
+
+def _transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+    seq = 64
+    return (
+        _Seq2Seq(),
+        (torch.randn(seq, batch, 512), torch.randn(seq, batch, 512)),
+        torch.randn(seq, batch, 512),
+    )
+
+
+def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
+    def make(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+        import transformers  # optional: random weights from a config, no download
+
+        class LogitsOnly(nn.Module):
+            def __init__(self, inner: nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                return self.inner(input_ids=ids).logits
+
+        seq = 128
+        if name == "bert":
+            config = transformers.BertConfig()
+            inner = transformers.BertForMaskedLM(config)
+        elif name == "gpt2":
+            config = transformers.GPT2Config()
+            inner = transformers.GPT2LMHeadModel(config)
+        else:  # Llama's architecture (RMSNorm, rotary, SwiGLU, untied head) at GPT-2-small's size
+            config = transformers.LlamaConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                num_key_value_heads=12,
+                vocab_size=32000,
+                max_position_embeddings=512,
+            )
+            inner = transformers.LlamaForCausalLM(config)
+        ids = torch.randint(0, config.vocab_size, (batch, seq))
+        return LogitsOnly(inner), (ids,), ids
+
+    return make
+
+
+def example_factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
+    if name == "transformer":
+        return _transformer
+    if name in ("bert", "gpt2", "llama"):
+        return _hf_model(name)
+    return _vision(name)
+
+
+def loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    if name == "transformer":
+        return nn.functional.mse_loss
+    if name in ("bert", "gpt2", "llama"):
+        return lambda logits, ids: nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+    return nn.functional.cross_entropy
+
+
+def example(name: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+    """Model `name` of `BENCH_MODELS` with inputs and targets of one batch of `batch`."""
+    if name not in BENCH_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {BENCH_MODELS}")
+    return example_factory(name)(batch)

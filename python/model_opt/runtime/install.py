@@ -1,0 +1,170 @@
+"""Installing model_opt as PyTorch's allocator: the CUDA pluggable allocator (`allocator`) and the CPU
+shim compiled against the installed PyTorch (`install_cpu_allocator`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from model_opt import _native
+from model_opt._native import ModelOptError
+
+_allocator_created = False
+_cpu_shim: Any = None
+# Setters of the optional hooks that allocator() found and called (for diagnostics and tests).
+hooks_installed: list[str] = []
+
+# Optional hooks of PyTorch's pluggable allocator, by setter name: the C function each one gets.
+_HOOKS = {
+    "set_init_fn": "model_opt_init",
+    "set_reset_fn": "model_opt_empty_cache",
+    "set_memory_fraction_fn": "model_opt_set_memory_fraction",
+    "set_record_stream_fn": "model_opt_record_stream",
+}
+
+
+def library_path() -> str:
+    """The extension library's file: both the Python module and the allocator PyTorch loads."""
+    path = _native.__file__
+    if path is None:
+        raise ModelOptError("model_opt._native has no file path; reinstall model_opt")
+    return str(path)
+
+
+def allocator() -> Any:
+    """Return model_opt's CUDA allocator as a ``torch.cuda.memory.CUDAPluggableAllocator``.
+
+    It is built from the extension's own library file, so the allocator PyTorch calls and this Python
+    API share one runtime. Install it once, before CUDA is initialized::
+
+        torch.cuda.memory.change_current_allocator(model_opt.allocator())
+
+    The optional hooks (init, ``empty_cache``, memory fraction, ``record_stream``) are set when the
+    PyTorch build exposes their setters to Python.
+
+    Raises:
+        ModelOptError: when CUDA is already initialized, or when called a second time in the process.
+    """
+    global _allocator_created
+    import torch
+
+    if _allocator_created:
+        raise ModelOptError(
+            "model_opt.allocator() was already called in this process. PyTorch accepts one allocator per "
+            "process, set once: call torch.cuda.memory.change_current_allocator(model_opt.allocator()) a "
+            "single time, at the start of the program, before any CUDA tensor exists"
+        )
+    if torch.cuda.is_initialized():
+        raise ModelOptError(
+            "CUDA is already initialized, so PyTorch can no longer change its allocator. Call "
+            "torch.cuda.memory.change_current_allocator(model_opt.allocator()) first, before creating any "
+            "CUDA tensor or calling torch.cuda functions that initialize CUDA"
+        )
+    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "model_opt_alloc", "model_opt_free")
+    symbols = _native.runtime_symbols()
+    native = alloc.allocator()
+    for setter, symbol in _HOOKS.items():
+        set_fn = getattr(native, setter, None)
+        if callable(set_fn):
+            set_fn(symbols[symbol])
+            hooks_installed.append(setter)
+    _allocator_created = True
+    return alloc
+
+
+def _shim_source() -> Path:
+    """The CPU shim's C++ source: shipped in the wheel as model_opt/_cpp/ (in a source tree that is a
+    link to cpp/, resolved so the compiled shim's cache does not depend on the way in)."""
+    package = Path(__file__).resolve().parents[1]  # model_opt/
+    for candidate in (package / "_cpp" / "cpu_shim.cpp", package.parents[1] / "cpp" / "cpu_shim.cpp"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ModelOptError(
+        "cpu_shim.cpp not found (looked in model_opt/_cpp/ and the repository's cpp/); reinstall model_opt "
+        "from a wheel built by maturin or from a source tree"
+    )
+
+
+def _shim_build_dir(source: Path) -> Path:
+    import hashlib
+
+    import torch
+
+    root = os.environ.get("MODEL_OPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "model_opt"
+    )
+    # One directory per torch version (a shim built against another torch's headers must not load)
+    # and per shim source file: two installs (a wheel and a checkout, two checkouts) would otherwise
+    # rebuild the one cached shim each time the other is used, since ninja's build file names the
+    # source by its path.
+    version = torch.__version__.replace("+", "_")
+    digest = hashlib.sha256(str(source).encode() + source.read_bytes()).hexdigest()[:12]
+    path = Path(root) / f"cpu_shim-torch{version}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _ensure_ninja() -> None:
+    """torch.utils.cpp_extension runs `ninja` from PATH; a virtual environment that is not activated has
+    it installed but not on PATH."""
+    if shutil.which("ninja"):
+        return
+    candidates = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # type: ignore[import-not-found, unused-ignore]
+
+        candidates.insert(0, str(ninja.BIN_DIR))
+    except (ImportError, AttributeError):
+        pass
+    for directory in candidates:
+        if shutil.which("ninja", path=directory):
+            os.environ["PATH"] = directory + os.pathsep + os.environ.get("PATH", "")
+            return
+    raise ModelOptError(
+        "building the CPU shim needs ninja, which was not found: install it with `pip install ninja`"
+    )
+
+
+def install_cpu_allocator(verbose: bool = False) -> bool:
+    """Route PyTorch's CPU tensors through model_opt's runtime (the way to use model_opt without a GPU).
+
+    The C++ shim is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a C++ compiler
+    and ninja; about a minute) and cached under ``~/.cache/model_opt`` (or ``$MODEL_OPT_CACHE_DIR``).
+    Tensors allocated before the call keep their own allocator and are freed by it.
+
+    Returns:
+        True when it was installed by this call, False when it already was.
+    """
+    global _cpu_shim
+    if _cpu_shim is None:
+        from torch.utils.cpp_extension import load
+
+        _ensure_ninja()
+        source = _shim_source()
+        _cpu_shim = load(
+            name="model_opt_cpu_shim",
+            sources=[str(source)],
+            build_directory=str(_shim_build_dir(source)),
+            extra_cflags=["-O2"],
+            verbose=verbose,
+        )
+    symbols = _native.runtime_symbols()
+    return bool(
+        _cpu_shim.install(
+            symbols["model_opt_host_alloc"], symbols["model_opt_host_free"], symbols["model_opt_last_error"]
+        )
+    )
+
+
+def restore_default_cpu_allocator() -> bool:
+    """Put PyTorch's default CPU allocator back (``install_cpu_allocator()`` reinstalls model_opt's).
+
+    Tensors keep the allocator that made them, so switching back and forth is safe; benchmarks use it
+    to alternate the two allocators in one process. Returns False when model_opt's was not installed.
+    """
+    if _cpu_shim is None:
+        return False
+    return bool(_cpu_shim.restore_default())
