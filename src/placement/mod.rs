@@ -3,6 +3,7 @@
 
 pub mod auto;
 pub mod csv;
+pub mod files;
 pub mod greedy;
 pub mod ilp;
 pub mod improve;

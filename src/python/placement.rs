@@ -7,12 +7,11 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt};
 
-use super::errors::{csv_error, plan_error, InputError};
-use crate::placement::csv::{read_csv_file, write_solution_csv};
+use super::errors::{csv_error, file_error, plan_error, InputError};
+use crate::placement::csv::read_csv_file;
+use crate::placement::files::{plan_file, validate_file};
 use crate::placement::problem::MAX_VALUE;
-use crate::placement::{
-    max_load, plan, validate, Bytes, Method, PlanOptions, PlanReport, Progress, ProgressFn,
-};
+use crate::placement::{Bytes, Method, PlanOptions, PlanReport, Progress, ProgressFn};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_csv, m)?)?;
@@ -108,22 +107,17 @@ fn plan_csv<'py>(
     time_limit: f64,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = read_csv_file(&path).map_err(csv_error)?;
-    let problem = parsed
-        .problem
-        .with_capacity(capacity_arg(capacity.as_ref())?);
+    let capacity = capacity_arg(capacity.as_ref())?;
     let options = PlanOptions {
         method: method.parse().map_err(plan_error)?,
         time_limit: time_limit_arg(time_limit)?,
         progress: progress_arg(progress),
         ..Default::default()
     };
-    let report = py.detach(|| plan(&problem, &options)).map_err(plan_error)?;
-    if let Some(out) = output {
-        std::fs::write(&out, write_solution_csv(&problem, &report.solution))
-            .map_err(|e| InputError::new_err(format!("{}: cannot write: {e}", out.display())))?;
-    }
-    report_dict(py, problem.len(), &report)
+    let planned = py
+        .detach(|| plan_file(&path, output.as_deref(), capacity, &options))
+        .map_err(file_error)?;
+    report_dict(py, planned.buffers, &planned.report)
 }
 
 /// Checks the `offset` column of a solution CSV file against its buffers (and `capacity` if given).
@@ -136,20 +130,14 @@ fn validate_csv<'py>(
     path: PathBuf,
     capacity: Option<Bound<'py, PyInt>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = read_csv_file(&path).map_err(csv_error)?;
-    let problem = parsed
-        .problem
-        .with_capacity(capacity_arg(capacity.as_ref())?);
-    let offsets = parsed.offsets.ok_or_else(|| {
-        InputError::new_err(format!("{}: no offset column to validate", path.display()))
-    })?;
-    let solution = crate::placement::Solution::from_offsets(&problem, offsets);
-    validate(&problem, &solution)
-        .map_err(|e| InputError::new_err(format!("{}: {e}", path.display())))?;
+    let capacity = capacity_arg(capacity.as_ref())?;
+    let checked = py
+        .detach(|| validate_file(&path, capacity))
+        .map_err(file_error)?;
     let d = PyDict::new(py);
-    d.set_item("buffers", problem.len())?;
-    d.set_item("lower_bound", max_load(&problem).0)?;
-    d.set_item("peak", solution.peak.0)?;
+    d.set_item("buffers", checked.buffers)?;
+    d.set_item("lower_bound", checked.lower_bound.0)?;
+    d.set_item("peak", checked.peak.0)?;
     Ok(d)
 }
 

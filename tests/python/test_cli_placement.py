@@ -389,3 +389,22 @@ def test_no_plan_within_the_capacity_is_a_capacity_error_in_python(minimalloc: P
         r"the best needs (\d+) \(proven bound (\d+)\); give it more time",
         str(raised.value),
     ), raised.value
+
+
+def test_a_failed_pipeline_carries_its_exit_status(tmp_path: Path) -> None:
+    """The exit status of a failed plan or validation is decided once, in Rust
+    (`placement::files::FileError::exit_status`), and carried by the exception the CLI returns."""
+    from model_opt import CapacityError, InputError, plan_csv, validate_csv
+
+    src = tmp_path / "three.csv"
+    src.write_text("id,lower,upper,size\na,0,2,4\nb,1,3,4\nc,2,4,4\n")
+    with pytest.raises(CapacityError) as no_fit:
+        plan_csv(src, capacity=4)
+    assert no_fit.value.exit_status == 1
+    with pytest.raises(InputError) as no_offsets:
+        validate_csv(src)
+    assert no_offsets.value.exit_status == 2
+    assert str(no_offsets.value) == f"{src}: no offset column to validate"
+    with pytest.raises(InputError) as unwritable:
+        plan_csv(src, output=tmp_path / "missing_dir" / "out.csv")
+    assert unwritable.value.exit_status == 2 and "cannot write" in str(unwritable.value)

@@ -11,8 +11,8 @@ from torch.utils import _pytree as pytree
 from model_opt import InputError, optimize
 from model_opt._native import simulate_order
 from model_opt.capture.dataflow import CaptureError
-from model_opt.reorder import peak_of_order, reorder_graph, schedule_captured
 from model_opt.capture.step import capture_training_step
+from model_opt.reorder import peak_of_order, reorder_graph, schedule_captured
 
 torch.set_num_threads(1)
 

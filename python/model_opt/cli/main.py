@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from model_opt._native import CapacityError, InputError
+from model_opt._native import ModelOptError
 from model_opt.cli import bench, demo, placement, plot, reorder, snapshot
-from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_NO_FIT, EXIT_OK, error, one_line, os_error_message
+from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_OK, error, exit_status_of, one_line, os_error_message
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = [placement, reorder, demo, bench, plot, snapshot]
@@ -53,10 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
-    except CapacityError as e:
-        return error(args.command, e, EXIT_NO_FIT)
-    except InputError as e:
-        return error(args.command, e)
+    except ModelOptError as e:
+        return error(args.command, e, exit_status_of(e))
     except OSError as e:
         return error(args.command, os_error_message(e))
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_opt._native import PLACEMENT_METHODS, CapacityError, InputError, plan_csv, validate_csv
+from model_opt._native import PLACEMENT_METHODS, ModelOptError, plan_csv, validate_csv
 from model_opt.cli.args import nonnegative_bytes, seconds
-from model_opt.cli.exit import EXIT_NO_FIT, EXIT_OK, error
+from model_opt.cli.exit import EXIT_OK, error, exit_status_of
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,10 +65,8 @@ def run_plan(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             progress=_print_progress if show_progress else None,
         )
-    except CapacityError as e:
-        return error("plan", e, EXIT_NO_FIT)
-    except InputError as e:
-        return error("plan", e)
+    except ModelOptError as e:
+        return error("plan", e, exit_status_of(e))
     print(summary_line(report))
     return EXIT_OK
 
@@ -76,8 +74,8 @@ def run_plan(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     try:
         report = validate_csv(args.input, capacity=args.capacity)
-    except InputError as e:
-        return error("validate", e)
+    except ModelOptError as e:
+        return error("validate", e, exit_status_of(e))
     print(f"valid: buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']}")
     return EXIT_OK
 
@@ -109,8 +107,8 @@ def run_bench(args: argparse.Namespace) -> int:
     for path in files:
         try:
             r = plan_csv(path, method=args.method, time_limit=args.time_limit)
-        except (InputError, CapacityError) as e:
-            status = error("bench-placement", e)
+        except ModelOptError as e:
+            status = error("bench-placement", e, exit_status_of(e))
             continue
         row = [
             path.stem,
