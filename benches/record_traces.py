@@ -77,7 +77,7 @@ def main() -> None:
         for method in ("greedy", "auto"):
             r = model_opt.plan_csv(path, method=method, time_limit=args.time_limit)
             print(
-                f"| {name} | {method} | {r['buffers']} | {r['lower_bound']} | {r['peak']} | "
+                f"| {name} | {method} | {r['buffers']} | {r['lower_bound_bytes']} | {r['peak_bytes']} | "
                 f"{r['ratio']:.4f} | {r['status']} | {r['seconds']:.3f} |",
                 flush=True,
             )

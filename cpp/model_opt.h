@@ -38,9 +38,10 @@ int model_opt_plan(double time_limit_seconds);
 int model_opt_begin_step(void);
 int model_opt_end_step(void);
 
-/* One statistic by name ("allocated_bytes", "peak_allocated_bytes", "reserved_bytes", "arena_bytes",
- * "lower_bound_bytes", "planned_hits", "fallback_allocations", "fallback_bytes", "divergences",
- * "plan_active"); -1 for an unknown name. */
+/* One statistic by name: any key of Python's model_opt.stats() whose value is a number ("allocated_bytes",
+ * "peak_allocated_bytes", "reserved_bytes", "arena_bytes", "divergences", "plan_active" as 0 or 1, ...;
+ * the list is the RuntimeStats report in src/report.rs); -1 for an unknown name or one that is not a
+ * number. */
 int64_t model_opt_stat(const char* name);
 
 /* Copies the calling thread's last error (NUL-terminated, truncated to len) into buf; returns the

@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::placement::PlanOptions;
+use crate::report;
 use crate::runtime::global::{clear_last_error, global, last_error, set_last_error};
 use crate::runtime::HOST_DEVICE;
 
@@ -177,7 +178,8 @@ pub extern "C" fn model_opt_end_step() -> c_int {
     })
 }
 
-/// One statistic by name (the keys of Python's `stats()` that are numbers); -1 for an unknown name.
+/// One statistic by name: any key of Python's `stats()` whose value is a number (a boolean as 0 or
+/// 1); -1 for an unknown name or one whose value is not a number.
 ///
 /// # Safety
 /// `name` must be NULL or a NUL-terminated string.
@@ -189,20 +191,9 @@ pub unsafe extern "C" fn model_opt_stat(name: *const c_char) -> i64 {
         }
         // SAFETY: the caller passes a NUL-terminated string.
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-        let s = global().stats();
-        let c = &s.counters;
-        let v = match name.as_ref() {
-            "allocated_bytes" => c.allocated_bytes,
-            "peak_allocated_bytes" => c.peak_allocated_bytes,
-            "reserved_bytes" => s.reserved_bytes,
-            "arena_bytes" => s.arena_bytes,
-            "lower_bound_bytes" => s.lower_bound_bytes,
-            "planned_hits" => c.planned_hits,
-            "fallback_allocations" => c.fallback_allocations,
-            "fallback_bytes" => c.fallback_bytes,
-            "divergences" => c.divergences,
-            "plan_active" => u64::from(s.plan_active),
-            _ => return -1,
+        // Every number of `stats()` by its key: the keys come from the one report definition.
+        let Some(v) = report::number(&global().stats(), &name) else {
+            return -1;
         };
         i64::try_from(v).unwrap_or(i64::MAX)
     })

@@ -7,8 +7,10 @@
 pub mod caching_model;
 pub mod ffi;
 pub mod placement;
+pub mod report;
 pub mod runtime;
 pub mod schedule;
+pub mod status;
 
 #[cfg(feature = "python")]
 mod python;

@@ -76,7 +76,7 @@ fn auto_runs_the_ilp_up_to_20000_pairs_and_skips_it_above() {
     validate(&above, &r.solution).unwrap();
     assert!(r.method.starts_with("auto/greedy("), "{}", r.method);
     assert_eq!(r.solution.peak, Bytes(18000));
-    assert_eq!(r.status, Status::Timeout);
+    assert_eq!(r.status, Status::TimeLimit);
     assert_eq!(r.stopped_by, Some(Limit::ImproveTries));
     assert!(
         r.elapsed < Duration::from_secs(30),

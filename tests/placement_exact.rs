@@ -145,7 +145,7 @@ fn a_search_stopped_by_its_node_budget_returns_the_incumbent_and_its_bound() {
     };
     let r = plan(&problem, &opts).unwrap();
     check_report(&problem, &r);
-    assert_eq!(r.status, Status::Timeout);
+    assert_eq!(r.status, Status::TimeLimit);
     assert_eq!(r.stopped_by, Some(Limit::SearchNodes));
     assert_eq!(r.search_nodes, D_NODES);
     assert!(
@@ -165,7 +165,7 @@ fn a_search_stopped_by_its_node_budget_returns_the_incumbent_and_its_bound() {
     let tight = problem.with_capacity(Some(Bytes(990000)));
     let err = plan(&tight, &options(Method::Search, D_NODES)).unwrap_err();
     assert!(err.is_capacity());
-    assert_eq!(err.status(), Some(Status::Timeout), "{err}");
+    assert_eq!(err.status(), Some(Status::TimeLimit), "{err}");
 }
 
 /// The time limit still stops a search that has no node budget; only a search that ignored the
@@ -186,12 +186,12 @@ fn the_time_limit_is_obeyed() {
     };
     let r = timed(&problem).unwrap();
     check_report(&problem, &r);
-    assert_eq!(r.status, Status::Timeout);
+    assert_eq!(r.status, Status::TimeLimit);
     assert_eq!(r.stopped_by, Some(Limit::Time));
     assert!(r.elapsed < limit * 10, "{:?}", r.elapsed);
 
     let err = timed(&problem.with_capacity(Some(Bytes(990000)))).unwrap_err();
-    assert_eq!(err.status(), Some(Status::Timeout), "{err}");
+    assert_eq!(err.status(), Some(Status::TimeLimit), "{err}");
 }
 
 /// Far more than the search needs on the tiny instances below.

@@ -52,7 +52,7 @@ fn auto_improves_on_greedy_above_the_exact_methods_limit() {
             "seed {seed}: too large for the search"
         );
         if auto.status != Status::Optimal {
-            assert_eq!(auto.status, Status::Timeout, "seed {seed}");
+            assert_eq!(auto.status, Status::TimeLimit, "seed {seed}");
             assert_eq!(auto.stopped_by, Some(Limit::ImproveTries), "seed {seed}");
             assert_eq!(auto.improve_tries, TRIES, "seed {seed}");
         }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use model_opt::ffi::*;
+use model_opt::report::{Report, Value};
 use model_opt::runtime::global::global;
 use runtime_support::c_abi::{last_error, stat};
 
@@ -51,6 +52,19 @@ fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
     assert_eq!(stat("divergences"), 0);
     assert_eq!(stat("allocated_bytes"), 0);
     assert_eq!(stat("no_such_stat"), -1);
+    // Every number of the stats report answers by its key, with the value the report holds; text,
+    // lists and the nested step report do not.
+    let stats = global().stats();
+    for (key, value) in stats.fields() {
+        let expected = match value {
+            Value::Int(n) => n as i64,
+            Value::Bool(b) => i64::from(b),
+            _ => -1,
+        };
+        assert_eq!(stat(key), expected, "model_opt_stat({key:?})");
+    }
+    assert_eq!(stat("steps"), 3, "a counter the C ABI did not list before");
+    assert_eq!(stat("mode"), -1, "text is not a number");
     // SAFETY: NULL is allowed.
     assert_eq!(unsafe { model_opt_stat(std::ptr::null()) }, -1);
 

@@ -63,17 +63,17 @@ def schedule_captured(
     df = captured.dataflow
     num_ops, tensors, edges, resident = df.native_args()
     result = schedule_graph(num_ops, tensors, edges, resident, method=method, time_limit=time_limit, gap=gap)
-    order = list(result["order"])  # type: ignore[call-overload]
+    order = result["order"]
     gm = reorder_graph(captured.graph_module, df, order)
     report: dict[str, Any] = {
-        "eager_peak_bytes": int(result["eager_peak"]),  # type: ignore[call-overload]
-        "peak_bytes": int(result["peak"]),  # type: ignore[call-overload]
-        "lower_bound_bytes": int(result["lower_bound"]),  # type: ignore[call-overload]
-        "solve_seconds": float(result["seconds"]),  # type: ignore[arg-type]
+        "eager_peak_bytes": result["eager_peak_bytes"],
+        "peak_bytes": result["peak_bytes"],
+        "lower_bound_bytes": result["lower_bound_bytes"],
+        "solve_seconds": result["seconds"],
         "method": result["method"],
         "status": result["status"],
         # Relative distance to the lower bound: 0 means proven optimal.
-        "gap": (int(result["peak"]) - int(result["lower_bound"])) / max(int(result["peak"]), 1),  # type: ignore[call-overload]
+        "gap": (result["peak_bytes"] - result["lower_bound_bytes"]) / max(result["peak_bytes"], 1),
         "num_ops": num_ops,
         "num_tensors": len(tensors),
         "resident_bytes": resident,

@@ -58,5 +58,5 @@ pub mod replay;
 pub use policy::PoolKind;
 pub use pool::{Allocation, BlockId, BlockInfo, CachingAllocator, Segment, Stream};
 pub use replay::{
-    replay, replay_csv, requests_of, Action, Replay, ReplayEvent, ReplayReport, Request,
+    replay, replay_csv, requests_of, Action, ReplayEvent, ReplayReport, Request, SimulatedStep,
 };

@@ -70,7 +70,7 @@ pub struct ReplayReport {
 
 /// A finished replay: the report, every event, each request's address and the final allocator.
 #[derive(Clone, Debug)]
-pub struct Replay {
+pub struct SimulatedStep {
     pub report: ReplayReport,
     pub events: Vec<ReplayEvent>,
     /// The address each request was served at (`None` for a request of 0 bytes).
@@ -80,7 +80,7 @@ pub struct Replay {
 }
 
 /// Replays `requests` through a fresh allocator.
-pub fn replay(requests: &[Request]) -> Replay {
+pub fn replay(requests: &[Request]) -> SimulatedStep {
     // (time, 0 = free / 1 = alloc, index): frees first at equal times, then trace order.
     let mut order: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * requests.len());
     for (i, r) in requests.iter().enumerate() {
@@ -159,7 +159,7 @@ pub fn replay(requests: &[Request]) -> Replay {
         .filter(|s| s.pool == super::PoolKind::Small)
         .count();
     report.large_segments = report.segments - report.small_segments;
-    Replay {
+    SimulatedStep {
         report,
         events,
         addresses,
@@ -181,7 +181,7 @@ pub fn requests_of(problem: &Problem) -> Vec<Request> {
 }
 
 /// Replays a MiniMalloc CSV trace (`id,lower,upper,size`); any `offset` column is ignored.
-pub fn replay_csv(path: &Path) -> Result<Replay, CsvError> {
+pub fn replay_csv(path: &Path) -> Result<SimulatedStep, CsvError> {
     let parsed = read_csv_file(path)?;
     Ok(replay(&requests_of(&parsed.problem)))
 }

@@ -81,7 +81,7 @@ pub struct PlanOptions {
     /// The most branch-and-bound nodes the exact search (`search`, and the search inside `auto`)
     /// may visit in one plan, over all its capacity probes and pinnings; `None` (the default) for no
     /// limit. Reaching it stops the search as the time limit does: the best plan so far is kept,
-    /// and the status is `timeout` unless something proved the plan optimal. Unlike the time limit
+    /// and the status is `time_limit` unless something proved the plan optimal. Unlike the time limit
     /// it does not depend on how fast or busy the machine is: with a time limit that does not
     /// bind, a search stopped by it ends the same way everywhere (the tests use it so). It does not
     /// limit the ILP, which `auto` runs after an unfinished search.
@@ -121,21 +121,7 @@ impl fmt::Debug for PlanOptions {
     }
 }
 
-/// What is known about a plan, or about the absence of one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// The peak equals a proven lower bound.
-    Optimal,
-    /// A valid plan (within the capacity when one is given); the method ran to its end without a
-    /// proof that nothing smaller exists.
-    Feasible,
-    /// Proven: no plan fits the capacity. Never carried by a [`PlanReport`]; see
-    /// [`PlanError::status`].
-    Infeasible,
-    /// The time limit, or a work limit of [`PlanOptions`], came before a proof: the plan is the
-    /// best found, with the best bound proven. [`PlanReport::stopped_by`] says which limit.
-    Timeout,
-}
+pub use crate::status::Status;
 
 /// A limit that stopped planning before its question was settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,17 +132,6 @@ pub enum Limit {
     SearchNodes,
     /// [`PlanOptions::max_improve_tries`]: the iterated greedy tried all the greedy runs it may.
     ImproveTries,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Status::Optimal => "optimal",
-            Status::Feasible => "feasible",
-            Status::Infeasible => "infeasible",
-            Status::Timeout => "timeout",
-        })
-    }
 }
 
 /// A validated plan and what it took to find it.
@@ -172,7 +147,7 @@ pub struct PlanReport {
     /// The method, and what found the plan, e.g. `greedy(size/best-fit)` or `auto/search`.
     pub method: String,
     pub elapsed: Duration,
-    /// With status `timeout`, the limit that stopped the last method; `None` otherwise.
+    /// With status `time_limit`, the limit that stopped the last method; `None` otherwise.
     pub stopped_by: Option<Limit>,
     /// Branch-and-bound nodes the exact search visited (0 when it did not run).
     pub search_nodes: u64,
@@ -231,14 +206,14 @@ impl PlanError {
         )
     }
 
-    /// The status of a capacity question this error answers: `infeasible` when proven, `timeout`
+    /// The status of a capacity question this error answers: `infeasible` when proven, `time_limit`
     /// when time ran out first, `feasible` for a greedy plan that does not fit (nothing proven).
     pub fn status(&self) -> Option<Status> {
         match self {
             PlanError::CapacityBelowBound { .. } | PlanError::Infeasible { .. } => {
                 Some(Status::Infeasible)
             }
-            PlanError::Timeout { .. } => Some(Status::Timeout),
+            PlanError::Timeout { .. } => Some(Status::TimeLimit),
             PlanError::NoPlanWithinCapacity { .. } => Some(Status::Feasible),
             _ => None,
         }
@@ -304,7 +279,7 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
     let status = if closed {
         Status::Optimal
     } else if stopped_by.is_some() {
-        Status::Timeout
+        Status::TimeLimit
     } else {
         Status::Feasible
     };

@@ -6,7 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::errors::csv_error;
-use crate::caching_model::{replay_csv, Action, PoolKind, Replay};
+use super::report::to_dict;
+use crate::caching_model::{replay_csv, Action, PoolKind, SimulatedStep};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(caching_allocator_peak, m)?)?;
@@ -14,37 +15,20 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-fn run(py: Python<'_>, path: PathBuf) -> PyResult<Replay> {
+fn run(py: Python<'_>, path: PathBuf) -> PyResult<SimulatedStep> {
     py.detach(|| replay_csv(&path)).map_err(csv_error)
-}
-
-fn report_dict<'py>(py: Python<'py>, out: &Replay) -> PyResult<Bound<'py, PyDict>> {
-    let r = &out.report;
-    let d = PyDict::new(py);
-    d.set_item("buffers", out.addresses.len())?;
-    d.set_item("allocations", r.allocations)?;
-    d.set_item("reserved_peak_bytes", r.reserved_peak)?;
-    d.set_item("allocated_at_peak_bytes", r.allocated_at_reserved_peak)?;
-    d.set_item("requested_at_peak_bytes", r.requested_at_reserved_peak)?;
-    d.set_item("fragmentation", r.fragmentation)?;
-    d.set_item("peak_allocated_bytes", r.peak_allocated)?;
-    d.set_item("peak_requested_bytes", r.peak_requested)?;
-    d.set_item("segments", r.segments)?;
-    d.set_item("small_segments", r.small_segments)?;
-    d.set_item("large_segments", r.large_segments)?;
-    Ok(d)
 }
 
 /// Replays a MiniMalloc CSV trace through a model of PyTorch's CUDA caching allocator.
 ///
-/// Returns a dict: buffers, allocations, reserved_peak_bytes, allocated_at_peak_bytes,
+/// Returns a `CachingAllocatorPeak` dict: buffers, allocations, reserved_peak_bytes, allocated_at_peak_bytes,
 /// requested_at_peak_bytes, fragmentation ((reserved - allocated) / reserved when reserved memory
 /// peaks), peak_allocated_bytes, peak_requested_bytes (the trace's max load), segments,
 /// small_segments, large_segments. Raises `InputError` for a malformed file.
 #[pyfunction]
 fn caching_allocator_peak<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
     let out = run(py, path)?;
-    report_dict(py, &out)
+    to_dict(py, &out)
 }
 
 /// Like `caching_allocator_peak`, plus the replay itself: `events`, a list of
@@ -56,7 +40,7 @@ fn caching_allocator_peak<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound
 #[pyfunction]
 fn caching_allocator_replay<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
     let out = run(py, path)?;
-    let d = report_dict(py, &out)?;
+    let d = to_dict(py, &out)?;
     let events = PyList::empty(py);
     for e in &out.events {
         let action = match e.action {

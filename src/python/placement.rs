@@ -8,10 +8,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt};
 
 use super::errors::{csv_error, file_error, plan_error, InputError};
+use super::report::to_dict;
 use crate::placement::csv::read_csv_file;
 use crate::placement::files::{plan_file, validate_file};
 use crate::placement::problem::MAX_VALUE;
-use crate::placement::{Bytes, Method, PlanOptions, PlanReport, Progress, ProgressFn};
+use crate::placement::{Bytes, Method, PlanOptions, Progress, ProgressFn};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_csv, m)?)?;
@@ -53,23 +54,6 @@ fn time_limit_arg(seconds: f64) -> PyResult<Duration> {
         .map_err(|_| InputError::new_err(format!("time limit {seconds} seconds is too large")))
 }
 
-fn report_dict<'py>(
-    py: Python<'py>,
-    buffers: usize,
-    report: &PlanReport,
-) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("buffers", buffers)?;
-    d.set_item("lower_bound", report.lower_bound.0)?;
-    d.set_item("proven_bound", report.proven_bound.0)?;
-    d.set_item("peak", report.solution.peak.0)?;
-    d.set_item("ratio", report.ratio())?;
-    d.set_item("method", &report.method)?;
-    d.set_item("status", report.status.to_string())?;
-    d.set_item("seconds", report.elapsed.as_secs_f64())?;
-    Ok(d)
-}
-
 /// Wraps a Python callable as the planner's progress callback. It runs on the planning thread,
 /// which holds no GIL while it plans, so the callback takes it; an exception in it is reported as
 /// unraisable and planning goes on.
@@ -92,7 +76,8 @@ fn progress_arg(callback: Option<Py<PyAny>>) -> Option<ProgressFn> {
 
 /// Plans the buffers of a MiniMalloc CSV file; writes the solution CSV to `output` when given.
 ///
-/// Returns a dict: buffers, lower_bound, proven_bound, peak, ratio, method, status, seconds. Raises
+/// Returns a `PlacementSummary` dict (`model_opt.reports`): buffers, lower_bound_bytes,
+/// proven_bound_bytes, peak_bytes, ratio, method, status, seconds. Raises
 /// `InputError` for a malformed file and `CapacityError` when no plan fits `capacity` (proven, or
 /// not found in time: the message says which). `progress`, if given, is called as
 /// `progress(incumbent_or_None, bound, elapsed_seconds, phase)` whenever either improves.
@@ -117,12 +102,13 @@ fn plan_csv<'py>(
     let planned = py
         .detach(|| plan_file(&path, output.as_deref(), capacity, &options))
         .map_err(file_error)?;
-    report_dict(py, planned.buffers, &planned.report)
+    to_dict(py, &planned)
 }
 
 /// Checks the `offset` column of a solution CSV file against its buffers (and `capacity` if given).
 ///
-/// Returns a dict: buffers, lower_bound, peak. Raises `InputError` naming the first problem found.
+/// Returns a `ValidationSummary` dict: buffers, lower_bound_bytes, peak_bytes. Raises `InputError`
+/// naming the first problem found.
 #[pyfunction]
 #[pyo3(signature = (path, capacity=None))]
 fn validate_csv<'py>(
@@ -134,11 +120,7 @@ fn validate_csv<'py>(
     let checked = py
         .detach(|| validate_file(&path, capacity))
         .map_err(file_error)?;
-    let d = PyDict::new(py);
-    d.set_item("buffers", checked.buffers)?;
-    d.set_item("lower_bound", checked.lower_bound.0)?;
-    d.set_item("peak", checked.peak.0)?;
-    Ok(d)
+    to_dict(py, &checked)
 }
 
 /// Reads a MiniMalloc CSV file with the project's one CSV reader (the one `plan_csv` uses): quoted

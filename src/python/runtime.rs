@@ -8,10 +8,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::errors::{plan_error, InputError, ModelOptError};
+use super::report::to_dict;
 use crate::ffi;
 use crate::placement::PlanOptions;
 use crate::runtime::global::{clear_latest_error, global, latest_error};
-use crate::runtime::{RuntimeError, StepStats};
+use crate::runtime::RuntimeError;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_begin_profile, m)?)?;
@@ -39,20 +40,6 @@ fn runtime_error(e: RuntimeError) -> PyErr {
     }
 }
 
-fn step_dict<'py>(py: Python<'py>, s: &StepStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("allocations", s.allocations)?;
-    d.set_item("planned_hits", s.planned_hits)?;
-    d.set_item("persistent_allocations", s.persistent_allocations)?;
-    d.set_item("transient_fallbacks", s.transient_fallbacks)?;
-    d.set_item("divergences", s.divergences)?;
-    d.set_item("abandoned", s.abandoned)?;
-    d.set_item("new_signature", s.new_signature)?;
-    d.set_item("unplanned_allocations", s.unplanned_allocations)?;
-    d.set_item("first_fit", s.first_fit)?;
-    Ok(d)
-}
-
 /// Starts recording a step (behind `model_opt.profile()`).
 #[pyfunction]
 fn runtime_begin_profile() -> PyResult<()> {
@@ -65,7 +52,7 @@ fn runtime_end_profile() -> PyResult<()> {
     global().end_profile().map_err(runtime_error)
 }
 
-/// Plans the recorded step and reserves the arena; returns the plan report as a dict.
+/// Plans the recorded step and reserves the arena; returns a `PlanSummary` dict.
 #[pyfunction]
 #[pyo3(signature = (time_limit=5.0))]
 fn runtime_plan(py: Python<'_>, time_limit: f64) -> PyResult<Bound<'_, PyDict>> {
@@ -81,22 +68,7 @@ fn runtime_plan(py: Python<'_>, time_limit: f64) -> PyResult<Bound<'_, PyDict>> 
     let s = py
         .detach(|| global().plan(&options))
         .map_err(runtime_error)?;
-    let d = PyDict::new(py);
-    d.set_item("buffers", s.buffers)?;
-    d.set_item("persistent_buffers", s.persistent_buffers)?;
-    d.set_item("persistent_bytes", s.persistent_bytes)?;
-    d.set_item("lower_bound_bytes", s.lower_bound_bytes)?;
-    d.set_item("arena_bytes", s.arena_bytes)?;
-    let ratio = if s.lower_bound_bytes == 0 {
-        1.0
-    } else {
-        s.arena_bytes as f64 / s.lower_bound_bytes as f64
-    };
-    d.set_item("ratio", ratio)?;
-    d.set_item("method", s.method)?;
-    d.set_item("seconds", s.elapsed.as_secs_f64())?;
-    d.set_item("devices", s.devices)?;
-    Ok(d)
+    to_dict(py, &s)
 }
 
 /// Starts a planned step (behind `model_opt.step(key)`); `key` names its signature.
@@ -106,57 +78,19 @@ fn runtime_begin_step(key: Option<String>) -> PyResult<()> {
     global().begin_step(key.as_deref()).map_err(runtime_error)
 }
 
-/// Ends the step; what happened in it as a dict.
+/// Ends the step; what happened in it as a `StepStats` dict.
 #[pyfunction]
 fn runtime_end_step(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = global().end_step().map_err(runtime_error)?;
-    step_dict(py, &s)
+    to_dict(py, &s)
 }
 
-/// A snapshot of the runtime's statistics.
+/// A snapshot of the runtime's statistics, as a `RuntimeStats` dict.
 #[pyfunction]
 fn runtime_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let s = global().stats();
-    let c = &s.counters;
-    let d = PyDict::new(py);
-    d.set_item("mode", s.mode)?;
-    d.set_item("in_step", s.in_step)?;
-    d.set_item("plan_active", s.plan_active)?;
-    d.set_item("allocated_bytes", c.allocated_bytes)?;
-    d.set_item("peak_allocated_bytes", c.peak_allocated_bytes)?;
-    d.set_item("reserved_bytes", s.reserved_bytes)?;
-    d.set_item("peak_reserved_bytes", s.peak_reserved_bytes)?;
-    d.set_item("arena_bytes", s.arena_bytes)?;
-    d.set_item("fallback_reserved_bytes", s.fallback_reserved_bytes)?;
-    d.set_item("lower_bound_bytes", s.lower_bound_bytes)?;
-    d.set_item("persistent_bytes", s.persistent_bytes)?;
-    d.set_item("plan_buffers", s.plan_buffers)?;
-    d.set_item("allocations", c.allocations)?;
-    d.set_item("frees", c.frees)?;
-    d.set_item("planned_hits", c.planned_hits)?;
-    d.set_item("fallback_allocations", c.fallback_allocations)?;
-    d.set_item("fallback_bytes", c.fallback_bytes)?;
-    d.set_item("divergences", c.divergences)?;
-    d.set_item("persistent_allocations", c.persistent_allocations)?;
-    d.set_item("transient_fallbacks", c.transient_fallbacks)?;
-    d.set_item("record_stream_fallbacks", c.record_stream_fallbacks)?;
-    d.set_item("steps", c.steps)?;
-    d.set_item("abandoned_steps", c.abandoned_steps)?;
-    d.set_item("unknown_frees", c.unknown_frees)?;
-    d.set_item("out_of_memory", c.out_of_memory)?;
-    d.set_item("auto_replans", c.auto_replans)?;
-    d.set_item("new_signatures", c.new_signatures)?;
-    d.set_item("signature_switches", c.signature_switches)?;
-    d.set_item("unplanned_allocations", c.unplanned_allocations)?;
-    d.set_item("unplanned_arena_allocations", c.unplanned_arena_allocations)?;
-    d.set_item("arenas_returned", c.arenas_returned)?;
-    d.set_item("plans", s.plans)?;
-    d.set_item("max_plans", s.max_plans)?;
-    d.set_item("max_divergences", s.max_divergences)?;
-    d.set_item("devices", s.devices)?;
-    d.set_item("last_step", step_dict(py, &s.last_step)?)?;
-    d.set_item("last_error", latest_error())?;
-    Ok(d)
+    let mut s = global().stats();
+    s.last_error = latest_error();
+    to_dict(py, &s)
 }
 
 /// Sets the peak to the bytes allocated now.

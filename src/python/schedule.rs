@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::errors::InputError;
+use super::report::to_dict;
 use crate::placement::Bytes;
 use crate::schedule::{self, Graph, Method, ScheduleError, ScheduleOptions, Tensor};
 
@@ -47,8 +48,8 @@ fn build(
 ///
 /// `tensors` are `(size, producer, consumers, output)` tuples over operators `0..num_ops` (the captured
 /// order); `edges` are extra `(before, after)` constraints; `resident` bytes are live throughout.
-/// Returns a dict: order, peak, eager_peak, lower_bound, status, method, seconds. Raises `InputError`
-/// for a malformed graph or option.
+/// Returns a `ScheduleResult` dict: order, peak_bytes, eager_peak_bytes, lower_bound_bytes, status,
+/// method, seconds, windows. Raises `InputError` for a malformed graph or option.
 #[pyfunction]
 #[pyo3(signature = (num_ops, tensors, edges, resident=0, method="auto", time_limit=10.0, gap=0.0, window=48))]
 #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
@@ -79,15 +80,7 @@ fn schedule_graph<'py>(
     let report = py
         .detach(|| schedule::schedule(&graph, &options))
         .map_err(schedule_error)?;
-    let d = PyDict::new(py);
-    d.set_item("order", report.order)?;
-    d.set_item("peak", report.peak.0)?;
-    d.set_item("eager_peak", report.eager_peak.0)?;
-    d.set_item("lower_bound", report.lower_bound.0)?;
-    d.set_item("status", report.status.to_string())?;
-    d.set_item("method", report.method)?;
-    d.set_item("seconds", report.elapsed.as_secs_f64())?;
-    Ok(d)
+    to_dict(py, &report)
 }
 
 /// Live bytes at each step of `order` over the same graph description as `schedule_graph`.

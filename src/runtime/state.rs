@@ -575,6 +575,7 @@ impl Runtime {
             max_divergences: inner.config.max_divergences,
             last_step,
             devices: inner.devices.iter().map(|d| d.device).collect(),
+            last_error: None,
         }
     }
 

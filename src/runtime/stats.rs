@@ -115,4 +115,7 @@ pub struct Stats {
     pub max_divergences: u64,
     pub last_step: StepStats,
     pub devices: Vec<i32>,
+    /// The most recent error a C hook recorded (hooks cannot raise); filled in by the caller that
+    /// reads the process-wide record (`runtime::global::latest_error`).
+    pub last_error: Option<String>,
 }

@@ -1,6 +1,5 @@
 //! The scheduler's front door: pick a method, respect the time limit, report what was achieved.
 
-use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -63,27 +62,7 @@ impl FromStr for Method {
     }
 }
 
-/// What is known about the returned order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Proven optimal: it meets the lower bound, or the whole-graph ILP closed its gap.
-    Optimal,
-    /// Valid, not proven optimal (a heuristic, or windows that were each solved to optimality).
-    Feasible,
-    /// The time limit (or [`ScheduleOptions::max_windows`]) stopped the ILP; the best order found
-    /// so far.
-    TimeLimit,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Status::Optimal => "optimal",
-            Status::Feasible => "feasible",
-            Status::TimeLimit => "time_limit",
-        })
-    }
-}
+pub use crate::status::Status;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ScheduleOptions {

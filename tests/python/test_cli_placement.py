@@ -57,9 +57,9 @@ def test_python_api_matches_the_cli(minimalloc: Path, tmp_path: Path) -> None:
     # The same plan (greedy is deterministic), reported the same way: every summary field but the time.
     assert fields == {
         "buffers": str(report["buffers"]),
-        "lower_bound": str(report["lower_bound"]),
-        "proven_bound": str(report["proven_bound"]),
-        "peak": str(report["peak"]),
+        "lower_bound": str(report["lower_bound_bytes"]),
+        "proven_bound": str(report["proven_bound_bytes"]),
+        "peak": str(report["peak_bytes"]),
         "peak/lower_bound": f"{report['ratio']:.4f}",
         "method": report["method"],
         "status": report["status"],
@@ -67,9 +67,9 @@ def test_python_api_matches_the_cli(minimalloc: Path, tmp_path: Path) -> None:
     }
     assert cli_out.read_bytes() == api_out.read_bytes()
     # small_c's optimum is 8; no greedy rule finds it, and greedy proves nothing above the bound.
-    assert report["lower_bound"] == report["proven_bound"] == 8
-    assert report["peak"] > 8 and report["status"] == "feasible"
-    assert report["ratio"] == pytest.approx(report["peak"] / 8)
+    assert report["lower_bound_bytes"] == report["proven_bound_bytes"] == 8
+    assert report["peak_bytes"] > 8 and report["status"] == "feasible"
+    assert report["ratio"] == pytest.approx(report["peak_bytes"] / 8)
     assert fields["time"].endswith("s") and float(fields["time"][:-1]) >= 0
 
 
@@ -241,7 +241,7 @@ def test_a_capacity_too_large_is_bad_input(minimalloc: Path, capacity: int) -> N
         model_opt.plan_csv(src, capacity=capacity)
     with pytest.raises(model_opt.InputError, match=r"^capacity -1 is negative$"):
         model_opt.plan_csv(src, capacity=-1)
-    assert model_opt.plan_csv(src, capacity=2**53)["peak"] == 12
+    assert model_opt.plan_csv(src, capacity=2**53)["peak_bytes"] == 12
 
 
 def test_a_zero_size_buffer_fits_any_capacity(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_a_closed_stdout_ends_quietly_with_0(minimalloc: Path, tmp_path: Path) -
         # A greedy plan above the bound, nothing run to prove more: feasible.
         ("examples/small_c.8.csv", ["--method", "greedy"], "feasible", 8),
         # D has no known plan at its lower bound: half a second ends in a timeout, best plan kept.
-        ("challenging/D.1048576.csv", ["--time-limit", "0.5"], "timeout", 986112),
+        ("challenging/D.1048576.csv", ["--time-limit", "0.5"], "time_limit", 986112),
         # With a capacity, the first plan that fits ends the run; A's capacity is its lower bound.
         ("challenging/A.1048576.csv", ["--capacity", "1048576"], "optimal", 1048576),
         ("challenging/D.1048576.csv", ["--capacity", "1300000"], "feasible", 986112),
@@ -365,7 +365,7 @@ def test_validate_checks_the_peak_against_the_capacity(minimalloc: Path, tmp_pat
     assert r.returncode == 2
     assert r.stdout == ""
     assert one_error_line(r) == f"model-opt validate: {message}"
-    assert model_opt.validate_csv(solution, capacity=12)["peak"] == 12
+    assert model_opt.validate_csv(solution, capacity=12)["peak_bytes"] == 12
     with pytest.raises(model_opt.InputError) as raised:
         model_opt.validate_csv(solution, capacity=11)
     assert str(raised.value) == message
@@ -379,7 +379,7 @@ def test_no_plan_within_the_capacity_is_a_capacity_error_in_python(minimalloc: P
     assert str(raised.value) == "capacity 11 is below the lower bound 12: no plan can fit"
     assert isinstance(raised.value, model_opt.ModelOptError)
     assert not isinstance(raised.value, model_opt.InputError)
-    assert model_opt.plan_csv(src, capacity=12)["peak"] == 12
+    assert model_opt.plan_csv(src, capacity=12)["peak_bytes"] == 12
     # Not found in the time limit (D has no known plan this small): the message says which.
     d = minimalloc / "challenging" / "D.1048576.csv"
     with pytest.raises(model_opt.CapacityError) as raised:

@@ -56,7 +56,7 @@ def test_demo_small_resnet18_report_is_consistent(tmp_path: Path) -> None:
     assert len(rows) == r["plan_buffers"]
     assert max(int(size) + int(offset) for _, _, _, size, offset in rows) == r["arena_bytes"]
     assert all(int(size) % 512 == 0 and int(offset) % 512 == 0 for _, _, _, size, offset in rows)
-    assert model_opt.validate_csv(served)["peak"] == r["arena_bytes"]
+    assert model_opt.validate_csv(served)["peak_bytes"] == r["arena_bytes"]
     # PyTorch's memory visualizer reads it: one segment, the served arena.
     from model_opt.snapshot import build_snapshot
 
@@ -69,7 +69,8 @@ def test_demo_small_resnet18_report_is_consistent(tmp_path: Path) -> None:
     assert len(trace.read_text().splitlines()) == 1 + r["plan_buffers"]
     planned = model_opt.plan_csv(trace, method="greedy")
     assert planned["buffers"] == r["plan_buffers"]
-    assert planned["lower_bound"] <= r["plan_lower_bound_bytes"]  # the runtime rounds sizes to 512 bytes
+    # The runtime rounds sizes to 512 bytes.
+    assert planned["lower_bound_bytes"] <= r["plan_lower_bound_bytes"]
     caching = model_opt.caching_allocator_peak(str(trace))
     assert caching["peak_allocated_bytes"] == r["plan_lower_bound_bytes"]
     if r["caching_reserved_bytes"] is not None:

@@ -21,7 +21,7 @@ def test_auto_is_the_default_and_reaches_c_optimum(minimalloc: Path) -> None:
         progress=lambda inc, bound, elapsed, phase: seen.append((inc, bound, elapsed, phase)),
     )
     assert report["method"].startswith("auto/")
-    assert report["peak"] == report["proven_bound"] == 1039360
+    assert report["peak_bytes"] == report["proven_bound_bytes"] == 1039360
     assert report["status"] == "optimal"
     assert seen and seen[-1][0] == 1039360
     assert all(isinstance(s[3], str) for s in seen)
@@ -37,7 +37,7 @@ def test_a_failing_progress_callback_does_not_stop_planning(minimalloc: Path) ->
 
     report = model_opt.plan_csv(minimalloc / "examples" / "input.12.csv", method="search", progress=boom)
     assert calls
-    assert report["peak"] == 12
+    assert report["peak_bytes"] == 12
 
 
 def test_cli_prints_progress_on_request_and_exits_1_on_a_capacity_timeout(minimalloc: Path) -> None:

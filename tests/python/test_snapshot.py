@@ -130,15 +130,15 @@ def test_planned_snapshot_is_read_by_torch(tmp_path: Path) -> None:
     rows = _rows(TRACE)
     total, peak = _replay_entries(snapshot)
     assert total == sum(int(r["size"]) for r in rows)
-    assert peak == _max_load(rows) == report["lower_bound"]
+    assert peak == _max_load(rows) == report["lower_bound_bytes"]
     # One segment, the arena, and every buffer at its planned offset.
     (segment,) = snapshot["segments"]
-    assert (segment["address"], segment["total_size"]) == (ARENA_BASE, report["peak"])
+    assert (segment["address"], segment["total_size"]) == (ARENA_BASE, report["peak_bytes"])
     offsets = {r["id"]: int(r["offset"]) for r in _rows(plan)}
     for e in snapshot["device_traces"][0]:
         if e["action"] == "alloc":
             assert e["addr"] == ARENA_BASE + offsets[e["frames"][0]["name"]]
-    assert f"total_reserved: {viz.Bytes(report['peak'])}" in viz.segsum(snapshot)
+    assert f"total_reserved: {viz.Bytes(report['peak_bytes'])}" in viz.segsum(snapshot)
 
 
 def test_caching_model_snapshot_is_read_by_torch(tmp_path: Path) -> None:

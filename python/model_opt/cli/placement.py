@@ -9,6 +9,7 @@ from pathlib import Path
 from model_opt._native import PLACEMENT_METHODS, ModelOptError, plan_csv, validate_csv
 from model_opt.cli.args import nonnegative_bytes, seconds
 from model_opt.cli.exit import EXIT_OK, error, exit_status_of
+from model_opt.reports import PlacementSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,10 +46,10 @@ def _print_progress(incumbent: int | None, bound: int, elapsed: float, phase: st
     print(f"[{phase}] incumbent={shown} bound={bound} elapsed={elapsed:.3f}s", file=sys.stderr, flush=True)
 
 
-def summary_line(report: dict[str, object]) -> str:
+def summary_line(report: PlacementSummary) -> str:
     return (
-        f"buffers={report['buffers']} lower_bound={report['lower_bound']} "
-        f"proven_bound={report['proven_bound']} peak={report['peak']} "
+        f"buffers={report['buffers']} lower_bound={report['lower_bound_bytes']} "
+        f"proven_bound={report['proven_bound_bytes']} peak={report['peak_bytes']} "
         f"peak/lower_bound={report['ratio']:.4f} method={report['method']} status={report['status']} "
         f"time={report['seconds']:.3f}s"
     )
@@ -76,7 +77,8 @@ def run_validate(args: argparse.Namespace) -> int:
         report = validate_csv(args.input, capacity=args.capacity)
     except ModelOptError as e:
         return error("validate", e, exit_status_of(e))
-    print(f"valid: buffers={report['buffers']} lower_bound={report['lower_bound']} peak={report['peak']}")
+    r = report
+    print(f"valid: buffers={r['buffers']} lower_bound={r['lower_bound_bytes']} peak={r['peak_bytes']}")
     return EXIT_OK
 
 
@@ -113,8 +115,8 @@ def run_bench(args: argparse.Namespace) -> int:
         row = [
             path.stem,
             r["buffers"],
-            r["lower_bound"],
-            r["peak"],
+            r["lower_bound_bytes"],
+            r["peak_bytes"],
             f"{r['ratio']:.4f}",
             r["method"],
             r["status"],

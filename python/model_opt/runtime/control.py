@@ -7,10 +7,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from model_opt import _native
 from model_opt.errors import ArgumentError
+from model_opt.reports import PlanSummary, RuntimeStats
 
 
 @contextlib.contextmanager
@@ -29,18 +29,18 @@ def profile() -> Iterator[None]:
         _native.runtime_end_profile()
 
 
-def plan(time_limit: float = 5.0) -> dict[str, Any]:
+def plan(time_limit: float = 5.0) -> PlanSummary:
     """Plan the recorded step, validate the plan, reserve its arena, and switch to planned mode.
 
     Args:
         time_limit: seconds the placement planner may search (the best available method runs).
 
     Returns:
-        A dict: ``buffers`` (transient buffers planned), ``persistent_buffers``, ``persistent_bytes``,
-        ``lower_bound_bytes``, ``arena_bytes``, ``ratio`` (arena over lower bound), ``method``,
-        ``seconds``, ``devices``.
+        A `model_opt.reports.PlanSummary` dict: ``buffers`` (transient buffers planned),
+        ``persistent_buffers``, ``persistent_bytes``, ``lower_bound_bytes``, ``arena_bytes``, ``ratio``
+        (arena over lower bound), ``method``, ``seconds``, ``devices``.
     """
-    return dict(_native.runtime_plan(time_limit))
+    return _native.runtime_plan(time_limit)
 
 
 @contextlib.contextmanager
@@ -70,11 +70,12 @@ def step(key: str | int | None = None) -> Iterator[None]:
         _native.runtime_end_step()
 
 
-def stats() -> dict[str, Any]:
+def stats() -> RuntimeStats:
     """Statistics of the runtime (PyTorch's own memory statistics do not work with a custom allocator).
 
-    Keys include ``mode``, ``allocated_bytes``, ``peak_allocated_bytes``, ``reserved_bytes``,
-    ``peak_reserved_bytes`` (like ``torch.cuda.max_memory_reserved``),
+    A `model_opt.reports.RuntimeStats` dict (every key is listed there). Keys include ``mode``,
+    ``allocated_bytes``, ``peak_allocated_bytes``, ``reserved_bytes``, ``peak_reserved_bytes`` (like
+    ``torch.cuda.max_memory_reserved``),
     ``arena_bytes``, ``lower_bound_bytes``, ``planned_hits``, ``fallback_allocations``,
     ``fallback_bytes``, ``divergences``, ``plan_active``, ``transient_fallbacks``,
     ``persistent_allocations``, ``abandoned_steps``, ``auto_replans``, ``steps``, ``plans`` (step
@@ -83,7 +84,7 @@ def stats() -> dict[str, Any]:
     space), ``last_step`` (a dict for the last step) and ``last_error`` (the last
     error a C hook recorded, or None). ``lower_bound_bytes`` is the largest lower bound of the plans.
     """
-    return dict(_native.runtime_stats())
+    return _native.runtime_stats()
 
 
 def reset_peak_stats() -> None:

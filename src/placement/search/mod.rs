@@ -19,9 +19,9 @@ use super::validate::InvalidPlan;
 use dfs::{Decision, Dfs, Stopped};
 pub(crate) use instance::{Heuristic, Instance};
 
-/// What one decision search concluded.
+/// The answer of one decision search (does the problem fit the capacity?).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fit {
+pub enum Answer {
     Fits(Solution),
     /// Proven: nothing fits the capacity.
     Infeasible,
@@ -30,7 +30,7 @@ pub enum Fit {
 }
 
 /// Decides whether `problem` fits in `capacity` bytes before `deadline`.
-pub fn decide(problem: &Problem, capacity: Bytes, deadline: Option<Instant>) -> Fit {
+pub fn decide(problem: &Problem, capacity: Bytes, deadline: Option<Instant>) -> Answer {
     let inst = Instance::new(problem);
     let mut unlimited = u64::MAX;
     decide_units(
@@ -51,14 +51,14 @@ fn decide_units(
     cap: u64,
     deadline: Option<Instant>,
     nodes: &mut u64,
-) -> Fit {
+) -> Answer {
     let orders: Vec<_> = Heuristic::ALL.iter().map(|&h| inst.ordering(h)).collect();
     let mut node_limit = (inst.len() as u64).max(64);
     loop {
         node_limit = node_limit.saturating_mul(2);
         for ord in &orders {
             if *nodes == 0 {
-                return Fit::Unknown;
+                return Answer::Unknown;
             }
             let (decision, visited) =
                 run_with_stack(inst, ord, cap, deadline, node_limit.min(*nodes));
@@ -66,10 +66,10 @@ fn decide_units(
             match decision {
                 Decision::Fits(units) => {
                     let offsets = units.into_iter().map(|o| Bytes(o * inst.unit)).collect();
-                    return Fit::Fits(Solution::from_offsets(problem, offsets));
+                    return Answer::Fits(Solution::from_offsets(problem, offsets));
                 }
-                Decision::Infeasible => return Fit::Infeasible,
-                Decision::Stopped(Stopped::Deadline) => return Fit::Unknown,
+                Decision::Infeasible => return Answer::Infeasible,
+                Decision::Stopped(Stopped::Deadline) => return Answer::Unknown,
                 // This order's round is over, or the budget is (checked above).
                 Decision::Stopped(Stopped::NodeLimit) => {}
             }
@@ -168,15 +168,15 @@ pub(crate) fn fit_capacity(
     let fit = decide_units(state.problem, &inst, cap, Some(deadline), &mut nodes);
     state.spend_search_nodes(given - nodes);
     match fit {
-        Fit::Fits(s) => {
+        Answer::Fits(s) => {
             state.offer(s, "search")?;
             Ok(Some(true))
         }
-        Fit::Infeasible => {
+        Answer::Infeasible => {
             state.prove(Bytes((cap + 1) * inst.unit));
             Ok(Some(false))
         }
-        Fit::Unknown => Ok(None),
+        Answer::Unknown => Ok(None),
     }
 }
 
@@ -230,15 +230,15 @@ pub(crate) fn minimize(state: &mut Anytime, deadline: Instant) -> Result<bool, I
         let fit = decide_units(state.problem, &inst, cap, Some(probe_deadline), &mut nodes);
         state.spend_search_nodes(given - nodes);
         match fit {
-            Fit::Fits(s) => {
+            Answer::Fits(s) => {
                 state.offer(s, "search")?;
             }
-            Fit::Infeasible => {
+            Answer::Infeasible => {
                 lo = cap + 1;
                 probe_lo = probe_lo.max(lo);
                 state.prove(Bytes(lo * inst.unit));
             }
-            Fit::Unknown => probe_lo = cap + 1,
+            Answer::Unknown => probe_lo = cap + 1,
         }
     }
 }
@@ -258,7 +258,7 @@ mod tests {
         // A long buffer with two short ones side by side in time, and one across them.
         let p = Problem::new(vec![buf(0, 2, 2), buf(2, 4, 3), buf(1, 3, 2), buf(0, 4, 1)]);
         match decide(&p, Bytes(6), None) {
-            Fit::Fits(s) => validate(&p.clone().with_capacity(Some(Bytes(6))), &s).unwrap(),
+            Answer::Fits(s) => validate(&p.clone().with_capacity(Some(Bytes(6))), &s).unwrap(),
             other => panic!("expected a fit, got {other:?}"),
         }
     }
@@ -281,8 +281,8 @@ mod tests {
             .collect(),
         );
         let lb = crate::placement::max_load(&p);
-        assert_eq!(decide(&p, lb, None), Fit::Infeasible);
-        assert!(matches!(decide(&p, Bytes(lb.0 + 1), None), Fit::Fits(_)));
+        assert_eq!(decide(&p, lb, None), Answer::Infeasible);
+        assert!(matches!(decide(&p, Bytes(lb.0 + 1), None), Answer::Fits(_)));
     }
 
     #[test]
@@ -294,7 +294,7 @@ mod tests {
         let c = buf(1, 3, 8);
         let p = Problem::new(vec![a, b, c]);
         match decide(&p, Bytes(24), None) {
-            Fit::Fits(s) => validate(&p, &s).unwrap(),
+            Answer::Fits(s) => validate(&p, &s).unwrap(),
             other => panic!("expected a fit, got {other:?}"),
         }
     }
@@ -388,18 +388,18 @@ mod brute {
             let limit = brute_limit(&p);
             if best >= limit {
                 // Pinned buffers that collide: nothing fits anywhere.
-                prop_assert_eq!(decide(&p, Bytes(limit + 16), None), Fit::Infeasible);
+                prop_assert_eq!(decide(&p, Bytes(limit + 16), None), Answer::Infeasible);
                 return Ok(());
             }
             match decide(&p, Bytes(best), None) {
-                Fit::Fits(s) => {
+                Answer::Fits(s) => {
                     prop_assert!(crate::placement::validate(&p, &s).is_ok());
                     prop_assert!(s.peak.0 <= best);
                 }
                 other => prop_assert!(false, "optimum {} not found: {:?}", best, other),
             }
             if best > 0 {
-                prop_assert_eq!(decide(&p, Bytes(best - 1), None), Fit::Infeasible);
+                prop_assert_eq!(decide(&p, Bytes(best - 1), None), Answer::Infeasible);
             }
         }
     }
