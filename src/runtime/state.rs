@@ -631,3 +631,107 @@ impl Drop for Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::HostBackend;
+
+    fn runtime() -> Runtime {
+        Runtime::new(Arc::new(HostBackend::new()), RuntimeConfig::default())
+    }
+
+    /// One step's requests: `sizes` allocated in order, then freed in reverse.
+    fn run(rt: &Runtime, sizes: &[usize]) {
+        let addrs: Vec<usize> = sizes
+            .iter()
+            .map(|&s| rt.alloc(HOST_DEVICE, s, 0).unwrap())
+            .collect();
+        for a in addrs.into_iter().rev() {
+            rt.free(HOST_DEVICE, a).unwrap();
+        }
+    }
+
+    fn profiled(sizes: &[usize]) -> Runtime {
+        let rt = runtime();
+        rt.begin_profile().unwrap();
+        run(&rt, sizes);
+        rt.end_profile().unwrap();
+        rt.plan(&PlanOptions::default()).unwrap();
+        rt
+    }
+
+    #[test]
+    fn steps_before_a_plan_are_refused_and_change_nothing() {
+        let rt = runtime();
+        let before = rt.stats();
+        assert!(rt.begin_step(None).is_err());
+        assert!(rt.end_step().is_err(), "no step is open");
+        assert!(
+            rt.plan(&PlanOptions::default()).is_err(),
+            "nothing recorded"
+        );
+        assert_eq!(rt.stats(), before);
+        assert_eq!(rt.mode(), Mode::Passthrough);
+    }
+
+    #[test]
+    fn what_end_step_returns_is_what_stats_reports_and_adds_up_to_the_counters() {
+        let rt = profiled(&[4096, 1024, 512]);
+        assert_eq!(rt.mode(), Mode::Planned);
+        let before = rt.stats().counters;
+        let mut hits = 0;
+        for _ in 0..3 {
+            rt.begin_step(None).unwrap();
+            run(&rt, &[4096, 1024, 512]);
+            let step = rt.end_step().unwrap();
+            assert_eq!(
+                step,
+                rt.stats().last_step,
+                "computed once, reported as returned"
+            );
+            assert_eq!((step.planned_hits, step.divergences), (3, 0));
+            assert!(!step.new_signature && !step.abandoned);
+            hits += step.planned_hits;
+        }
+        let after = rt.stats().counters;
+        assert_eq!(after.planned_hits - before.planned_hits, hits);
+        assert_eq!(after.steps - before.steps, 3);
+        assert_eq!(after.allocated_bytes, 0);
+    }
+
+    #[test]
+    fn a_step_of_new_requests_is_recorded_and_planned_at_its_end() {
+        let rt = profiled(&[4096, 1024]);
+        assert_eq!(rt.stats().plans, 1);
+        rt.begin_step(None).unwrap();
+        run(&rt, &[8192, 2048, 512]);
+        let step = rt.end_step().unwrap();
+        assert!(step.new_signature, "{step:?}");
+        let stats = rt.stats();
+        assert_eq!((stats.plans, stats.counters.new_signatures), (2, 1));
+        // The next step like it follows its new plan.
+        rt.begin_step(None).unwrap();
+        run(&rt, &[8192, 2048, 512]);
+        let step = rt.end_step().unwrap();
+        assert_eq!((step.planned_hits, step.divergences), (3, 0), "{step:?}");
+        assert!(!step.new_signature);
+    }
+
+    #[test]
+    fn without_automatic_planning_a_new_step_follows_the_old_plan_and_diverges() {
+        let rt = profiled(&[4096, 1024]);
+        rt.set_auto_replan(false);
+        rt.begin_step(None).unwrap();
+        run(&rt, &[8192, 2048, 512]);
+        let step = rt.end_step().unwrap();
+        // What the plan could not serve safely went to the fallback, counted as divergences.
+        assert!(step.divergences > 0 && !step.new_signature, "{step:?}");
+        assert_eq!(
+            step.planned_hits + step.transient_fallbacks,
+            step.allocations
+        );
+        assert_eq!(rt.stats().plans, 1);
+        assert_eq!(rt.stats().counters.new_signatures, 0);
+    }
+}
