@@ -247,6 +247,7 @@ report!(SimulatedStep as "CachingAllocatorPeak", |r| {
     segments: r.report.segments,
     small_segments: r.report.small_segments,
     large_segments: r.report.large_segments,
+    cache_flushes: r.report.cache_flushes,
 });
 
 #[cfg(test)]

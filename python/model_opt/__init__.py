@@ -42,6 +42,7 @@ __all__ = [
     "__version__",
     "allocator",
     "caching_allocator_peak",
+    "fit",
     "install_cpu_allocator",
     "optimize",
     "plan",
@@ -69,6 +70,18 @@ def optimize(*args, **kwargs):  # type: ignore[no-untyped-def]
     from model_opt.reorder import optimize as _optimize
 
     return _optimize(*args, **kwargs)
+
+
+def fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """The largest batch size (or sequence length) whose training step fits a memory budget: under
+    PyTorch, under the model_opt arena, and with the step reordered.
+
+    See `model_opt.fit.fit` for the arguments; `model_opt.fit.fit_model` for the benchmark's models.
+    Imported lazily: `import model_opt` needs no torch.
+    """
+    from model_opt.fit import fit as _fit
+
+    return _fit(*args, **kwargs)
 
 
 def plot_plan(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from model_opt import _native
 from model_opt._native import InputError
 
 MIB = 2**20
+GIB = 2**30
 
 
 def _pyplot() -> Any:
@@ -240,3 +241,42 @@ def plot_trace_live_bytes(
         title=f"{Path(trace_csv).name}: live bytes",
         xlabel="time (event index)",
     )
+
+
+def plot_fit(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Draws a `model_opt.fit` report as a PNG: the memory each way needs against the size (log-log),
+    every size estimated, with the budget as a line and each way's largest size marked.
+
+    Raises:
+        model_opt.InputError: the PNG cannot be written.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    evaluations = sorted(report["evaluations"], key=lambda e: e["size"])
+    sizes = [e["size"] for e in evaluations]
+    labels = {
+        "pytorch": "PyTorch (caching allocator model)",
+        "arena": "model_opt arena",
+        "reordered": "model_opt reordered + arena",
+    }
+    for way, label in labels.items():
+        largest = report["largest"][way]
+        ax.plot(
+            sizes,
+            [e[f"{way}_bytes"] / GIB for e in evaluations],
+            marker="o",
+            markersize=3,
+            linewidth=1.2,
+            label=f"{label}: largest {largest}",
+        )
+    ax.axhline(report["memory_bytes"] / GIB, linestyle="--", color="black", linewidth=1.0, label="budget")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(report["variable"].replace("_", " "))  # batch size, or sequence length
+    ax.set_ylabel("memory (GiB)")
+    what = report["variable"].replace("_", " ")
+    ax.set_title(f"{report.get('model') or 'the step'}: memory against {what}")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, plt, path)

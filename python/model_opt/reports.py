@@ -155,6 +155,8 @@ class CachingAllocatorPeak(TypedDict):
     segments: int
     small_segments: int
     large_segments: int
+    #: Times memory ran short and the free cached segments were given back (with a ``capacity``).
+    cache_flushes: int
 
 
 #: Every typed report by the name Rust gives it (the keys of ``_native.REPORT_KEYS``).
@@ -167,3 +169,54 @@ REPORTS: dict[str, type] = {
     "ScheduleResult": ScheduleResult,
     "CachingAllocatorPeak": CachingAllocatorPeak,
 }
+
+
+# Reports made in Python (not in ``_native.REPORT_KEYS``).
+
+
+class FitEstimate(TypedDict):
+    """The bytes one training step needs at one size (`model_opt.fit.estimate.Estimate`)."""
+
+    size: int
+    #: The smallest device PyTorch's caching allocator (its model) runs the step on.
+    pytorch_bytes: int
+    #: What the model_opt runtime would reserve for the eager order.
+    arena_bytes: int
+    #: The same for the order `model_opt.optimize` runs.
+    reordered_bytes: int
+    eager_live_peak_bytes: int
+    #: What PyTorch reserves with memory to spare (``max_memory_reserved``).
+    pytorch_reserved_bytes: int
+    resident_bytes: int
+    optimizer_state_bytes: int
+
+
+class FitReport(TypedDict):
+    """The largest size whose step fits a budget (`model_opt.fit`, ``model-opt fit``)."""
+
+    #: The registry's model name (``fit_model``), or None for a step function.
+    model: str | None
+    #: What the size is: ``batch_size`` or ``seq_len``.
+    variable: str
+    memory_bytes: int
+    #: The smallest and largest size tried.
+    sizes: list[int]
+    #: The largest size that fits, per way (``pytorch``, ``arena``, ``reordered``); None when even the
+    #: smallest does not.
+    largest: dict[str, int | None]
+    #: ``largest["arena"] / largest["pytorch"]`` (None when PyTorch fits nothing).
+    ratio_arena: float | None
+    ratio_reordered: float | None
+    weights_bytes: int
+    optimizer_state_bytes: int
+    #: Hugging Face accelerate's ``estimate-memory`` for training with Adam (4x the weights; no
+    #: activations), for comparison.
+    accelerate_adam_bytes: int
+    #: Each way's estimate at its largest size.
+    at_largest: dict[str, FitEstimate | None]
+    #: Every size estimated, in order.
+    evaluations: list[FitEstimate]
+    #: True when the step's sizes were fitted from four captures (see `model_opt.fit.family`).
+    fitted: bool
+    captures: int
+    seconds: float

@@ -20,13 +20,17 @@
 //! - Freeing (`free_block`, `try_merge_blocks`): a freed block merges with free neighbours of its own
 //!   segment only; blocks of different segments are never merged, even at adjacent addresses.
 //! - Streams: every pool is keyed by stream, so a block freed on one stream is only reused on it.
-//! - No segment is ever released (no `empty_cache()`), so reserved memory only grows.
+//! - Device memory is unlimited by default ([`replay`]): no segment is ever released (no
+//!   `empty_cache()`), so reserved memory only grows. On a device of a given size
+//!   ([`replay_within`]), a new segment that would pass it first makes the allocator give back every
+//!   wholly free segment (`release_cached_blocks`, as PyTorch does when `cudaMalloc` fails), and a
+//!   request that still does not fit is PyTorch's out-of-memory error.
 //!
 //! # What is not modelled
 //!
-//! - Device memory is unlimited: `cudaMalloc` never fails, so there is no out-of-memory path, no
-//!   `release_available_cached_blocks` / `release_cached_blocks` retry with a cache flush, no
-//!   `set_per_process_memory_fraction` limit, and no `garbage_collection_threshold` collection.
+//! - `release_available_cached_blocks` (it only frees oversize blocks, which need
+//!   `max_split_size_mb`), the `garbage_collection_threshold` collection, and the memory the CUDA
+//!   context itself takes (give `replay_within` what PyTorch can use, not the card's size).
 //! - `max_split_size_mb` (default unlimited, which is what is modelled): no oversize blocks.
 //! - `roundup_power2_divisions` (default none), `expandable_segments` (default off), and
 //!   `pinned`/host allocators.
@@ -58,5 +62,6 @@ pub mod replay;
 pub use policy::PoolKind;
 pub use pool::{Allocation, BlockId, BlockInfo, CachingAllocator, Segment, Stream};
 pub use replay::{
-    replay, replay_csv, requests_of, Action, ReplayEvent, ReplayReport, Request, SimulatedStep,
+    replay, replay_csv, replay_within, requests_of, smallest_device, Action, OutOfMemory,
+    ReplayEvent, ReplayReport, Request, SimulatedStep,
 };

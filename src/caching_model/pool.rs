@@ -41,6 +41,9 @@ pub struct Segment {
     pub size: u64,
     pub stream: Stream,
     pub pool: PoolKind,
+    /// Given back to the device (`cudaFree`) when memory ran short: see
+    /// [`CachingAllocator::malloc_within`]. Its bytes no longer count as reserved.
+    pub released: bool,
     head: BlockId,
 }
 
@@ -79,6 +82,7 @@ pub struct CachingAllocator {
     allocated: u64,
     requested: u64,
     reserved: u64,
+    cache_flushes: u64,
 }
 
 impl Default for CachingAllocator {
@@ -100,6 +104,7 @@ impl CachingAllocator {
             allocated: 0,
             requested: 0,
             reserved: 0,
+            cache_flushes: 0,
         }
     }
 
@@ -118,7 +123,13 @@ impl CachingAllocator {
         self.reserved
     }
 
-    /// Every segment made so far, in creation order (none is ever released).
+    /// Times memory ran short and the wholly free segments were given back
+    /// ([`CachingAllocator::malloc_within`]).
+    pub fn cache_flushes(&self) -> u64 {
+        self.cache_flushes
+    }
+
+    /// Every segment made so far, in creation order (released ones flagged).
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -126,6 +137,9 @@ impl CachingAllocator {
     /// The blocks of segment `index`, in address order.
     pub fn segment_blocks(&self, index: usize) -> Vec<BlockInfo> {
         let mut out = Vec::new();
+        if self.segments[index].released {
+            return out;
+        }
         let mut cur = Some(self.segments[index].head);
         while let Some(id) = cur {
             out.push(self.info(id));
@@ -149,12 +163,36 @@ impl CachingAllocator {
     /// stream's pool, else a new segment, then split if the policy says so). A request of 0 bytes
     /// is served like one of 1 byte; PyTorch itself never calls its allocator for 0 bytes.
     pub fn malloc(&mut self, size: u64, stream: Stream) -> Allocation {
+        self.malloc_within(size, stream, None)
+            .expect("with unlimited memory a request is always served")
+    }
+
+    /// [`malloc`](Self::malloc) on a device of `limit` bytes (none: unlimited); `None` when the
+    /// request does not fit (PyTorch's out-of-memory error). As PyTorch does when `cudaMalloc` fails
+    /// (`release_cached_blocks`, then a second try), a new segment that would pass the limit first
+    /// makes the allocator give back every segment that is wholly free; only if it still does not fit
+    /// is the request refused.
+    pub fn malloc_within(
+        &mut self,
+        size: u64,
+        stream: Stream,
+        limit: Option<u64>,
+    ) -> Option<Allocation> {
         let rounded = round_size(size);
         let kind = pool_for(rounded);
         let (id, new_segment) = match self.best_fit(kind, stream, rounded) {
             Some(id) => (id, None),
             None => {
-                let (id, seg) = self.new_segment(kind, stream, allocation_size(rounded));
+                let segment_size = allocation_size(rounded);
+                if let Some(limit) = limit {
+                    if self.reserved + segment_size > limit {
+                        self.release_cached_segments();
+                        if self.reserved + segment_size > limit {
+                            return None;
+                        }
+                    }
+                }
+                let (id, seg) = self.new_segment(kind, stream, segment_size);
                 (id, Some(seg))
             }
         };
@@ -170,12 +208,37 @@ impl CachingAllocator {
         let (addr, bsize) = (b.addr, b.size);
         self.allocated += bsize;
         self.requested += size;
-        Allocation {
+        Some(Allocation {
             block: id,
             addr,
             size: bsize,
             new_segment,
+        })
+    }
+
+    /// `release_cached_blocks`: gives back every segment whose one block is free; the bytes released.
+    fn release_cached_segments(&mut self) -> u64 {
+        self.cache_flushes += 1;
+        let mut released = 0;
+        for i in 0..self.segments.len() {
+            let seg = &self.segments[i];
+            if seg.released {
+                continue;
+            }
+            let (head, kind, stream, size) = (seg.head, seg.pool, seg.stream, seg.size);
+            let b = self.block(head);
+            if b.allocated || b.next.is_some() {
+                continue;
+            }
+            let key = self.key(head, stream);
+            self.pool_mut(kind).remove(&key);
+            self.blocks[head.0] = None;
+            self.free_slots.push(head.0);
+            self.segments[i].released = true;
+            self.reserved -= size;
+            released += size;
         }
+        released
     }
 
     /// Returns an allocated block to its pool, merged with its free neighbours in the segment.
@@ -206,6 +269,9 @@ impl CachingAllocator {
     pub fn check(&self) -> Result<(), String> {
         let (mut allocated, mut reserved, mut free_blocks) = (0, 0, 0);
         for (i, seg) in self.segments.iter().enumerate() {
+            if seg.released {
+                continue;
+            }
             reserved += seg.size;
             let blocks = self.segment_blocks(i);
             let mut at = seg.addr;
@@ -300,6 +366,7 @@ impl CachingAllocator {
             size,
             stream,
             pool: kind,
+            released: false,
             head: id,
         });
         (id, segment)

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use super::policy::ROUND_LARGE;
 use super::pool::{CachingAllocator, Stream};
 use crate::placement::csv::{read_csv_file, CsvError};
 use crate::placement::{Interval, Problem};
@@ -66,6 +67,24 @@ pub struct ReplayReport {
     pub segments: usize,
     pub small_segments: usize,
     pub large_segments: usize,
+    /// Times memory ran short and the wholly free segments were given back (only on a limited
+    /// device: [`replay_within`]).
+    pub cache_flushes: u64,
+}
+
+/// A request that did not fit a limited device, even after the cache was given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "out of memory: buffer {buffer} of {size} bytes does not fit a device of {limit} bytes \
+     ({reserved} bytes reserved, {allocated} allocated, after giving back the free cached segments)"
+)]
+pub struct OutOfMemory {
+    /// The request (index into the replayed slice).
+    pub buffer: usize,
+    pub size: u64,
+    pub limit: u64,
+    pub reserved: u64,
+    pub allocated: u64,
 }
 
 /// A finished replay: the report, every event, each request's address and the final allocator.
@@ -79,8 +98,19 @@ pub struct SimulatedStep {
     pub allocator: CachingAllocator,
 }
 
-/// Replays `requests` through a fresh allocator.
+/// Replays `requests` through a fresh allocator with unlimited memory.
 pub fn replay(requests: &[Request]) -> SimulatedStep {
+    replay_within(requests, None).expect("with unlimited memory every request is served")
+}
+
+/// Replays `requests` through a fresh allocator on a device of `limit` bytes (none: unlimited), as
+/// PyTorch runs them there: when a new segment would pass the limit, the wholly free cached segments
+/// are given back first ([`CachingAllocator::malloc_within`]). An error names the first request that
+/// did not fit.
+pub fn replay_within(
+    requests: &[Request],
+    limit: Option<u64>,
+) -> Result<SimulatedStep, OutOfMemory> {
     // (time, 0 = free / 1 = alloc, index): frees first at equal times, then trace order.
     let mut order: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * requests.len());
     for (i, r) in requests.iter().enumerate() {
@@ -106,6 +136,7 @@ pub fn replay(requests: &[Request]) -> SimulatedStep {
         segments: 0,
         small_segments: 0,
         large_segments: 0,
+        cache_flushes: 0,
     };
     for (time, kind, i) in order {
         let r = &requests[i];
@@ -128,7 +159,15 @@ pub fn replay(requests: &[Request]) -> SimulatedStep {
             events.push(event(Action::Free, addr, r.size, &alloc));
             continue;
         }
-        let a = alloc.malloc(r.size, r.stream);
+        let Some(a) = alloc.malloc_within(r.size, r.stream, limit) else {
+            return Err(OutOfMemory {
+                buffer: i,
+                size: r.size,
+                limit: limit.unwrap_or(u64::MAX),
+                reserved: alloc.reserved_bytes(),
+                allocated: alloc.allocated_bytes(),
+            });
+        };
         blocks[i] = Some(a.block);
         addresses[i] = Some(a.addr);
         report.allocations += 1;
@@ -152,6 +191,7 @@ pub fn replay(requests: &[Request]) -> SimulatedStep {
         let unused = report.reserved_peak - report.allocated_at_reserved_peak;
         report.fragmentation = unused as f64 / report.reserved_peak as f64;
     }
+    report.cache_flushes = alloc.cache_flushes();
     report.segments = alloc.segments().len();
     report.small_segments = alloc
         .segments()
@@ -159,12 +199,34 @@ pub fn replay(requests: &[Request]) -> SimulatedStep {
         .filter(|s| s.pool == super::PoolKind::Small)
         .count();
     report.large_segments = report.segments - report.small_segments;
-    SimulatedStep {
+    Ok(SimulatedStep {
         report,
         events,
         addresses,
         allocator: alloc,
+    })
+}
+
+/// The smallest device, in bytes, on which PyTorch runs `requests` ([`replay_within`] succeeds):
+/// between the most bytes allocated at once and what an unlimited device reserves, found by
+/// bisection over multiples of 2 MiB (every segment is one, so reserved memory always is).
+pub fn smallest_device(requests: &[Request]) -> u64 {
+    let unlimited = replay(requests).report;
+    let unit = ROUND_LARGE;
+    let (mut lo, mut hi) = (
+        unlimited.peak_allocated.div_ceil(unit),
+        unlimited.reserved_peak / unit,
+    );
+    // hi fits; find the least k in lo..=hi with k units fitting.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if replay_within(requests, Some(mid * unit)).is_ok() {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
     }
+    hi * unit
 }
 
 /// The buffers of a placement problem as requests, all on stream 0 (MiniMalloc CSV has no streams).
@@ -272,5 +334,70 @@ mod tests {
         assert_eq!(out.report.reserved_peak, 0);
         assert_eq!(out.report.fragmentation, 0.0);
         assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn on_a_limited_device_free_segments_are_given_back_before_running_out() {
+        // Unlimited, 12 MiB then 14 MiB one after the other reserve both segments: 26 MiB.
+        let reqs = [r(12 * MIB, 0, 1), r(14 * MIB, 1, 2)];
+        let unlimited = replay(&reqs);
+        assert_eq!(unlimited.report.reserved_peak, 26 * MIB);
+        assert_eq!(unlimited.report.cache_flushes, 0);
+        // On 20 MiB, the free 12 MiB segment is given back first and the step runs.
+        let limited = replay_within(&reqs, Some(20 * MIB)).unwrap();
+        assert_eq!(limited.report.cache_flushes, 1);
+        assert_eq!(limited.report.reserved_peak, 14 * MIB);
+        assert!(limited.allocator.segments()[0].released);
+        assert!(limited.allocator.segment_blocks(0).is_empty());
+        limited.allocator.check().unwrap();
+        // Exactly the live bytes' segments fit; one byte less does not.
+        assert!(replay_within(&reqs, Some(14 * MIB)).is_ok());
+        let oom = replay_within(&reqs, Some(14 * MIB - 1)).unwrap_err();
+        assert_eq!((oom.buffer, oom.size), (1, 14 * MIB));
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_beside_live_memory_is_out_of_memory() {
+        // The 12 MiB buffer is still live when 14 MiB are asked for: nothing can be given back.
+        let reqs = [r(12 * MIB, 0, 3), r(14 * MIB, 1, 2)];
+        let oom = replay_within(&reqs, Some(20 * MIB)).unwrap_err();
+        assert_eq!(oom.buffer, 1);
+        assert_eq!((oom.reserved, oom.allocated), (12 * MIB, 12 * MIB));
+        assert!(
+            oom.to_string()
+                .contains("does not fit a device of 20971520 bytes"),
+            "{oom}"
+        );
+        assert_eq!(
+            replay_within(&reqs, Some(26 * MIB))
+                .unwrap()
+                .report
+                .cache_flushes,
+            0
+        );
+    }
+
+    #[test]
+    fn segments_in_use_are_never_given_back() {
+        // A 5 MiB block lives in a 20 MiB segment, whose free 15 MiB rest then serves 12 MiB.
+        let reqs = [r(5 * MIB, 0, 4), r(12 * MIB, 1, 2), r(16 * MIB, 2, 3)];
+        let out = replay_within(&reqs, Some(40 * MIB)).unwrap();
+        // 16 MiB needs its own segment (20 + 16 = 36 <= 40): no flush, and the shared segment stays.
+        assert_eq!(out.report.cache_flushes, 0);
+        assert!(out.allocator.segments().iter().all(|s| !s.released));
+        // On 30 MiB the flush finds nothing wholly free (the 20 MiB segment holds the 5 MiB block).
+        let oom = replay_within(&reqs, Some(30 * MIB)).unwrap_err();
+        assert_eq!(oom.buffer, 2);
+    }
+
+    #[test]
+    fn the_smallest_device_is_the_least_that_runs_the_step() {
+        let reqs = [r(12 * MIB, 0, 1), r(14 * MIB, 1, 2), r(1000, 0, 2)];
+        let smallest = smallest_device(&reqs);
+        assert!(replay_within(&reqs, Some(smallest)).is_ok());
+        assert!(replay_within(&reqs, Some(smallest - 1)).is_err());
+        // 14 MiB and the 2 MiB small segment are live together; the 12 MiB segment is given back.
+        assert_eq!(smallest, 16 * MIB);
+        assert_eq!(smallest_device(&[]), 0);
     }
 }

@@ -5,13 +5,20 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::errors::csv_error;
+use pyo3::types::PyInt;
+
+use super::errors::{csv_error, CapacityError};
+use super::placement::capacity_arg;
 use super::report::to_dict;
-use crate::caching_model::{replay_csv, Action, PoolKind, SimulatedStep};
+use crate::caching_model::{
+    replay_csv, replay_within, requests_of, smallest_device, Action, PoolKind, SimulatedStep,
+};
+use crate::placement::csv::read_csv_file;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(caching_allocator_peak, m)?)?;
     m.add_function(wrap_pyfunction!(caching_allocator_replay, m)?)?;
+    m.add_function(wrap_pyfunction!(caching_allocator_smallest_device, m)?)?;
     Ok(())
 }
 
@@ -24,11 +31,39 @@ fn run(py: Python<'_>, path: PathBuf) -> PyResult<SimulatedStep> {
 /// Returns a `CachingAllocatorPeak` dict: buffers, allocations, reserved_peak_bytes, allocated_at_peak_bytes,
 /// requested_at_peak_bytes, fragmentation ((reserved - allocated) / reserved when reserved memory
 /// peaks), peak_allocated_bytes, peak_requested_bytes (the trace's max load), segments,
-/// small_segments, large_segments. Raises `InputError` for a malformed file.
+/// small_segments, large_segments, cache_flushes. Raises `InputError` for a malformed file.
+///
+/// With `capacity` (bytes), the trace runs on a device of that size, as PyTorch would: when a new
+/// segment would pass it, the wholly free cached segments are given back first (`cache_flushes`
+/// counts the times), and a request that still does not fit raises `CapacityError` (PyTorch's
+/// out-of-memory error) naming it.
 #[pyfunction]
-fn caching_allocator_peak<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let out = run(py, path)?;
+#[pyo3(signature = (path, capacity=None))]
+fn caching_allocator_peak<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    capacity: Option<Bound<'py, PyInt>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let Some(limit) = capacity_arg(capacity.as_ref())? else {
+        let out = run(py, path)?;
+        return to_dict(py, &out);
+    };
+    let parsed = py.detach(|| read_csv_file(&path)).map_err(csv_error)?;
+    let requests = requests_of(&parsed.problem);
+    let out = py
+        .detach(|| replay_within(&requests, Some(limit.0)))
+        .map_err(|e| CapacityError::new_err(format!("{}: {e}", path.display())))?;
     to_dict(py, &out)
+}
+
+/// The smallest device (bytes) on which PyTorch's caching allocator runs the trace: the least
+/// `capacity` for which `caching_allocator_peak` raises no `CapacityError` (a multiple of 2 MiB,
+/// found by bisection). Raises `InputError` for a malformed file.
+#[pyfunction]
+fn caching_allocator_smallest_device(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+    let parsed = py.detach(|| read_csv_file(&path)).map_err(csv_error)?;
+    let requests = requests_of(&parsed.problem);
+    Ok(py.detach(|| smallest_device(&requests)))
 }
 
 /// Like `caching_allocator_peak`, plus the replay itself: `events`, a list of

@@ -24,7 +24,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// A capacity in bytes: 0 to `MAX_VALUE` (2^53, the most a problem's sizes may add up to).
-fn capacity_arg(capacity: Option<&Bound<'_, PyInt>>) -> PyResult<Option<Bytes>> {
+pub(crate) fn capacity_arg(capacity: Option<&Bound<'_, PyInt>>) -> PyResult<Option<Bytes>> {
     let Some(c) = capacity else {
         return Ok(None);
     };

@@ -57,6 +57,10 @@ BENCH_MODELS = [
 ]
 
 
+def _image_batch(batch: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    return (torch.randn(batch, 3, 224, 224),), torch.randint(0, 1000, (batch,))
+
+
 def _vision(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
     import torchvision
 
@@ -66,7 +70,7 @@ def _vision(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, .
         if name == "googlenet":
             kwargs.update(aux_logits=False, init_weights=False)
         model = getattr(torchvision.models, ctor)(**kwargs)
-        return model, (torch.randn(batch, 3, 224, 224),), torch.randint(0, 1000, (batch,))
+        return (model, *_image_batch(batch))
 
     return make
 
@@ -82,13 +86,22 @@ class _Seq2Seq(nn.Module):
         return self.body(src, tgt)
 
 
-def _transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+def _sequence_batch(batch: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     seq = 64
-    return (
-        _Seq2Seq(),
-        (torch.randn(seq, batch, 512), torch.randn(seq, batch, 512)),
-        torch.randn(seq, batch, 512),
-    )
+    return (torch.randn(seq, batch, 512), torch.randn(seq, batch, 512)), torch.randn(seq, batch, 512)
+
+
+def _transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
+    return (_Seq2Seq(), *_sequence_batch(batch))
+
+
+#: The vocabulary sizes of the configs `_hf_model` builds (transformers' defaults; Llama's below).
+_VOCAB = {"bert": 30522, "gpt2": 50257, "llama": 32000}
+
+
+def _token_batch(name: str, batch: int, seq: int = 128) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    ids = torch.randint(0, _VOCAB[name], (batch, seq))
+    return (ids,), ids
 
 
 def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
@@ -103,7 +116,6 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
             def forward(self, ids: torch.Tensor) -> torch.Tensor:
                 return self.inner(input_ids=ids).logits
 
-        seq = 128
         if name == "bert":
             config = transformers.BertConfig()
             inner = transformers.BertForMaskedLM(config)
@@ -121,8 +133,8 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
                 max_position_embeddings=512,
             )
             inner = transformers.LlamaForCausalLM(config)
-        ids = torch.randint(0, config.vocab_size, (batch, seq))
-        return LogitsOnly(inner), (ids,), ids
+        (ids,), targets = _token_batch(name, batch)
+        return LogitsOnly(inner), (ids,), targets
 
     return make
 
@@ -141,6 +153,18 @@ def loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     if name in ("bert", "gpt2", "llama"):
         return lambda logits, ids: nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     return nn.functional.cross_entropy
+
+
+def batch_of(name: str, batch: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Inputs and targets of one batch of `batch` for model `name` of `BENCH_MODELS`, without building
+    the model (what `example` returns with it)."""
+    if name not in BENCH_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {BENCH_MODELS}")
+    if name == "transformer":
+        return _sequence_batch(batch)
+    if name in _VOCAB:
+        return _token_batch(name, batch)
+    return _image_batch(batch)
 
 
 def example(name: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:

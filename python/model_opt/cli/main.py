@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from model_opt._native import ModelOptError
-from model_opt.cli import bench, demo, placement, plot, reorder, snapshot
+from model_opt.cli import bench, demo, fit, placement, plot, reorder, snapshot
 from model_opt.cli.exit import EXIT_BAD_INPUT, EXIT_OK, error, exit_status_of, one_line, os_error_message
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = [placement, reorder, demo, bench, plot, snapshot]
+SUBCOMMAND_MODULES = [placement, reorder, demo, bench, fit, plot, snapshot]
 
 
 class _Parser(argparse.ArgumentParser):

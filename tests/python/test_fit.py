@@ -1,0 +1,242 @@
+"""`model_opt.fit` and `model-opt fit`: the search, the step as a function of its size, the three
+estimates, and the caching allocator model on a device of limited size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import model_opt
+from model_opt import _native
+from model_opt.capture.step import StepState, capture_step
+from model_opt.errors import ArgumentError
+from model_opt.fit import fit, parse_memory
+from model_opt.fit.estimate import buffers_of_order, estimate
+from model_opt.fit.family import StepFamily
+from model_opt.fit.search import largest_fitting
+
+torch.set_num_threads(1)
+MIB = 2**20
+
+
+# --- the search ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 37, 64, 65, 1000, 4095, 4096])
+def test_the_search_finds_the_threshold_in_few_tries(threshold: int) -> None:
+    tried: list[int] = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= threshold
+
+    assert largest_fitting(fits, 1, 4096) == threshold
+    assert len(tried) <= 2 * 12 + 2, tried
+
+
+def test_the_search_says_when_nothing_fits_and_refuses_bad_ranges() -> None:
+    assert largest_fitting(lambda n: False, 1, 4096) is None
+    assert largest_fitting(lambda n: True, 3, 5) == 5
+    with pytest.raises(ValueError):
+        largest_fitting(lambda n: True, 0, 4)
+    with pytest.raises(ValueError):
+        largest_fitting(lambda n: True, 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("16GiB", 16 * 2**30),
+        ("80GB", 80 * 10**9),
+        ("1.5TiB", 3 * 2**39),
+        ("4096", 4096),
+        (" 2 mib ", 2 * MIB),
+    ],
+)
+def test_memory_sizes_are_read_with_their_units(text: str, expected: int) -> None:
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "16 GiBs", "lots", "-1GiB", "0", "1e9"])
+def test_bad_memory_sizes_are_refused(text: str) -> None:
+    with pytest.raises(ArgumentError, match="memory"):
+        parse_memory(text)
+
+
+# --- a small step ---------------------------------------------------------------------------------
+
+
+def _mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.detach()
+
+    return model, opt, train_step
+
+
+def _batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(b, 32), torch.randint(0, 10, (b,))
+
+
+def _capture(model: nn.Module, opt: torch.optim.Optimizer, step: object, b: int) -> object:
+    return capture_step(step, _batch(b), {}, StepState.of([model], [opt])).dataflow  # type: ignore[arg-type]
+
+
+def test_the_step_at_any_size_is_the_step_captured_at_that_size() -> None:
+    model, opt, step = _mlp_step()
+    family = StepFamily.of(lambda b: _capture(model, opt, step, b))  # type: ignore[arg-type, return-value]
+    assert family.exact and family.captures == 4
+    for b in (12, 100, 999):
+        assert family.at(b) == _capture(model, opt, step, b).native_args()  # type: ignore[attr-defined]
+    assert family.captures == 4, "fitted sizes are not captured"
+    family.at(1)  # below the fitted sizes: captured for real
+    assert family.captures == 5
+
+
+def test_a_step_whose_graph_changes_with_the_size_is_captured_at_every_size() -> None:
+    model, opt, _ = _mlp_step()
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        if x.shape[0] > 7:  # a size-dependent branch: one more operator from batch 8 on
+            out = out * 2
+        loss = nn.functional.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.detach()
+
+    family = StepFamily.of(lambda b: _capture(model, opt, train_step, b))  # type: ignore[arg-type, return-value]
+    assert not family.exact
+    assert family.at(20) == _capture(model, opt, train_step, 20).native_args()  # type: ignore[attr-defined]
+    assert family.captures == 5
+
+
+def test_buffer_lifetimes_give_the_simulators_live_bytes() -> None:
+    model, opt, step = _mlp_step()
+    num_ops, tensors, edges, resident = _capture(model, opt, step, 16).native_args()  # type: ignore[attr-defined]
+    order = list(range(num_ops))
+    live = [resident] * num_ops
+    for lower, upper, size in buffers_of_order(tensors, order):
+        for t in range(lower, upper):
+            live[t] += size
+    assert live == list(_native.simulate_order(num_ops, tensors, edges, order, resident))
+
+
+def test_the_largest_batch_is_the_one_the_budget_was_made_for() -> None:
+    # Known by construction: a budget equal to what the arena needs at batch 37 fits 37, not 38.
+    model, opt, step = _mlp_step()
+    family = StepFamily.of(lambda b: _capture(model, opt, step, b))  # type: ignore[arg-type, return-value]
+    state = 2 * sum(p.numel() * 4 for p in model.parameters())
+    at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
+    at_38 = estimate(family.at(38), 38, state, time_limit=1.0)
+    assert at_38.arena_bytes > at_37.arena_bytes
+    report = fit(step, _batch, memory=at_37.arena_bytes, sizes=(1, 256), modules=[model], optimizers=[opt])
+    assert report["largest"]["arena"] == 37
+    assert report["optimizer_state_bytes"] == state  # AdamW, before its first step: predicted
+    # With a budget made for PyTorch at batch 37, its answer is at least 37 (its needs grow in 2 MiB
+    # segments, so several batches may need the same), and the next batch needs more than the budget.
+    at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
+    budget = at_37.pytorch_bytes
+    report = fit(step, _batch, memory=budget, sizes=(1, 256), modules=[model], optimizers=[opt])
+    n = report["largest"]["pytorch"]
+    evaluated = {e["size"]: e for e in report["evaluations"]}
+    assert n is not None and n >= 37 and evaluated[n]["pytorch_bytes"] <= budget
+    assert evaluated[n + 1]["pytorch_bytes"] > budget
+    # No way needs less than the live bytes of its order; the arena holds them exactly or more.
+    for e in report["evaluations"]:
+        assert e["arena_bytes"] >= e["eager_live_peak_bytes"]
+        assert e["pytorch_reserved_bytes"] >= e["pytorch_bytes"] >= e["eager_live_peak_bytes"]
+    assert report["fitted"] and report["model"] is None
+    assert report["ratio_arena"] == pytest.approx(report["largest"]["arena"] / n)
+
+
+def test_a_budget_below_the_smallest_size_fits_nothing() -> None:
+    model, opt, step = _mlp_step()
+    report = fit(step, _batch, memory=1024, sizes=(1, 64), modules=[model], optimizers=[opt])
+    assert report["largest"] == {"pytorch": None, "arena": None, "reordered": None}
+    assert report["ratio_arena"] is None and report["at_largest"]["arena"] is None
+
+
+# --- the caching allocator model on a limited device -----------------------------------------------
+
+
+def test_the_caching_model_runs_out_of_memory_below_its_smallest_device(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"id,lower,upper,size\na,0,1,{12 * MIB}\nb,1,2,{14 * MIB}\nc,0,2,1000\n")
+    smallest = model_opt._native.caching_allocator_smallest_device(trace)
+    assert smallest == 16 * MIB
+    fitted = model_opt.caching_allocator_peak(trace, capacity=smallest)
+    assert fitted["cache_flushes"] == 1 and fitted["reserved_peak_bytes"] == 16 * MIB
+    assert model_opt.caching_allocator_peak(trace)["reserved_peak_bytes"] == 28 * MIB
+    with pytest.raises(model_opt.CapacityError, match=r"out of memory: buffer 1 of 14680064 bytes"):
+        model_opt.caching_allocator_peak(trace, capacity=smallest - 1)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+SCRIPT = """
+import torch
+from torch import nn
+
+def setup():
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def train_step(x, y):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.detach()
+
+    return train_step, lambda b: (torch.randn(b, 32), torch.randint(0, 10, (b,)))
+"""
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "model_opt.cli", "fit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_fit_on_a_script_prints_json_and_draws_the_plot(tmp_path: Path) -> None:
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT)
+    png = tmp_path / "fit.png"
+    r = _cli("--script", f"{script}:setup", "--memory", "8MiB", "--batch-size-range", "1:100000", "--json",
+             "--plot", png)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["memory_bytes"] == 8 * MIB and report["variable"] == "batch_size"
+    n = report["largest"]["arena"]
+    assert isinstance(n, int) and 1 < n < 100000
+    assert report["optimizer_state_bytes"] == 4 * (32 * 64 + 64 + 64 * 10 + 10)  # one momentum buffer
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_refuses_bad_arguments_with_one_line() -> None:
+    r = _cli("--model", "resnet18", "--memory", "lots")
+    assert r.returncode == 2 and r.stderr.startswith("model-opt fit: memory 'lots' is not a size"), r.stderr
+    r = _cli("--model", "all", "--memory", "1GiB")
+    assert r.returncode == 2 and "one model" in r.stderr, r.stderr
+    r = _cli("--script", "nowhere.py:setup", "--memory", "1GiB")
+    assert r.returncode == 2 and "cannot read nowhere.py" in r.stderr, r.stderr
+    r = _cli("--model", "resnet18", "--memory", "1GiB", "--batch-size-range", "8:2")
+    assert r.returncode == 2 and "8 is above 2" in r.stderr, r.stderr
