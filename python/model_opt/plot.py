@@ -254,12 +254,9 @@ def plot_fit(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     evaluations = sorted(report["evaluations"], key=lambda e: e["size"])
     sizes = [e["size"] for e in evaluations]
-    labels = {
-        "pytorch": "PyTorch (caching allocator model)",
-        "arena": "model_opt arena",
-        "reordered": "model_opt reordered + arena",
-    }
-    for way, label in labels.items():
+    from model_opt.reports import FIT_WAYS
+
+    for way, label in FIT_WAYS.items():
         largest = report["largest"][way]
         ax.plot(
             sizes,

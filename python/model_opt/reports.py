@@ -173,9 +173,18 @@ REPORTS: dict[str, type] = {
 
 # Reports made in Python (not in ``_native.REPORT_KEYS``).
 
+#: The three ways `model_opt.fit` estimates a step's memory, in the order reports list them, and how
+#: they are named to people.
+FIT_WAYS = {
+    "pytorch": "PyTorch (caching allocator model)",
+    "arena": "model_opt arena",
+    "reordered": "model_opt reordered + arena",
+}
+
 
 class FitEstimate(TypedDict):
-    """The bytes one training step needs at one size (`model_opt.fit.estimate.Estimate`)."""
+    """The bytes one training step needs at one size (`model_opt.fit.estimate.estimate`), resident bytes
+    and optimizer state included."""
 
     size: int
     #: The smallest device PyTorch's caching allocator (its model) runs the step on.
@@ -184,10 +193,14 @@ class FitEstimate(TypedDict):
     arena_bytes: int
     #: The same for the order `model_opt.optimize` runs.
     reordered_bytes: int
+    #: Resident bytes plus the most bytes of the eager order live at once: no allocator does better
+    #: without reordering.
     eager_live_peak_bytes: int
     #: What PyTorch reserves with memory to spare (``max_memory_reserved``).
     pytorch_reserved_bytes: int
+    #: Weights, buffers and the step's inputs.
     resident_bytes: int
+    #: The optimizer's state (outside the graph; the same in all three).
     optimizer_state_bytes: int
 
 

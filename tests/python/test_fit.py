@@ -143,14 +143,14 @@ def test_the_largest_batch_is_the_one_the_budget_was_made_for() -> None:
     state = 2 * sum(p.numel() * 4 for p in model.parameters())
     at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
     at_38 = estimate(family.at(38), 38, state, time_limit=1.0)
-    assert at_38.arena_bytes > at_37.arena_bytes
-    report = fit(step, _batch, memory=at_37.arena_bytes, sizes=(1, 256), modules=[model], optimizers=[opt])
+    assert at_38["arena_bytes"] > at_37["arena_bytes"]
+    report = fit(step, _batch, memory=at_37["arena_bytes"], sizes=(1, 256), modules=[model], optimizers=[opt])
     assert report["largest"]["arena"] == 37
     assert report["optimizer_state_bytes"] == state  # AdamW, before its first step: predicted
     # With a budget made for PyTorch at batch 37, its answer is at least 37 (its needs grow in 2 MiB
     # segments, so several batches may need the same), and the next batch needs more than the budget.
     at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
-    budget = at_37.pytorch_bytes
+    budget = at_37["pytorch_bytes"]
     report = fit(step, _batch, memory=budget, sizes=(1, 256), modules=[model], optimizers=[opt])
     n = report["largest"]["pytorch"]
     evaluated = {e["size"]: e for e in report["evaluations"]}

@@ -155,15 +155,26 @@ def loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return nn.functional.cross_entropy
 
 
-def batch_of(name: str, batch: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+#: The longest sequence each token model's config takes (its position embeddings).
+MAX_SEQ_LEN = {"bert": 512, "gpt2": 1024, "llama": 512}
+
+
+def batch_of(
+    name: str, batch: int, seq_len: int | None = None
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Inputs and targets of one batch of `batch` for model `name` of `BENCH_MODELS`, without building
-    the model (what `example` returns with it)."""
+    the model (what `example` returns with it). `seq_len` (token models only: `MAX_SEQ_LEN`) replaces
+    their default of 128 tokens."""
     if name not in BENCH_MODELS:
         raise ArgumentError(f"unknown model {name!r}; use one of {BENCH_MODELS}")
+    if name in _VOCAB:
+        if seq_len is not None and not 1 <= seq_len <= MAX_SEQ_LEN[name]:
+            raise ArgumentError(f"{name} takes sequences of 1 to {MAX_SEQ_LEN[name]} tokens, not {seq_len}")
+        return _token_batch(name, batch, 128 if seq_len is None else seq_len)
+    if seq_len is not None:
+        raise ArgumentError(f"{name} takes no sequence length; token models do: {sorted(_VOCAB)}")
     if name == "transformer":
         return _sequence_batch(batch)
-    if name in _VOCAB:
-        return _token_batch(name, batch)
     return _image_batch(batch)
 
 

@@ -14,6 +14,7 @@ from model_opt._native import SCHEDULE_METHODS
 from model_opt.cli.args import positive_int, seconds
 from model_opt.cli.exit import EXIT_OK, error
 from model_opt.errors import ArgumentError
+from model_opt.reports import FIT_WAYS as WAYS
 
 MIB = 2**20
 GIB = 2**30
@@ -51,6 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--batch-size-range", type=size_range, default=(1, 4096), metavar="LO:HI", help="sizes tried (1:4096)"
     )
+    f.add_argument("--seq-len", type=positive_int, metavar="N", help="token models: tokens a sequence (128)")
+    f.add_argument(
+        "--seq-len-range",
+        type=size_range,
+        metavar="LO:HI",
+        help="token models: search the sequence length instead, at --batch-size",
+    )
+    f.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="with --seq-len-range (1)")
     f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw", help="with --model")
     f.add_argument("--time-limit", type=seconds, default=1.0, metavar="SECONDS", help="per solve, per size")
     f.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
@@ -87,25 +96,21 @@ def format_report(r: dict[str, Any]) -> str:
     what = r["model"] or "the step"
     lo, hi = r["sizes"]
     how = "fitted from" if r["fitted"] else "captured at every size,"
+    variable = r["variable"].replace("_", " ").replace("seq len", "sequence length")
     lines = [
-        f"{what}: the largest batch size in {lo}..{hi} under {r['memory_bytes'] / GIB:.2f} GiB "
+        f"{what}: the largest {variable} in {lo}..{hi} under {r['memory_bytes'] / GIB:.2f} GiB "
         f"({how} {r['captures']} captures, {r['seconds']:.1f} s)",
     ]
-    names = {
-        "pytorch": "PyTorch (caching allocator model)",
-        "arena": "model_opt arena",
-        "reordered": "model_opt reordered + arena",
-    }
-    for way, label in names.items():
+    for way, label in WAYS.items():
         n = r["largest"][way]
         ratio = r.get(f"ratio_{way}")
         lines.append(f"  {label:<36}{_size(n):>8}" + (f"   {ratio:.2f}x" if ratio else ""))
     lines.append("  at that size:           needs (MiB)  live peak (MiB)  PyTorch reserves (MiB)")
-    for way in names:
+    for way in WAYS:
         e = r["at_largest"][way]
         if e is not None:
             lines.append(
-                f"  {way:<10} batch {e['size']:<8}{e[f'{way}_bytes'] / MIB:>12.0f}"
+                f"  {way:<10} size {e['size']:<9}{e[f'{way}_bytes'] / MIB:>12.0f}"
                 f"{e['eager_live_peak_bytes'] / MIB:>17.0f}{e['pytorch_reserved_bytes'] / MIB:>24.0f}"
             )
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
@@ -130,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     def progress(e: Any) -> None:
         if not args.json:
             print(
-                f"  batch {e.size}: PyTorch {e.pytorch_bytes / MIB:.0f} MiB, arena {e.arena_bytes / MIB:.0f} "
-                f"MiB, reordered {e.reordered_bytes / MIB:.0f} MiB",
+                f"  size {e['size']}: PyTorch {e['pytorch_bytes'] / MIB:.0f} MiB, arena "
+                f"{e['arena_bytes'] / MIB:.0f} MiB, reordered {e['reordered_bytes'] / MIB:.0f} MiB",
                 file=sys.stderr,
                 flush=True,
             )
@@ -151,7 +156,15 @@ def run(args: argparse.Namespace) -> int:
             if args.model == "all":
                 raise ArgumentError("--model takes one model")
             (name,) = resolve_models([args.model])
-            report = fit_model(name, optimizer=args.optimizer, **options)
+            if args.seq_len_range is not None:
+                if args.seq_len is not None:
+                    raise ArgumentError("--seq-len and --seq-len-range exclude each other")
+                options["sizes"] = args.seq_len_range
+                report = fit_model(
+                    name, optimizer=args.optimizer, variable="seq_len", batch_size=args.batch_size, **options
+                )
+            else:
+                report = fit_model(name, optimizer=args.optimizer, seq_len=args.seq_len, **options)
         else:
             step, make_args = _load_script(args.script)
             report = fit(step, make_args, **options)

@@ -10,7 +10,8 @@ under the budget (doubling, then bisection).
                            memory="16GiB")
     report["largest"]   # {'pytorch': 180, 'arena': 214, 'reordered': 223}
 
-`fit_model` does the same for a model of the benchmark registry (``model-opt fit --model NAME``).
+`fit_model` does the same for a model of the benchmark registry (``model-opt fit --model NAME``);
+`Fitting` (`prepare_model` for the registry) answers several budgets from one set of captures.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -28,13 +28,13 @@ from model_opt.capture.dataflow import DataflowGraph
 from model_opt.capture.discover import find_state, outermost
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
-from model_opt.fit.estimate import Estimate, estimate
+from model_opt.fit.estimate import estimate
 from model_opt.fit.family import StepFamily
 from model_opt.fit.search import largest_fitting
-from model_opt.reports import FitReport
+from model_opt.reports import FIT_WAYS, FitEstimate, FitReport
 
-#: The three ways a step's memory is estimated, in the order reports list them (see `estimate`).
-WAYS = ("pytorch", "arena", "reordered")
+#: The three ways a step's memory is estimated (see `estimate`).
+WAYS = FIT_WAYS
 
 _UNITS = {
     "": 1,
@@ -104,6 +104,94 @@ def _state_tensors(kind: str, group: dict[str, Any]) -> int:
     return 2  # unknown: Adam's, the most common
 
 
+class Fitting:
+    """A training step prepared for `fit`: captured once (`StepFamily`), every size's `Estimate` kept, so
+    that several budgets are answered from the same captures and estimates (`report`).
+
+    The arguments are those of `fit` without the budget.
+    """
+
+    def __init__(
+        self,
+        step: Callable[..., Any],
+        make_args: Callable[[int], tuple[Any, ...]],
+        *,
+        sizes: tuple[int, int] = (1, 4096),
+        variable: str = "batch_size",
+        modules: Sequence[nn.Module] | None = None,
+        optimizers: Sequence[torch.optim.Optimizer] | None = None,
+        time_limit: float = 1.0,
+        method: str = "auto",
+        progress: Callable[[FitEstimate], None] | None = None,
+    ) -> None:
+        lo, hi = sizes
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise ArgumentError(f"sizes {sizes} must be two integers with 1 <= smallest <= largest")
+        if modules is None or optimizers is None:
+            found_modules, found_optimizers = find_state(step)
+            modules = found_modules if modules is None else outermost(list(modules))
+            optimizers = found_optimizers if optimizers is None else optimizers
+        self.modules, self.optimizers = list(modules), list(optimizers)
+        self.sizes, self.variable = (lo, hi), variable
+        self.time_limit, self.method, self.progress = time_limit, method, progress
+        self.model: str | None = None
+        started = time.perf_counter()
+
+        def capture(size: int) -> DataflowGraph:
+            state = StepState.of(self.modules, self.optimizers)
+            return capture_step(step, make_args(size), {}, state).dataflow
+
+        self.family = StepFamily.of(capture)
+        self.state_bytes = predicted_state_bytes(self.optimizers)
+        self.weights_bytes = _storage_bytes([p for m in self.modules for p in m.parameters()])
+        self.estimates: dict[int, FitEstimate] = {}
+        self.seconds = time.perf_counter() - started
+
+    def at(self, size: int) -> FitEstimate:
+        """The step's estimate at `size` (computed once)."""
+        if size not in self.estimates:
+            started = time.perf_counter()
+            graph = self.family.at(size)
+            self.estimates[size] = estimate(graph, size, self.state_bytes, self.time_limit, self.method)
+            self.seconds += time.perf_counter() - started
+            if self.progress is not None:
+                self.progress(self.estimates[size])
+        return self.estimates[size]
+
+    def report(self, memory: int | str) -> FitReport:
+        """The largest size under `memory` each way, and what it needs (see `fit`)."""
+        budget = parse_memory(memory)
+        lo, hi = self.sizes
+        largest = {
+            way: largest_fitting(lambda s, w=way: self.at(s)[f"{w}_bytes"] <= budget, lo, hi) for way in WAYS
+        }
+        pytorch = largest["pytorch"]
+
+        def ratio(way: str) -> float | None:
+            n = largest[way]
+            return None if n is None or not pytorch else n / pytorch
+
+        return {
+            "model": self.model,
+            "variable": self.variable,
+            "memory_bytes": budget,
+            "sizes": [lo, hi],
+            "largest": largest,
+            "ratio_arena": ratio("arena"),
+            "ratio_reordered": ratio("reordered"),
+            "weights_bytes": self.weights_bytes,
+            "optimizer_state_bytes": self.state_bytes,
+            # Hugging Face accelerate's estimate-memory for training with Adam: weights, gradients and
+            # the two Adam states, 4x the weights; it leaves activations out.
+            "accelerate_adam_bytes": 4 * self.weights_bytes,
+            "at_largest": {w: None if n is None else self.estimates[n] for w, n in largest.items()},
+            "evaluations": [self.estimates[s] for s in sorted(self.estimates)],
+            "fitted": self.family.exact,
+            "captures": self.family.captures,
+            "seconds": self.seconds,
+        }
+
+
 def fit(
     step: Callable[..., Any],
     make_args: Callable[[int], tuple[Any, ...]],
@@ -115,7 +203,7 @@ def fit(
     optimizers: Sequence[torch.optim.Optimizer] | None = None,
     time_limit: float = 1.0,
     method: str = "auto",
-    progress: Callable[[Estimate], None] | None = None,
+    progress: Callable[[FitEstimate], None] | None = None,
 ) -> FitReport:
     """The largest size whose training step fits `memory`, three ways (`WAYS`).
 
@@ -139,82 +227,67 @@ def fit(
     Raises:
         ArgumentError: a bad budget or range. CaptureError: the step cannot be captured.
     """
-    budget = parse_memory(memory)
-    lo, hi = sizes
-    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-        raise ArgumentError(f"sizes {sizes} must be two integers with 1 <= smallest <= largest")
-    if modules is None or optimizers is None:
-        found_modules, found_optimizers = find_state(step)
-        modules = found_modules if modules is None else outermost(list(modules))
-        optimizers = found_optimizers if optimizers is None else optimizers
-    modules, optimizers = list(modules), list(optimizers)
-    started = time.perf_counter()
-
-    def capture(size: int) -> DataflowGraph:
-        return capture_step(step, make_args(size), {}, StepState.of(modules, optimizers)).dataflow
-
-    family = StepFamily.of(capture)
-    state_bytes = predicted_state_bytes(optimizers)
-    estimates: dict[int, Estimate] = {}
-
-    def at(size: int) -> Estimate:
-        if size not in estimates:
-            estimates[size] = estimate(family.at(size), size, state_bytes, time_limit, method)
-            if progress is not None:
-                progress(estimates[size])
-        return estimates[size]
-
-    largest = {
-        way: largest_fitting(lambda s, w=way: getattr(at(s), f"{w}_bytes") <= budget, lo, hi) for way in WAYS
-    }
-    params = [p for m in modules for p in m.parameters()]
-    weights = _storage_bytes(params)
-    pytorch = largest["pytorch"]
-
-    def ratio(way: str) -> float | None:
-        n = largest[way]
-        return None if n is None or not pytorch else n / pytorch
-
-    return {
-        "model": None,
-        "variable": variable,
-        "memory_bytes": budget,
-        "sizes": [lo, hi],
-        "largest": largest,
-        "ratio_arena": ratio("arena"),
-        "ratio_reordered": ratio("reordered"),
-        "weights_bytes": weights,
-        "optimizer_state_bytes": state_bytes,
-        # Hugging Face accelerate's estimate-memory for training with Adam: weights, gradients and the
-        # two Adam states, 4x the weights; it leaves activations out.
-        "accelerate_adam_bytes": 4 * weights,
-        "at_largest": {way: asdict(estimates[n]) if n is not None else None for way, n in largest.items()},
-        "evaluations": [asdict(estimates[s]) for s in sorted(estimates)],
-        "fitted": family.exact,
-        "captures": family.captures,
-        "seconds": time.perf_counter() - started,
-    }
+    parse_memory(memory)  # a bad budget fails before the captures
+    fitting = Fitting(
+        step,
+        make_args,
+        sizes=sizes,
+        variable=variable,
+        modules=modules,
+        optimizers=optimizers,
+        time_limit=time_limit,
+        method=method,
+        progress=progress,
+    )
+    return fitting.report(memory)
 
 
-def fit_model(
+def fit_model(name: str, *, memory: int | str, **options: Any) -> FitReport:
+    """`fit` for a model of the benchmark registry; `options` are those of `prepare_model`."""
+    parse_memory(memory)
+    return prepare_model(name, **options).report(memory)
+
+
+def prepare_model(
     name: str,
     *,
-    memory: int | str,
     sizes: tuple[int, int] = (1, 4096),
     optimizer: str = "adamw",
+    variable: str = "batch_size",
+    batch_size: int = 1,
+    seq_len: int | None = None,
     time_limit: float = 1.0,
     method: str = "auto",
-    progress: Callable[[Estimate], None] | None = None,
-) -> FitReport:
-    """`fit` for a model of the benchmark registry (`model_opt.apps.models.BENCH_MODELS`): its training
-    step with `optimizer` (``sgd``, ``adam`` or ``adamw``), over the batch size. The model is built once
-    (random weights), its optimizer's state created as its first step would."""
+    progress: Callable[[FitEstimate], None] | None = None,
+) -> Fitting:
+    """A `Fitting` of a model of the benchmark registry (`model_opt.apps.models.BENCH_MODELS`): its
+    training step with `optimizer` (``sgd``, ``adam`` or ``adamw``). The model is built once (random
+    weights), its optimizer's state created as its first step would.
+
+    ``variable="batch_size"`` searches the batch size (token models at `seq_len` tokens, 128 by
+    default); ``variable="seq_len"`` searches the sequence length of a token model at `batch_size`
+    (`sizes` is clipped to the model's longest sequence)."""
     from model_opt.apps import models
     from model_opt.apps.bench_reorder import OPTIMIZERS, _create_state
     from model_opt.capture.step import model_step
 
     if optimizer not in OPTIMIZERS:
         raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    if variable == "seq_len":
+        if name not in models.MAX_SEQ_LEN:
+            token_models = sorted(models.MAX_SEQ_LEN)
+            raise ArgumentError(f"{name} has no sequence length to search; token models do: {token_models}")
+        sizes = (min(sizes[0], models.MAX_SEQ_LEN[name]), min(sizes[1], models.MAX_SEQ_LEN[name]))
+
+        def make_args(n: int) -> tuple[Any, ...]:
+            return models.batch_of(name, batch_size, n)
+    elif variable == "batch_size":
+        models.batch_of(name, 1, seq_len)  # a bad sequence length fails here, before the model is built
+
+        def make_args(n: int) -> tuple[Any, ...]:
+            return models.batch_of(name, n, seq_len)
+    else:
+        raise ArgumentError(f"variable must be 'batch_size' or 'seq_len', not {variable!r}")
     torch.manual_seed(0)
     model, inputs, targets = models.example(name, 1)
     model.train()
@@ -222,19 +295,16 @@ def fit_model(
     _create_state(opt)
     loss_fn = models.loss_for(name)
 
-    def make_args(batch: int) -> tuple[Any, ...]:
-        return models.batch_of(name, batch)
-
-    report = fit(
+    fitting = Fitting(
         model_step(model, opt, loss_fn),
         make_args,
-        memory=memory,
         sizes=sizes,
         modules=[model, *([loss_fn] if isinstance(loss_fn, nn.Module) else [])],
         optimizers=[opt],
+        variable=variable,
         time_limit=time_limit,
         method=method,
         progress=progress,
     )
-    report["model"] = name
-    return report
+    fitting.model = name
+    return fitting

@@ -16,7 +16,6 @@ each of those allocations to 512 bytes and keeps them in their own segments; tha
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from model_opt._native import (
@@ -26,29 +25,10 @@ from model_opt._native import (
     schedule_graph,
 )
 from model_opt.fit.family import NativeGraph
+from model_opt.reports import FitEstimate
 
 #: The runtime serves every planned buffer from a slot of a multiple of this many bytes.
 SLOT_BYTES = 512
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """The bytes one step needs at one size (resident bytes and optimizer state included)."""
-
-    size: int
-    #: The smallest device PyTorch runs the step on.
-    pytorch_bytes: int
-    arena_bytes: int
-    reordered_bytes: int
-    #: Resident bytes plus the most bytes of the eager order live at once: no allocator does better
-    #: without reordering.
-    eager_live_peak_bytes: int
-    #: What PyTorch reserves with memory to spare (``max_memory_reserved``: it never gives back its
-    #: cache then); at least `pytorch_bytes`.
-    pytorch_reserved_bytes: int
-    resident_bytes: int
-    #: The optimizer's state (outside the graph; the same in all three).
-    optimizer_state_bytes: int
 
 
 def buffers_of_order(
@@ -82,9 +62,9 @@ def _write_csv(path: Path, buffers: list[tuple[int, int, int]], slot: int = 1) -
 
 def estimate(
     graph: NativeGraph, size: int, optimizer_state_bytes: int, time_limit: float = 1.0, method: str = "auto"
-) -> Estimate:
-    """The three estimates of the step `graph` at `size` (see the module doc); `time_limit` bounds each
-    of the scheduler and the two placements."""
+) -> FitEstimate:
+    """The three estimates of the step `graph` at `size` (see the module doc), resident bytes and
+    optimizer state included; `time_limit` bounds each of the scheduler and the two placements."""
     num_ops, tensors, edges, resident = graph
     eager = buffers_of_order(tensors, list(range(num_ops)))
     scheduled = schedule_graph(num_ops, tensors, edges, resident, method=method, time_limit=time_limit)
@@ -97,13 +77,13 @@ def estimate(
         smallest = caching_allocator_smallest_device(trace)
         arena = plan_csv(_write_csv(folder / "eager.slots.csv", eager, SLOT_BYTES), time_limit=time_limit)
         moved = plan_csv(_write_csv(folder / "moved.slots.csv", reordered, SLOT_BYTES), time_limit=time_limit)
-    return Estimate(
-        size=size,
-        pytorch_bytes=outside + smallest,
-        arena_bytes=outside + arena["peak_bytes"],
-        reordered_bytes=outside + moved["peak_bytes"],
-        eager_live_peak_bytes=optimizer_state_bytes + scheduled["eager_peak_bytes"],
-        pytorch_reserved_bytes=outside + caching["reserved_peak_bytes"],
-        resident_bytes=resident,
-        optimizer_state_bytes=optimizer_state_bytes,
-    )
+    return {
+        "size": size,
+        "pytorch_bytes": outside + smallest,
+        "arena_bytes": outside + arena["peak_bytes"],
+        "reordered_bytes": outside + moved["peak_bytes"],
+        "eager_live_peak_bytes": optimizer_state_bytes + scheduled["eager_peak_bytes"],
+        "pytorch_reserved_bytes": outside + caching["reserved_peak_bytes"],
+        "resident_bytes": resident,
+        "optimizer_state_bytes": optimizer_state_bytes,
+    }

@@ -1,0 +1,79 @@
+"""The largest batch that fits a GPU's memory, per model: PyTorch (its caching allocator's model on a
+device of that size), the model_opt arena, and the arena with the reordered step, at each budget.
+
+    .venv/bin/python benches/fit_table.py [--models resnet18 gpt2 ...] [--memory 16GiB 80GiB]
+
+Each model is captured once (`model_opt.fit.prepare_model`: four captures with fake tensors, AdamW)
+and every budget is answered from the same estimates. Prints a markdown table for BENCHMARKS.md, one
+row per model and budget, with Hugging Face accelerate's `estimate-memory` figure for training with Adam
+(4x the weights, no activations) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from model_opt.apps.models import BENCH_MODELS
+from model_opt.fit import parse_memory, prepare_model
+
+GIB = 2**30
+#: The benchmark's models but two small CNNs like others of the set (googlenet, squeezenet).
+MODELS = [m for m in BENCH_MODELS if m not in ("googlenet", "squeezenet")]
+HEADER = [
+    "model",
+    "budget",
+    "PyTorch",
+    "model_opt arena",
+    "ratio",
+    "reordered + arena",
+    "ratio",
+    "live peak at arena's batch (GiB)",
+    "accelerate Adam (GiB)",
+    "captures",
+    "time (s)",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--memory", nargs="+", default=["16GiB", "80GiB"])
+    parser.add_argument("--time-limit", type=float, default=1.0)
+    parser.add_argument("--max-batch", type=int, default=16384)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "|".join("---" for _ in HEADER) + "|", flush=True)
+    for name in args.models:
+        started = time.perf_counter()
+        fitting = prepare_model(name, sizes=(1, args.max_batch), time_limit=args.time_limit)
+        for memory in args.memory:
+            r = fitting.report(memory)
+            n = r["largest"]
+            arena = r["at_largest"]["arena"]
+            live = f"{arena['eager_live_peak_bytes'] / GIB:.2f}" if arena else ""
+
+            def ratio(x: float | None) -> str:
+                return f"{x:.2f}x" if x else ""
+
+            row = [
+                name,
+                f"{parse_memory(memory) / GIB:.0f} GiB",
+                n["pytorch"],
+                n["arena"],
+                ratio(r["ratio_arena"]),
+                n["reordered"],
+                ratio(r["ratio_reordered"]),
+                live,
+                f"{r['accelerate_adam_bytes'] / GIB:.2f}",
+                r["captures"],
+                f"{time.perf_counter() - started:.0f}",
+            ]
+            print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
