@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crate::placement::PlanOptions;
 use crate::report;
-use crate::runtime::global::{clear_last_error, global, last_error, set_last_error};
+use crate::runtime::global::{
+    clear_last_error, global, last_error, set_last_error, set_memory_fraction, set_memory_limit,
+};
 use crate::runtime::HOST_DEVICE;
 
 /// Runs `f`, turning a panic into `on_panic` and a recorded error.
@@ -89,10 +91,28 @@ pub extern "C" fn model_opt_empty_cache() {
     })
 }
 
-/// Memory fraction hook (`set_memory_fraction_fn`). The runtime does not cap the fallback pool; the
-/// call is accepted so `torch.cuda.set_per_process_memory_fraction` does not fail.
+/// Memory fraction hook (`set_memory_fraction_fn`, behind
+/// `torch.cuda.set_per_process_memory_fraction`): the runtime takes at most `fraction` of the
+/// device's memory from then on (arena and fallback pool together); a request past it is out of
+/// memory. A fraction outside `[0, 1]`, or a device that does not report its size, changes nothing and
+/// is recorded as the last error (the hook cannot raise; PyTorch checks the fraction itself first).
 #[no_mangle]
-pub extern "C" fn model_opt_set_memory_fraction(_fraction: f64, _device: c_int) {}
+pub extern "C" fn model_opt_set_memory_fraction(fraction: f64, device: c_int) {
+    guarded("model_opt_set_memory_fraction", (), || {
+        if let Err(e) = set_memory_fraction(device, fraction) {
+            set_last_error(format!("set_memory_fraction: {e}"));
+        }
+    })
+}
+
+/// Limits the memory the runtime takes from `device` (-1: host memory) to `limit` bytes; a negative
+/// `limit` lifts the limit.
+#[no_mangle]
+pub extern "C" fn model_opt_set_memory_limit(device: c_int, limit: i64) {
+    guarded("model_opt_set_memory_limit", (), || {
+        set_memory_limit(device, u64::try_from(limit).ok())
+    })
+}
 
 /// Record-stream hook (`set_record_stream_fn`): `ptr` is used on `stream` too.
 #[no_mangle]

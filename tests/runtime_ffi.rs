@@ -9,7 +9,8 @@ use std::process::Command;
 
 use model_opt::ffi::*;
 use model_opt::report::{Report, Value};
-use model_opt::runtime::global::global;
+use model_opt::runtime::global::{global, memory_limit};
+use model_opt::runtime::HOST_DEVICE;
 use runtime_support::c_abi::{last_error, stat};
 
 fn step_work() {
@@ -86,14 +87,37 @@ fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
     model_opt_init(1);
     assert_eq!(last_error(), "", "init records no error");
     assert_eq!(global().stats(), before, "init changes no statistic");
-    // Memory fraction: accepted (the fallback pool is not capped), and the statistics are unchanged.
+    // Memory fraction of a device that cannot report its size (no CUDA driver here): nothing changes,
+    // and the reason is the last error (the hook cannot raise).
     model_opt_set_memory_fraction(0.5, 0);
-    assert_eq!(last_error(), "", "set_memory_fraction records no error");
+    assert!(
+        last_error().starts_with("set_memory_fraction: "),
+        "{}",
+        last_error()
+    );
+    assert_eq!(memory_limit(0).1, None);
     assert_eq!(
         global().stats(),
         before,
         "set_memory_fraction changes no statistic"
     );
+    model_opt_clear_last_error();
+    // A host memory limit: past it, NULL with an out-of-memory message; nothing lost, and lifting the
+    // limit lets the same request through.
+    let (held, _) = memory_limit(HOST_DEVICE);
+    model_opt_set_memory_limit(HOST_DEVICE, held as i64 + (1 << 20));
+    assert!(model_opt_host_alloc(64 << 20).is_null());
+    assert!(last_error().contains("out of memory"), "{}", last_error());
+    assert_eq!(
+        memory_limit(HOST_DEVICE).0,
+        held,
+        "the refused request holds nothing"
+    );
+    model_opt_set_memory_limit(HOST_DEVICE, -1);
+    let big = model_opt_host_alloc(64 << 20);
+    assert!(!big.is_null());
+    model_opt_host_free(big);
+    model_opt_clear_last_error();
     // record_stream of a pointer that is not a live allocation (NULL, a stack address, a freed
     // allocation): ignored, with the reason kept as the last error; no counter moves.
     let freed = model_opt_host_alloc(4096);

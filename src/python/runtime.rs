@@ -11,7 +11,9 @@ use super::errors::{plan_error, InputError, ModelOptError};
 use super::report::to_dict;
 use crate::ffi;
 use crate::placement::PlanOptions;
-use crate::runtime::global::{clear_latest_error, global, latest_error};
+use crate::runtime::global::{
+    clear_latest_error, global, latest_error, memory_limit, set_memory_limit,
+};
 use crate::runtime::RuntimeError;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -30,6 +32,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_set_max_divergences, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_set_auto_replan, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_symbols, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_set_memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_memory_limit, m)?)?;
     Ok(())
 }
 
@@ -139,6 +143,19 @@ fn runtime_set_max_divergences(n: u64) {
 #[pyfunction]
 fn runtime_set_auto_replan(on: bool) {
     global().set_auto_replan(on);
+}
+
+/// Limits the memory the runtime takes from `device` (-1: host) to `limit` bytes; None lifts it.
+#[pyfunction]
+#[pyo3(signature = (device, limit=None))]
+fn runtime_set_memory_limit(device: i32, limit: Option<u64>) {
+    set_memory_limit(device, limit);
+}
+
+/// `(held, limit)`: the bytes the runtime holds from `device`, and its limit (None: none).
+#[pyfunction]
+fn runtime_memory_limit(device: i32) -> (u64, Option<u64>) {
+    memory_limit(device)
 }
 
 /// Planned signatures kept per device.

@@ -12,11 +12,14 @@ use std::sync::Arc;
 use once_cell::sync::Lazy;
 use std::sync::{Mutex, MutexGuard};
 
-use super::backend::DispatchBackend;
+use super::backend::{Backend, DispatchBackend, Limited};
 use super::state::{Runtime, RuntimeConfig};
 
+/// The backend of the process-wide runtime: host and CUDA memory, each device under its limit.
+static BACKEND: Lazy<Arc<Limited<DispatchBackend>>> =
+    Lazy::new(|| Arc::new(Limited::new(DispatchBackend::new())));
 static RUNTIME: Lazy<Runtime> = Lazy::new(|| {
-    let rt = Runtime::new(Arc::new(DispatchBackend::new()), RuntimeConfig::default());
+    let rt = Runtime::new(BACKEND.clone(), RuntimeConfig::default());
     register_fork_handlers();
     rt
 });
@@ -27,6 +30,39 @@ thread_local! {
     static FORK_ERROR_GUARD: RefCell<Option<MutexGuard<'static, Option<String>>>> =
         const { RefCell::new(None) };
     static THREAD_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Limits the memory the runtime takes from `device` (arena and fallback pool together) to `limit`
+/// bytes, or lifts the limit with `None` (see `backend::limit`).
+pub fn set_memory_limit(device: i32, limit: Option<u64>) {
+    BACKEND.set_limit(device, limit);
+}
+
+/// `(held, limit)`: the bytes the runtime holds from `device`, and its limit.
+pub fn memory_limit(device: i32) -> (u64, Option<u64>) {
+    let u = BACKEND.usage(device);
+    (u.reserved, u.limit)
+}
+
+/// Limits `device` to `fraction` of its memory (`torch.cuda.set_per_process_memory_fraction`); an
+/// error when the backend does not know the device's size (host memory) or the fraction is not in
+/// `[0, 1]`.
+pub fn set_memory_fraction(device: i32, fraction: f64) -> Result<u64, String> {
+    if !(0.0..=1.0).contains(&fraction) {
+        return Err(format!("memory fraction {fraction} is not between 0 and 1"));
+    }
+    let total = match BACKEND.mem_info(device) {
+        Ok(Some((_, total))) => total,
+        Ok(None) => {
+            return Err(format!(
+                "device {device} does not report its size; set a limit in bytes"
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let limit = (total as f64 * fraction) as u64;
+    BACKEND.set_limit(device, Some(limit));
+    Ok(limit)
 }
 
 /// The runtime PyTorch's hooks and the Python API share.

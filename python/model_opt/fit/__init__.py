@@ -16,7 +16,6 @@ under the budget (doubling, then bisection).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,37 +31,10 @@ from model_opt.fit.estimate import estimate
 from model_opt.fit.family import StepFamily
 from model_opt.fit.search import largest_fitting
 from model_opt.reports import FIT_WAYS, FitEstimate, FitReport
+from model_opt.sizes import parse_memory
 
 #: The three ways a step's memory is estimated (see `estimate`).
 WAYS = FIT_WAYS
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_memory(text: str | int) -> int:
-    """Bytes from ``"24GiB"``, ``"80GB"``, ``"1.5TiB"`` or a plain number of bytes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
-        unit = m.group(2).lower() if m else ""
-        if m is None or unit not in _UNITS:
-            raise ArgumentError(f"memory {text!r} is not a size such as 24GiB, 80GB or 1073741824")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ArgumentError(f"memory {text!r} must be more than 0 bytes")
-    return value
 
 
 def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from model_opt.runtime.control import (
     empty_cache,
     last_error,
+    memory_limit,
     plan,
     profile,
     reset_peak_stats,
@@ -37,6 +38,7 @@ from model_opt.runtime.control import (
     set_auto_replan,
     set_max_divergences,
     set_max_plans,
+    set_memory_limit,
     stats,
     step,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "install_cpu_allocator",
     "last_error",
     "library_path",
+    "memory_limit",
     "plan",
     "profile",
     "reset_peak_stats",
@@ -65,6 +68,7 @@ __all__ = [
     "set_auto_replan",
     "set_max_divergences",
     "set_max_plans",
+    "set_memory_limit",
     "stats",
     "step",
 ]

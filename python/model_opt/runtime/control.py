@@ -176,3 +176,39 @@ def set_max_divergences(n: int) -> None:
     if n < 0:
         raise ArgumentError(f"max divergences {n} must be >= 0")
     _native.runtime_set_max_divergences(n)
+
+
+def _device_index(device: str | int) -> int:
+    """The runtime's index of a device: -1 for host memory (``"cpu"``), N for ``"cuda:N"`` or N."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device < -1:
+            raise ArgumentError(f"device {device} is not -1 (host memory) or a CUDA device index")
+        return device
+    text = str(device)
+    if text == "cpu":
+        return -1
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise ArgumentError(f"device {device!r} is not 'cpu', 'cuda', 'cuda:N' or an index")
+
+
+def set_memory_limit(limit: int | str | None, device: str | int = "cpu") -> None:
+    """Let the runtime take at most `limit` of `device`'s memory (arena and fallback pool together):
+    bytes or a size such as ``"24GiB"``; None lifts the limit.
+
+    A request past the limit is out of memory, as when the device itself runs out: cached memory is
+    given back first, and if that is not enough PyTorch raises its out-of-memory error
+    (``torch.OutOfMemoryError``) and the runtime stays usable. On CUDA,
+    ``torch.cuda.set_per_process_memory_fraction`` sets the same limit as a fraction of the device.
+    Memory already held above a new limit stays held.
+    """
+    from model_opt.sizes import parse_memory
+
+    _native.runtime_set_memory_limit(_device_index(device), None if limit is None else parse_memory(limit))
+
+
+def memory_limit(device: str | int = "cpu") -> tuple[int, int | None]:
+    """``(held, limit)``: the bytes the runtime holds from `device` now, and its limit (None: none)."""
+    return _native.runtime_memory_limit(_device_index(device))

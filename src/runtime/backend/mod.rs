@@ -5,12 +5,14 @@
 pub mod cuda;
 pub mod dispatch;
 pub mod host;
+pub mod limit;
 
 use thiserror::Error;
 
 pub use cuda::CudaBackend;
 pub use dispatch::DispatchBackend;
 pub use host::HostBackend;
+pub use limit::Limited;
 
 /// Device index the runtime uses for host memory (the CPU shim); CUDA devices are `0..`.
 pub const HOST_DEVICE: i32 = -1;
