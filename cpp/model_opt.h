@@ -24,10 +24,11 @@ void* model_opt_alloc(size_t size, int device, void* stream);
 void model_opt_free(void* ptr, size_t size, int device, void* stream);
 void model_opt_init(int device_count);                          /* set_init_fn */
 void model_opt_empty_cache(void);                               /* set_reset_fn */
-/* set_memory_fraction_fn: the runtime takes at most that fraction of the device's memory */
+/* set_memory_fraction_fn: not enforced on CUDA devices yet (the reason goes to the last error) */
 void model_opt_set_memory_fraction(double fraction, int device);
-/* At most `limit` bytes from `device` (-1: host memory); a negative limit lifts it. */
-void model_opt_set_memory_limit(int device, int64_t limit);
+/* At most `limit` bytes from `device` (-1: host memory; CUDA devices not yet); a negative limit lifts
+ * it. 0, or -1 with the reason as the last error. */
+int model_opt_set_memory_limit(int device, int64_t limit);
 void model_opt_record_stream(void* ptr, void* stream);          /* set_record_stream_fn */
 
 /* Host memory for the CPU shim (device -1 of the runtime). */

@@ -92,10 +92,10 @@ pub extern "C" fn model_opt_empty_cache() {
 }
 
 /// Memory fraction hook (`set_memory_fraction_fn`, behind
-/// `torch.cuda.set_per_process_memory_fraction`): the runtime takes at most `fraction` of the
-/// device's memory from then on (arena and fallback pool together); a request past it is out of
-/// memory. A fraction outside `[0, 1]`, or a device that does not report its size, changes nothing and
-/// is recorded as the last error (the hook cannot raise; PyTorch checks the fraction itself first).
+/// `torch.cuda.set_per_process_memory_fraction`): meant to make the runtime take at most `fraction`
+/// of the device's memory. Not enforced on CUDA devices yet (see `global::set_memory_limit`): the call
+/// changes nothing and the reason is recorded as the last error (the hook cannot raise), as it is for
+/// a fraction outside `[0, 1]` or a device that does not report its size.
 #[no_mangle]
 pub extern "C" fn model_opt_set_memory_fraction(fraction: f64, device: c_int) {
     guarded("model_opt_set_memory_fraction", (), || {
@@ -106,11 +106,19 @@ pub extern "C" fn model_opt_set_memory_fraction(fraction: f64, device: c_int) {
 }
 
 /// Limits the memory the runtime takes from `device` (-1: host memory) to `limit` bytes; a negative
-/// `limit` lifts the limit.
+/// `limit` lifts the limit. Returns 0, or -1 with the reason as the last error (CUDA devices cannot be
+/// limited yet: see `global::set_memory_limit`).
 #[no_mangle]
-pub extern "C" fn model_opt_set_memory_limit(device: c_int, limit: i64) {
-    guarded("model_opt_set_memory_limit", (), || {
-        set_memory_limit(device, u64::try_from(limit).ok())
+pub extern "C" fn model_opt_set_memory_limit(device: c_int, limit: i64) -> c_int {
+    guarded("model_opt_set_memory_limit", -1, || match set_memory_limit(
+        device,
+        u64::try_from(limit).ok(),
+    ) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_last_error(e);
+            -1
+        }
     })
 }
 

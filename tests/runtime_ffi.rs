@@ -105,7 +105,20 @@ fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
     // A host memory limit: past it, NULL with an out-of-memory message; nothing lost, and lifting the
     // limit lets the same request through.
     let (held, _) = memory_limit(HOST_DEVICE);
-    model_opt_set_memory_limit(HOST_DEVICE, held as i64 + (1 << 20));
+    assert_eq!(
+        model_opt_set_memory_limit(0, 1 << 30),
+        -1,
+        "CUDA devices: not yet"
+    );
+    assert!(
+        last_error().contains("not enforced yet"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        model_opt_set_memory_limit(HOST_DEVICE, held as i64 + (1 << 20)),
+        0
+    );
     assert!(model_opt_host_alloc(64 << 20).is_null());
     assert!(last_error().contains("out of memory"), "{}", last_error());
     assert_eq!(
@@ -113,7 +126,7 @@ fn the_c_abi_drives_the_runtime_and_reports_errors_as_values() {
         held,
         "the refused request holds nothing"
     );
-    model_opt_set_memory_limit(HOST_DEVICE, -1);
+    assert_eq!(model_opt_set_memory_limit(HOST_DEVICE, -1), 0);
     let big = model_opt_host_alloc(64 << 20);
     assert!(!big.is_null());
     model_opt_host_free(big);

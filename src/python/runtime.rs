@@ -148,8 +148,8 @@ fn runtime_set_auto_replan(on: bool) {
 /// Limits the memory the runtime takes from `device` (-1: host) to `limit` bytes; None lifts it.
 #[pyfunction]
 #[pyo3(signature = (device, limit=None))]
-fn runtime_set_memory_limit(device: i32, limit: Option<u64>) {
-    set_memory_limit(device, limit);
+fn runtime_set_memory_limit(device: i32, limit: Option<u64>) -> PyResult<()> {
+    set_memory_limit(device, limit).map_err(ModelOptError::new_err)
 }
 
 /// `(held, limit)`: the bytes the runtime holds from `device`, and its limit (None: none).

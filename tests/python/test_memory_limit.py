@@ -116,3 +116,10 @@ def test_planned_steps_run_under_a_limit_that_holds_their_arena() -> None:
 def test_bad_limits_are_refused(limit: object, device: object, message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
         model_opt.set_memory_limit(limit, device)  # type: ignore[arg-type]
+
+
+def test_cuda_devices_cannot_be_limited_yet() -> None:
+    # A refusal would reach PyTorch's pluggable CUDA allocator as an unchecked NULL.
+    with pytest.raises(model_opt.ModelOptError, match="not enforced yet"):
+        model_opt.set_memory_limit("1GiB", "cuda:0")
+    model_opt.set_memory_limit(None, "cuda")  # lifting is always allowed

@@ -200,9 +200,14 @@ def set_memory_limit(limit: int | str | None, device: str | int = "cpu") -> None
 
     A request past the limit is out of memory, as when the device itself runs out: cached memory is
     given back first, and if that is not enough PyTorch raises its out-of-memory error
-    (``torch.OutOfMemoryError``) and the runtime stays usable. On CUDA,
-    ``torch.cuda.set_per_process_memory_fraction`` sets the same limit as a fraction of the device.
-    Memory already held above a new limit stays held.
+    (``torch.OutOfMemoryError``) and the runtime stays usable. Memory already held above a new limit
+    stays held.
+
+    Raises:
+        ModelOptError: for a CUDA device, not limited yet: PyTorch does not turn a pluggable allocator's
+            refusal into ``torch.OutOfMemoryError`` (a NULL pointer would fail far away), and
+            ``torch.cuda.set_per_process_memory_fraction`` is not enforced for the same reason.
+        ArgumentError: a bad limit or device.
     """
     from model_opt.sizes import parse_memory
 
