@@ -77,10 +77,24 @@ def _state_tensors(kind: str, group: dict[str, Any]) -> int:
 
 
 class Fitting:
-    """A training step prepared for `fit`: captured once (`StepFamily`), every size's `Estimate` kept, so
+    """A training step prepared for `fit`: captured once (`StepFamily`), every size's estimate kept, so
     that several budgets are answered from the same captures and estimates (`report`).
 
-    The arguments are those of `fit` without the budget.
+    Args:
+        step: the training-step function, as `model_opt.optimize` takes it (forward, backward,
+            ``optimizer.step()``...).
+        make_args: ``make_args(size)`` returns the positional arguments of one call at that size
+            (e.g. a batch of ``size`` examples). Only their shapes matter: the step is traced with fake
+            tensors.
+        sizes: the smallest and largest size tried.
+        variable: what the size is, for the report (``"batch_size"`` or ``"seq_len"``).
+        modules, optimizers: what the step uses; found from the function by default, as `optimize` does.
+        time_limit: seconds for the scheduler and for each placement, per size tried.
+        method: the scheduler's method (`model_opt.SCHEDULE_METHODS`).
+        progress: called with each size's estimate as it is computed.
+
+    Raises:
+        ArgumentError: a bad range. CaptureError: the step cannot be captured.
     """
 
     def __init__(
@@ -169,29 +183,11 @@ def fit(
     make_args: Callable[[int], tuple[Any, ...]],
     *,
     memory: int | str,
-    sizes: tuple[int, int] = (1, 4096),
-    variable: str = "batch_size",
-    modules: Sequence[nn.Module] | None = None,
-    optimizers: Sequence[torch.optim.Optimizer] | None = None,
-    time_limit: float = 1.0,
-    method: str = "auto",
-    progress: Callable[[FitEstimate], None] | None = None,
+    **options: Any,
 ) -> FitReport:
-    """The largest size whose training step fits `memory`, three ways (`WAYS`).
-
-    Args:
-        step: the training-step function, as `model_opt.optimize` takes it (forward, backward,
-            ``optimizer.step()``...).
-        make_args: ``make_args(size)`` returns the positional arguments of one call at that size
-            (e.g. a batch of ``size`` examples). Only their shapes matter: the step is traced with fake
-            tensors.
-        memory: the budget: bytes, or a size such as ``"24GiB"``.
-        sizes: the smallest and largest size tried.
-        variable: what the size is, for the report (``"batch_size"`` or ``"seq_len"``).
-        modules, optimizers: what the step uses; found from the function by default, as `optimize` does.
-        time_limit: seconds for the scheduler and for each placement, per size tried.
-        method: the scheduler's method (`model_opt.SCHEDULE_METHODS`).
-        progress: called with each size's `Estimate` as it is computed.
+    """The largest size whose training step fits `memory` (bytes, or a size such as ``"24GiB"``), three
+    ways (`WAYS`). `step` and `make_args`, and the keyword `options` (``sizes``, ``variable``,
+    ``modules``, ``optimizers``, ``time_limit``, ``method``, ``progress``), are those of `Fitting`.
 
     Returns:
         A `model_opt.reports.FitReport`.
@@ -200,18 +196,7 @@ def fit(
         ArgumentError: a bad budget or range. CaptureError: the step cannot be captured.
     """
     parse_memory(memory)  # a bad budget fails before the captures
-    fitting = Fitting(
-        step,
-        make_args,
-        sizes=sizes,
-        variable=variable,
-        modules=modules,
-        optimizers=optimizers,
-        time_limit=time_limit,
-        method=method,
-        progress=progress,
-    )
-    return fitting.report(memory)
+    return Fitting(step, make_args, **options).report(memory)
 
 
 def fit_model(name: str, *, memory: int | str, **options: Any) -> FitReport:
