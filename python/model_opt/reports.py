@@ -221,7 +221,12 @@ class FitReport(TypedDict):
     ratio_arena: float | None
     ratio_reordered: float | None
     weights_bytes: int
+    #: The optimizer's state after its first step (measured, or probed on a small copy: see
+    #: `model_opt.fit.optimizer`).
     optimizer_state_bytes: int
+    #: The most bytes one optimizer-step operator makes and drops while it runs (its largest
+    #: parameter's update); counted in every estimate, at that operator.
+    optimizer_step_temporaries_bytes: int
     #: Hugging Face accelerate's ``estimate-memory`` for training with Adam (4x the weights; no
     #: activations), for comparison.
     accelerate_adam_bytes: int

@@ -16,9 +16,10 @@ import model_opt
 from model_opt import _native
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
-from model_opt.fit import fit, parse_memory
-from model_opt.fit.estimate import buffers_of_order, estimate
+from model_opt.fit import Fitting, fit, parse_memory
+from model_opt.fit.estimate import buffers_of_order
 from model_opt.fit.family import StepFamily
+from model_opt.fit.optimizer import add_step_temporaries
 from model_opt.fit.search import largest_fitting
 
 torch.set_num_threads(1)
@@ -139,19 +140,21 @@ def test_buffer_lifetimes_give_the_simulators_live_bytes() -> None:
 def test_the_largest_batch_is_the_one_the_budget_was_made_for() -> None:
     # Known by construction: a budget equal to what the arena needs at batch 37 fits 37, not 38.
     model, opt, step = _mlp_step()
-    family = StepFamily.of(lambda b: _capture(model, opt, step, b))  # type: ignore[arg-type, return-value]
-    state = 2 * sum(p.numel() * 4 for p in model.parameters())
-    at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
-    at_38 = estimate(family.at(38), 38, state, time_limit=1.0)
+    fitting = Fitting(step, _batch, sizes=(1, 256), modules=[model], optimizers=[opt])
+    at_37, at_38 = fitting.at(37), fitting.at(38)
     assert at_38["arena_bytes"] > at_37["arena_bytes"]
-    report = fit(step, _batch, memory=at_37["arena_bytes"], sizes=(1, 256), modules=[model], optimizers=[opt])
+    report = fitting.report(at_37["arena_bytes"])
     assert report["largest"]["arena"] == 37
-    assert report["optimizer_state_bytes"] == state  # AdamW, before its first step: predicted
+    # AdamW before its first step: its state probed on a small copy, 2 floats per parameter; the
+    # user's optimizer is left as it was.
+    assert report["optimizer_state_bytes"] == 2 * sum(p.numel() * 4 for p in model.parameters())
+    assert not opt.state
+    # The step's temporaries (Adam on CPU: 2 floats per element of the parameter it updates).
+    assert report["optimizer_step_temporaries_bytes"] == 2 * 64 * 64 * 4
     # With a budget made for PyTorch at batch 37, its answer is at least 37 (its needs grow in 2 MiB
     # segments, so several batches may need the same), and the next batch needs more than the budget.
-    at_37 = estimate(family.at(37), 37, state, time_limit=1.0)
     budget = at_37["pytorch_bytes"]
-    report = fit(step, _batch, memory=budget, sizes=(1, 256), modules=[model], optimizers=[opt])
+    report = fitting.report(budget)
     n = report["largest"]["pytorch"]
     evaluated = {e["size"]: e for e in report["evaluations"]}
     assert n is not None and n >= 37 and evaluated[n]["pytorch_bytes"] <= budget
@@ -162,6 +165,21 @@ def test_the_largest_batch_is_the_one_the_budget_was_made_for() -> None:
         assert e["pytorch_reserved_bytes"] >= e["pytorch_bytes"] >= e["eager_live_peak_bytes"]
     assert report["fitted"] and report["model"] is None
     assert report["ratio_arena"] == pytest.approx(report["largest"]["arena"] / n)
+    # fit() is the same in one call.
+    assert (
+        fit(step, _batch, memory=budget, sizes=(1, 256), modules=[model], optimizers=[opt])["largest"]
+        == (report["largest"])
+    )
+
+
+def test_the_optimizer_step_temporaries_are_live_while_their_operator_runs() -> None:
+    model, opt, step = _mlp_step()
+    df = _capture(model, opt, step, 16)
+    with_temps = add_step_temporaries(df, 2.0)  # type: ignore[arg-type]
+    added = with_temps.tensors[len(df.tensors) :]  # type: ignore[attr-defined]
+    assert len(added) == sum(1 for p in model.parameters())  # one optimizer operator per parameter
+    assert sorted(size for size, *_ in added) == sorted(2 * p.numel() * 4 for p in model.parameters())
+    assert all(consumers == [] and not output for _, _, consumers, output in added)
 
 
 def test_a_budget_below_the_smallest_size_fits_nothing() -> None:

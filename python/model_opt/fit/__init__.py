@@ -27,6 +27,7 @@ from model_opt.capture.dataflow import DataflowGraph
 from model_opt.capture.discover import find_state, outermost
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
+from model_opt.fit import optimizer
 from model_opt.fit.estimate import estimate
 from model_opt.fit.family import StepFamily
 from model_opt.fit.search import largest_fitting
@@ -43,37 +44,6 @@ def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
         storage = t.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
-
-
-def predicted_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
-    """The bytes of the state the optimizers hold after their first step: what they hold now when they
-    have stepped, else what their kind creates per parameter (Adam-like: 2 tensors, 3 with amsgrad;
-    SGD: 1 with momentum; RMSprop: 1, +1 with momentum, +1 centered; Adagrad, Adadelta: 1, 2)."""
-    from model_opt.reorder import optimizer_state_bytes
-
-    held = optimizer_state_bytes(optimizers)
-    if held or not optimizers:
-        return held
-    total = 0
-    for opt in optimizers:
-        for group in opt.param_groups:
-            per_param = _state_tensors(type(opt).__name__, group)
-            total += per_param * _storage_bytes([p for p in group["params"] if p.requires_grad])
-    return total
-
-
-def _state_tensors(kind: str, group: dict[str, Any]) -> int:
-    if kind in ("Adam", "AdamW", "NAdam", "RAdam", "Adamax"):
-        return 3 if group.get("amsgrad") else 2
-    if kind == "SGD":
-        return 1 if group.get("momentum", 0) else 0
-    if kind == "RMSprop":
-        return 1 + bool(group.get("momentum", 0)) + bool(group.get("centered"))
-    if kind == "Adagrad":
-        return 1
-    if kind == "Adadelta":
-        return 2
-    return 2  # unknown: Adam's, the most common
 
 
 class Fitting:
@@ -122,14 +92,20 @@ class Fitting:
         self.time_limit, self.method, self.progress = time_limit, method, progress
         self.model: str | None = None
         started = time.perf_counter()
+        probes = [optimizer.probe(o) for o in self.optimizers]
+        per_byte = max((temporaries for _, temporaries in probes), default=0.0)
 
         def capture(size: int) -> DataflowGraph:
             state = StepState.of(self.modules, self.optimizers)
-            return capture_step(step, make_args(size), {}, state).dataflow
+            df = capture_step(step, make_args(size), {}, state).dataflow
+            return optimizer.add_step_temporaries(df, per_byte)
 
         self.family = StepFamily.of(capture)
-        self.state_bytes = predicted_state_bytes(self.optimizers)
-        self.weights_bytes = _storage_bytes([p for m in self.modules for p in m.parameters()])
+        self.state_bytes = optimizer.state_bytes(self.optimizers, probes)
+        params = [p for m in self.modules for p in m.parameters()]
+        self.weights_bytes = _storage_bytes(params)
+        largest = max((p.numel() * p.element_size() for p in params if p.requires_grad), default=0)
+        self.step_temporaries_bytes = int(per_byte * largest)
         self.estimates: dict[int, FitEstimate] = {}
         self.seconds = time.perf_counter() - started
 
@@ -167,6 +143,7 @@ class Fitting:
             "ratio_reordered": ratio("reordered"),
             "weights_bytes": self.weights_bytes,
             "optimizer_state_bytes": self.state_bytes,
+            "optimizer_step_temporaries_bytes": self.step_temporaries_bytes,
             # Hugging Face accelerate's estimate-memory for training with Adam: weights, gradients and
             # the two Adam states, 4x the weights; it leaves activations out.
             "accelerate_adam_bytes": 4 * self.weights_bytes,

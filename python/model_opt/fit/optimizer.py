@@ -1,0 +1,82 @@
+"""What an optimizer holds outside the captured graph: its state, and the temporaries of its step.
+
+A captured step runs ``optimizer.step()`` as an opaque operator (`model_opt.capture.ops`), so the
+graph shows neither the optimizer's state nor the tensors its update makes and drops while it runs
+(Adam's ``exp_avg_sq.sqrt() / bias_correction`` and the like). Both are measured on a small copy of
+each optimizer (same class, same hyperparameters, one parameter of its own), never on the user's
+objects, whose state and step counts must stay as they are: the state as a number of parameter-sized
+tensors, the temporaries as the most bytes a step holds at once, per parameter byte. The temporaries
+become one tensor per ``optimizer_step`` operator, live while it runs, sized for the largest parameter
+it updates (``torch.optim`` updates one parameter at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from model_opt.capture.dataflow import DataflowGraph
+
+#: The probe parameter's elements (1 MiB of float32): large enough that small bookkeeping tensors
+#: (step counters, bias corrections) do not count.
+_PROBE_NUMEL = 1 << 18
+#: When an optimizer cannot be probed (its class takes other constructor arguments): Adam's figures.
+_FALLBACK = (2.0, 2.0)
+
+
+def probe(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """``(state, temporaries)`` of `optimizer`'s first parameter group per parameter byte: the state
+    its step keeps (Adam: 2) and the most its step holds at once beyond that (Adam on CPU: 2)."""
+    from model_opt.reorder import _LiveBytes
+
+    group = optimizer.param_groups[0]
+    options = {k: v for k, v in group.items() if k != "params"}
+    p = torch.zeros(_PROBE_NUMEL, requires_grad=True)
+    try:
+        copy = type(optimizer)([p], **options)
+    except Exception:  # a custom optimizer's constructor: fall back to Adam's figures
+        return _FALLBACK
+    nbytes = p.numel() * p.element_size()
+    p.grad = torch.full_like(p, 1e-3)
+    copy.step()  # creates the state
+    state = [v for v in copy.state[p].values() if isinstance(v, torch.Tensor) and v.numel() > 1]
+    live = _LiveBytes(existing=[p, p.grad, *state])
+    with live:
+        copy.step()
+    return sum(t.numel() * t.element_size() for t in state) / nbytes, live.peak / nbytes
+
+
+def state_bytes(optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]) -> int:
+    """The bytes of the optimizers' state after their first step: what they hold when they have
+    stepped, else `probes`' state per parameter byte times their parameters' bytes."""
+    from model_opt.reorder import optimizer_state_bytes
+
+    held = optimizer_state_bytes(optimizers)
+    if held:
+        return held
+    total = 0.0
+    for opt, (per_byte, _) in zip(optimizers, probes):
+        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        total += per_byte * sum(p.numel() * p.element_size() for p in params)
+    return int(total)
+
+
+def _is_optimizer_step(node: Any) -> bool:
+    return node.op == "call_function" and node.target is torch.ops.model_opt.optimizer_step.default
+
+
+def add_step_temporaries(df: DataflowGraph, per_byte: float) -> DataflowGraph:
+    """`df` with one tensor per ``optimizer_step`` operator: `per_byte` times its largest parameter's
+    bytes, made and dropped by that operator (a tensor nobody reads lives while its producer runs)."""
+    tensors = list(df.tensors)
+    for i, node in enumerate(df.ops):
+        if not _is_optimizer_step(node):
+            continue
+        params = node.args[2]
+        sizes = [p.meta["val"].numel() * p.meta["val"].element_size() for p in params if "val" in p.meta]
+        extra = int(per_byte * max(sizes, default=0))
+        if extra > 0:
+            tensors.append((extra, i, [], False))
+    return DataflowGraph(df.ops, tensors, df.edges, df.resident_bytes, df.resident_detail, df.unpacks)
