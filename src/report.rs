@@ -9,6 +9,8 @@
 
 use crate::caching_model::replay::SimulatedStep;
 use crate::placement::files::{PlannedFile, ValidatedFile};
+use crate::placement::plan::peak_ratio;
+use crate::placement::Bytes;
 use crate::runtime::{PlanSummary, Stats, StepStats};
 use crate::schedule::ScheduleReport;
 
@@ -112,15 +114,6 @@ impl From<Vec<i64>> for Value {
     }
 }
 
-/// `peak / lower_bound`, 1 for an empty problem.
-fn ratio(peak: u64, lower_bound: u64) -> f64 {
-    if lower_bound == 0 {
-        1.0
-    } else {
-        peak as f64 / lower_bound as f64
-    }
-}
-
 /// Defines a report: `report!(Type as "Name", |r| { key: value, ... })`. The keys are written
 /// once; `KEYS` and `fields` both come from them.
 macro_rules! report {
@@ -162,7 +155,7 @@ report!(PlanSummary as "PlanSummary", |r| {
     persistent_bytes: r.persistent_bytes,
     lower_bound_bytes: r.lower_bound_bytes,
     arena_bytes: r.arena_bytes,
-    ratio: ratio(r.arena_bytes, r.lower_bound_bytes),
+    ratio: peak_ratio(Bytes(r.arena_bytes), Bytes(r.lower_bound_bytes)),
     method: r.method.as_str(),
     seconds: r.elapsed.as_secs_f64(),
     devices: r.devices.iter().map(|&d| i64::from(d)).collect::<Vec<_>>(),

@@ -20,8 +20,8 @@ import torch
 from torch import fx, nn
 
 from model_opt._native import schedule_graph, simulate_order
-from model_opt.capture.dataflow import DataflowGraph, Tensors
-from model_opt.capture.discover import find_state, outermost
+from model_opt.capture.dataflow import DataflowGraph, Tensors, storage_bytes
+from model_opt.capture.discover import state_of
 from model_opt.capture.guards import Context, context_of, describe_change
 from model_opt.capture.step import CapturedStep, StepState, capture_step, forward_step, model_step
 from model_opt.errors import ArgumentError
@@ -216,14 +216,13 @@ class OptimizedStep:
 
 def optimizer_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
     """Bytes of the storages the optimizers' state holds (each storage once)."""
-    seen: dict[tuple[str, int], int] = {}
-    for opt in optimizers:
-        for state in opt.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor) and value.layout == torch.strided:
-                    storage = value.untyped_storage()
-                    seen[(str(value.device), storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
+    return storage_bytes(
+        v
+        for opt in optimizers
+        for state in opt.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor)
+    )
 
 
 #: The name of `OptimizedStep` before step functions (kept for existing code).
@@ -289,10 +288,7 @@ def optimize(
         if not callable(fn):
             raise TypeError(f"optimize() takes a step function or a model, got {type(fn).__name__}")
         step_fn = fn
-        if modules is None or optimizers is None:
-            found_modules, found_optimizers = find_state(fn)
-            modules = found_modules if modules is None else outermost(list(modules))
-            optimizers = found_optimizers if optimizers is None else optimizers
+        modules, optimizers = state_of(fn, modules, optimizers)
     step = OptimizedStep(
         step_fn, modules, optimizers, time_limit=time_limit, method=method, gap=gap, max_captures=max_captures
     )

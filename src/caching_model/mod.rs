@@ -62,6 +62,6 @@ pub mod replay;
 pub use policy::PoolKind;
 pub use pool::{Allocation, BlockId, BlockInfo, CachingAllocator, Segment, Stream};
 pub use replay::{
-    replay, replay_csv, replay_within, requests_of, smallest_device, Action, OutOfMemory,
-    ReplayEvent, ReplayReport, Request, SimulatedStep,
+    replay, replay_csv, replay_within, requests_csv, requests_of, smallest_device, Action,
+    OutOfMemory, ReplayEvent, ReplayReport, Request, SimulatedStep,
 };

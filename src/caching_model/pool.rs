@@ -216,10 +216,9 @@ impl CachingAllocator {
         })
     }
 
-    /// `release_cached_blocks`: gives back every segment whose one block is free; the bytes released.
-    fn release_cached_segments(&mut self) -> u64 {
+    /// `release_cached_blocks`: gives back every segment whose one block is free.
+    fn release_cached_segments(&mut self) {
         self.cache_flushes += 1;
-        let mut released = 0;
         for i in 0..self.segments.len() {
             let seg = &self.segments[i];
             if seg.released {
@@ -236,9 +235,7 @@ impl CachingAllocator {
             self.free_slots.push(head.0);
             self.segments[i].released = true;
             self.reserved -= size;
-            released += size;
         }
-        released
     }
 
     /// Returns an allocated block to its pool, merged with its free neighbours in the segment.

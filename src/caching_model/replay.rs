@@ -242,10 +242,15 @@ pub fn requests_of(problem: &Problem) -> Vec<Request> {
         .collect()
 }
 
-/// Replays a MiniMalloc CSV trace (`id,lower,upper,size`); any `offset` column is ignored.
+/// The buffers of a MiniMalloc CSV trace (`id,lower,upper,size`) as requests; any `offset` column
+/// is ignored.
+pub fn requests_csv(path: &Path) -> Result<Vec<Request>, CsvError> {
+    Ok(requests_of(&read_csv_file(path)?.problem))
+}
+
+/// Replays a MiniMalloc CSV trace ([`requests_csv`]) with unlimited memory.
 pub fn replay_csv(path: &Path) -> Result<SimulatedStep, CsvError> {
-    let parsed = read_csv_file(path)?;
-    Ok(replay(&requests_of(&parsed.problem)))
+    Ok(replay(&requests_csv(path)?))
 }
 
 #[cfg(test)]

@@ -158,11 +158,16 @@ pub struct PlanReport {
 impl PlanReport {
     /// Peak over lower bound (1.0 when both are zero).
     pub fn ratio(&self) -> f64 {
-        if self.lower_bound.0 == 0 {
-            1.0
-        } else {
-            self.solution.peak.0 as f64 / self.lower_bound.0 as f64
-        }
+        peak_ratio(self.solution.peak, self.lower_bound)
+    }
+}
+
+/// `peak / lower_bound`: how far a plan is from the bound (1 for an empty problem).
+pub fn peak_ratio(peak: Bytes, lower_bound: Bytes) -> f64 {
+    if lower_bound.0 == 0 {
+        1.0
+    } else {
+        peak.0 as f64 / lower_bound.0 as f64
     }
 }
 

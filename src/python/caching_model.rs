@@ -3,17 +3,14 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-
-use pyo3::types::PyInt;
+use pyo3::types::{PyDict, PyInt, PyList};
 
 use super::errors::{csv_error, CapacityError};
 use super::placement::capacity_arg;
 use super::report::to_dict;
 use crate::caching_model::{
-    replay_csv, replay_within, requests_of, smallest_device, Action, PoolKind, SimulatedStep,
+    replay_csv, replay_within, requests_csv, smallest_device, Action, PoolKind, SimulatedStep,
 };
-use crate::placement::csv::read_csv_file;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(caching_allocator_peak, m)?)?;
@@ -44,14 +41,10 @@ fn caching_allocator_peak<'py>(
     path: PathBuf,
     capacity: Option<Bound<'py, PyInt>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let Some(limit) = capacity_arg(capacity.as_ref())? else {
-        let out = run(py, path)?;
-        return to_dict(py, &out);
-    };
-    let parsed = py.detach(|| read_csv_file(&path)).map_err(csv_error)?;
-    let requests = requests_of(&parsed.problem);
+    let limit = capacity_arg(capacity.as_ref())?.map(|b| b.0);
+    let requests = py.detach(|| requests_csv(&path)).map_err(csv_error)?;
     let out = py
-        .detach(|| replay_within(&requests, Some(limit.0)))
+        .detach(|| replay_within(&requests, limit))
         .map_err(|e| CapacityError::new_err(format!("{}: {e}", path.display())))?;
     to_dict(py, &out)
 }
@@ -61,8 +54,7 @@ fn caching_allocator_peak<'py>(
 /// found by bisection). Raises `InputError` for a malformed file.
 #[pyfunction]
 fn caching_allocator_smallest_device(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
-    let parsed = py.detach(|| read_csv_file(&path)).map_err(csv_error)?;
-    let requests = requests_of(&parsed.problem);
+    let requests = py.detach(|| requests_csv(&path)).map_err(csv_error)?;
     Ok(py.detach(|| smallest_device(&requests)))
 }
 

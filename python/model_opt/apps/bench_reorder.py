@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from model_opt.apps import models
 from model_opt.capture.step import CapturedStep, capture_inference_step, capture_training_step
@@ -77,6 +78,21 @@ def _create_state(optimizer: torch.optim.Optimizer) -> None:
         p.grad = None
 
 
+def training_setup(
+    name: str, batch: int, optimizer: str
+) -> tuple[nn.Module, torch.optim.Optimizer, tuple[Any, ...], Any]:
+    """Model `name` in train mode (seed 0) with `optimizer` (a key of `OPTIMIZERS`), its state created
+    as its first step would, and one batch of `batch`: ``(model, optimizer, inputs, targets)``."""
+    if optimizer not in OPTIMIZERS:
+        raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    torch.manual_seed(0)
+    model, inputs, targets = models.example(name, batch)
+    model.train()
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    _create_state(opt)
+    return model, opt, inputs, targets
+
+
 def capture_with_inputs(
     name: str, mode: str, batch: int, optimizer: str = "sgd"
 ) -> tuple[CapturedStep, tuple[Any, ...], int]:
@@ -84,16 +100,12 @@ def capture_with_inputs(
     of `OPTIMIZERS`, its state created first); returns it with the real arguments of a call
     (``captured.run(gm, *args)``: ``(inputs, targets)``, or ``(inputs,)`` in eval mode) and the bytes of
     the optimizer's state (resident, outside the graph)."""
-    torch.manual_seed(0)
-    model, inputs, targets = models.example(name, batch)
     if mode == "eval":
+        torch.manual_seed(0)
+        model, inputs, _ = models.example(name, batch)
         model.eval()
         return capture_inference_step(model, inputs), (inputs,), 0
-    model.train()
-    if optimizer not in OPTIMIZERS:
-        raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
-    opt = OPTIMIZERS[optimizer](model.parameters())
-    _create_state(opt)
+    model, opt, inputs, targets = training_setup(name, batch, optimizer)
     captured = capture_training_step(model, opt, models.loss_for(name), inputs, targets)
     return captured, (inputs, targets), optimizer_state_bytes([opt])
 

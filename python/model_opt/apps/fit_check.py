@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from model_opt.apps import models
+from model_opt.capture.step import model_step
 from model_opt.fit import Fitting
 from model_opt.fit.search import largest_fitting
 from model_opt.sizes import parse_memory
@@ -56,16 +57,7 @@ def build(name: str) -> Built:
             return models.batch_of(name, b)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step(inputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        xs = inputs if isinstance(inputs, tuple) else (inputs,)
-        loss = loss_fn(model(*xs), targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return model, opt, step, batch_of
+    return model, opt, model_step(model, opt, loss_fn), batch_of
 
 
 WORKER = """

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -198,3 +198,14 @@ def _fake_trace(fn: Callable[..., Any], args: list[torch.Tensor]) -> fx.GraphMod
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of a tensor's elements (shape x dtype), for reports."""
     return math.prod(t.shape) * t.element_size()
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages under `tensors` (strided ones), each storage counted once (views and
+    tied weights share one)."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        if t.layout == torch.strided:
+            storage = t.untyped_storage()
+            seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -85,6 +86,22 @@ def find_state(fn: Any) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
 
     visit(fn, 0)
     return outermost(modules), optimizers
+
+
+def state_of(
+    fn: Any,
+    modules: Sequence[nn.Module] | None = None,
+    optimizers: Sequence[torch.optim.Optimizer] | None = None,
+) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+    """What the step function `fn` uses: `modules` and `optimizers` as given, and what is not given
+    found from `fn` (`find_state`; given modules are then reduced to the outermost)."""
+    if modules is not None and optimizers is not None:
+        return list(modules), list(optimizers)
+    found_modules, found_optimizers = find_state(fn)
+    return (
+        found_modules if modules is None else outermost(list(modules)),
+        found_optimizers if optimizers is None else list(optimizers),
+    )
 
 
 def outermost(modules: list[nn.Module]) -> list[nn.Module]:

@@ -54,3 +54,14 @@ def nonnegative_float(text: str, unit: str = "") -> float:
 def seconds(text: str) -> float:
     """A non-negative number of seconds."""
     return nonnegative_float(text, "seconds")
+
+
+def size_range(text: str) -> tuple[int, int]:
+    """``LO:HI``, two positive integers with LO <= HI."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a range LO:HI such as 1:4096")
+    lo, hi = (positive_int(p) for p in parts)
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"'{text}': {lo} is above {hi}")
+    return lo, hi

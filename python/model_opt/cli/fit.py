@@ -11,24 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from model_opt._native import SCHEDULE_METHODS
-from model_opt.cli.args import positive_int, seconds
+from model_opt.cli.args import positive_int, seconds, size_range
 from model_opt.cli.exit import EXIT_OK, error
 from model_opt.errors import ArgumentError
 from model_opt.reports import FIT_WAYS as WAYS
 
 MIB = 2**20
 GIB = 2**30
-
-
-def size_range(text: str) -> tuple[int, int]:
-    """``LO:HI``, two positive integers with LO <= HI."""
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a range LO:HI such as 1:4096")
-    lo, hi = (positive_int(p) for p in parts)
-    if lo > hi:
-        raise argparse.ArgumentTypeError(f"'{text}': {lo} is above {hi}")
-    return lo, hi
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ under the budget (doubling, then bisection).
 
     report = model_opt.fit(train_step, lambda b: (torch.randn(b, 3, 224, 224), torch.randint(0, 10, (b,))),
                            memory="16GiB")
-    report["largest"]   # {'pytorch': 180, 'arena': 214, 'reordered': 223}
+    report["largest"]   # the largest batch each way: {'pytorch': ..., 'arena': ..., 'reordered': ...}
 
 `fit_model` does the same for a model of the benchmark registry (``model-opt fit --model NAME``);
 `Fitting` (`prepare_model` for the registry) answers several budgets from one set of captures.
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_opt.capture.dataflow import DataflowGraph
-from model_opt.capture.discover import find_state, outermost
+from model_opt.capture.dataflow import DataflowGraph, storage_bytes
+from model_opt.capture.discover import state_of
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
 from model_opt.fit import optimizer
@@ -36,14 +36,6 @@ from model_opt.sizes import parse_memory
 
 #: The three ways a step's memory is estimated (see `estimate`).
 WAYS = FIT_WAYS
-
-
-def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    seen: dict[int, int] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
 
 
 class Fitting:
@@ -83,11 +75,7 @@ class Fitting:
         lo, hi = sizes
         if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
             raise ArgumentError(f"sizes {sizes} must be two integers with 1 <= smallest <= largest")
-        if modules is None or optimizers is None:
-            found_modules, found_optimizers = find_state(step)
-            modules = found_modules if modules is None else outermost(list(modules))
-            optimizers = found_optimizers if optimizers is None else optimizers
-        self.modules, self.optimizers = list(modules), list(optimizers)
+        self.modules, self.optimizers = state_of(step, modules, optimizers)
         self.sizes, self.variable = (lo, hi), variable
         self.time_limit, self.method, self.progress = time_limit, method, progress
         self.model: str | None = None
@@ -103,7 +91,7 @@ class Fitting:
         self.family = StepFamily.of(capture)
         self.state_bytes = optimizer.state_bytes(self.optimizers, probes)
         params = [p for m in self.modules for p in m.parameters()]
-        self.weights_bytes = _storage_bytes(params)
+        self.weights_bytes = storage_bytes(params)
         largest = max((p.numel() * p.element_size() for p in params if p.requires_grad), default=0)
         self.step_temporaries_bytes = int(per_byte * largest)
         self.estimates: dict[int, FitEstimate] = {}
@@ -202,10 +190,10 @@ def prepare_model(
     default); ``variable="seq_len"`` searches the sequence length of a token model at `batch_size`
     (`sizes` is clipped to the model's longest sequence)."""
     from model_opt.apps import models
-    from model_opt.apps.bench_reorder import OPTIMIZERS, _create_state
+    from model_opt.apps.bench_reorder import OPTIMIZERS, training_setup
     from model_opt.capture.step import model_step
 
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in OPTIMIZERS:  # checked before the model is built
         raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
     if variable == "seq_len":
         if name not in models.MAX_SEQ_LEN:
@@ -222,11 +210,7 @@ def prepare_model(
             return models.batch_of(name, n, seq_len)
     else:
         raise ArgumentError(f"variable must be 'batch_size' or 'seq_len', not {variable!r}")
-    torch.manual_seed(0)
-    model, inputs, targets = models.example(name, 1)
-    model.train()
-    opt = OPTIMIZERS[optimizer](model.parameters())
-    _create_state(opt)
+    model, opt, _, _ = training_setup(name, 1, optimizer)
     loss_fn = models.loss_for(name)
 
     fitting = Fitting(
