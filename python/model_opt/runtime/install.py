@@ -34,7 +34,7 @@ def library_path() -> str:
     return str(path)
 
 
-def allocator() -> Any:
+def allocator(patch_memory_api: bool = True) -> Any:
     """Return model_opt's CUDA allocator as a ``torch.cuda.memory.CUDAPluggableAllocator``.
 
     It is built from the extension's own library file, so the allocator PyTorch calls and this Python
@@ -44,6 +44,13 @@ def allocator() -> Any:
 
     The optional hooks (init, ``empty_cache``, memory fraction, ``record_stream``) are set when the
     PyTorch build exposes their setters to Python.
+
+    It also warns about settings a pluggable allocator ignores (``PYTORCH_CUDA_ALLOC_CONF``), switches
+    off those that would fail under it (``torch.backends.cudnn.benchmark``,
+    ``TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK``) and, with ``patch_memory_api`` (the default),
+    makes ``torch.cuda.memory_allocated``, ``memory_stats`` and the other memory statistics functions,
+    which raise under a pluggable allocator, answer from the runtime: see
+    `model_opt.runtime.memory_api`.
 
     Raises:
         ModelOptError: when CUDA is already initialized, or when called a second time in the process.
@@ -71,6 +78,9 @@ def allocator() -> Any:
         if callable(set_fn):
             set_fn(symbols[symbol])
             hooks_installed.append(setter)
+    from model_opt.runtime.memory_api import prepare_allocator
+
+    prepare_allocator(patch_memory_api)
     _allocator_created = True
     return alloc
 
