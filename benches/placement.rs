@@ -1,14 +1,18 @@
-//! Placement benchmark (issue 4): exact placement on the MiniMalloc challenging instances and `auto`
-//! against the greedy portfolio on random instances. One thread; prints Markdown tables.
+//! Placement benchmark (issues 4 and 13): exact placement on the MiniMalloc challenging instances,
+//! `auto` against the greedy portfolio on random instances, recorded training traces tiled in time,
+//! and perfect packings. Prints Markdown tables.
 //!
-//! `cargo bench --bench placement` (runs = 3 per instance unless `PLACEMENT_BENCH_RUNS` says
-//! otherwise; the data set is found next to the repository or at `MODEL_OPT_DATA`).
+//! `cargo bench --bench placement [-- PART]` with PART one of `capacity`, `minimize`, `random`,
+//! `tiled`, `perfect` (runs = 3 per instance unless `PLACEMENT_BENCH_RUNS` says otherwise; the
+//! MiniMalloc data set is found next to the repository or at `MODEL_OPT_DATA`, the recorded traces
+//! in `benches/data/`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use model_opt::placement::csv::read_csv_file;
+use model_opt::placement::instances::{perfect_packing, tiled};
 use model_opt::placement::random::{random_problem, Shape};
 use model_opt::placement::{plan, Bytes, Method, PlanOptions, Problem, Progress};
 
@@ -155,6 +159,101 @@ fn random(sizes: &[(usize, f64)]) {
     }
 }
 
+/// The recorded training traces of `benches/data/` (not their `.persistent` lists), by name.
+fn recorded_traces() -> Vec<(String, Problem)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/data");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    paths.retain(|p| {
+        p.extension().is_some_and(|e| e == "csv")
+            && !p.to_string_lossy().ends_with(".persistent.csv")
+    });
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_string_lossy().into_owned();
+            match read_csv_file(&p) {
+                Ok(f) => Some((name, f.problem)),
+                Err(e) => {
+                    eprintln!("placement bench: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Recorded traces copied 1, 5 and 20 times one after the other in time, minimized by `auto`.
+fn tiled_traces(seconds: f64, runs: usize) {
+    println!("\n### Recorded traces tiled in time (`auto`, no capacity, time limit {seconds} s)\n");
+    println!("| trace | copies | buffers | lower bound | peak | peak / bound | status | found by | median time (s) | times (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, trace) in recorded_traces() {
+        for copies in [1, 5, 20] {
+            let problem = tiled(&trace, copies);
+            let mut times = Vec::new();
+            let mut last = String::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                let r = plan(&problem, &options(Method::Auto, seconds));
+                times.push(t.elapsed().as_secs_f64());
+                last = match r {
+                    Ok(r) => format!(
+                        "{} | {} | {:.4} | {} | {}",
+                        r.lower_bound,
+                        r.solution.peak,
+                        r.ratio(),
+                        r.status,
+                        r.method
+                    ),
+                    Err(e) => format!("- | - | - | error | {e}"),
+                };
+            }
+            let shown: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+            println!(
+                "| {name} | {copies} | {} | {last} | {:.3} | {} |",
+                problem.len(),
+                median(times),
+                shown.join(", ")
+            );
+        }
+    }
+}
+
+/// Perfect packings (optimum = capacity = 2^20) decided at their capacity.
+fn perfect(seconds: f64) {
+    println!("\n### Perfect packings at capacity 1048576 (`auto`, time limit {seconds} s, one run each)\n");
+    println!("| buffers | seed | peak | status | found by | time (s) |");
+    println!("|---|---|---|---|---|---|");
+    let mut solved = 0;
+    let mut total = 0;
+    for n in [100, 200, 400, 700, 1000] {
+        for seed in 1..=3u64 {
+            let problem = perfect_packing(n, 1 << 20, 64, seed).with_capacity(Some(Bytes(1 << 20)));
+            let t = Instant::now();
+            let r = plan(&problem, &options(Method::Auto, seconds));
+            let time = t.elapsed().as_secs_f64();
+            total += 1;
+            match r {
+                Ok(r) => {
+                    solved += 1;
+                    println!(
+                        "| {n} | {seed} | {} | {} | {} | {time:.3} |",
+                        r.solution.peak, r.status, r.method
+                    );
+                }
+                Err(e) => println!(
+                    "| {n} | {seed} | - | {} | {e} | {time:.3} |",
+                    e.status().map_or("error".into(), |s| s.to_string())
+                ),
+            }
+        }
+    }
+    println!("\nSolved {solved}/{total} within {seconds} s each.\n");
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects a part.
     let filter: Vec<String> = std::env::args()
@@ -177,6 +276,12 @@ fn main() {
         println!("| instance | buffers | lower bound | proven bound | peak | status | method |");
         println!("|---|---|---|---|---|---|---|");
         minimize("D", 30.0, 1);
+    }
+    if wants("tiled") {
+        tiled_traces(10.0, runs);
+    }
+    if wants("perfect") {
+        perfect(30.0);
     }
     if wants("random") {
         random(&[

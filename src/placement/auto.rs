@@ -35,13 +35,14 @@ pub(crate) struct Ran {
     pub stopped_by: Option<Limit>,
 }
 
-/// True when nothing is left to do: the incumbent is optimal, fits the capacity, or the capacity is
-/// proven too small.
+/// True when nothing is left to do: the incumbent is optimal, fits the capacity (unless asked to
+/// keep minimizing), or the capacity is proven too small.
 fn settled(state: &Anytime) -> bool {
-    match state.problem.capacity {
-        Some(c) => state.best_peak().is_some_and(|p| p <= c) || state.bound() > c,
-        None => state.closed(),
-    }
+    state.problem.capacity.is_some_and(|c| state.bound() > c)
+        || state.closed()
+        || state
+            .decide_at()
+            .is_some_and(|c| state.best_peak().is_some_and(|p| p <= c))
 }
 
 /// Which limit stopped the search: its node budget once spent, else the clock.
@@ -146,10 +147,16 @@ fn search_phase(state: &mut Anytime, deadline: Instant) -> Result<bool, InvalidP
     if state.problem.len() > search::MAX_BUFFERS {
         return Ok(false);
     }
-    match state.problem.capacity {
-        Some(capacity) => Ok(search::fit_capacity(state, capacity, deadline)?.is_none()),
-        None => search::minimize(state, deadline),
+    if let Some(capacity) = state.problem.capacity {
+        if state.best_peak().is_none_or(|p| p > capacity) {
+            let found = search::fit_capacity(state, capacity, deadline)?;
+            // Asked to keep minimizing, a plan within the capacity is where the minimizing starts.
+            if state.decide_at().is_some() || found != Some(true) {
+                return Ok(found.is_none());
+            }
+        }
     }
+    search::minimize(state, deadline)
 }
 
 /// Returns true when the ILP stopped for time.
@@ -159,10 +166,11 @@ fn ilp_phase(
     deadline: Instant,
 ) -> Result<bool, InvalidPlan> {
     let incumbent = state.best_peak();
-    let (horizon, decide) = match (state.problem.capacity, incumbent) {
-        (Some(c), _) => (c, true),
-        (None, Some(p)) => (p, false),
-        (None, None) => return Ok(false),
+    let (horizon, decide) = match (state.decide_at(), state.problem.capacity, incumbent) {
+        (Some(c), _, _) => (c, true),
+        (None, capacity, Some(p)) => (capacity.map_or(p, |c| c.min(p)), false),
+        (None, Some(c), None) => (c, false),
+        (None, None, None) => return Ok(false),
     };
     let opts = IlpOptions {
         deadline,

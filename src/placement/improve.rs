@@ -88,7 +88,11 @@ fn iterate(
     }
     let mut walk = Walk::new(problem, best, start, fit);
     // Stop once the peak meets the proven bound, or fits the capacity when one is asked for.
-    let target = problem.capacity.unwrap_or(Bytes::ZERO).max(state.bound()).0;
+    let target = state
+        .decide_at()
+        .unwrap_or(Bytes::ZERO)
+        .max(state.bound())
+        .0;
     // Offering validates the whole plan (~35 ms at 100k buffers), so offers are spaced to keep
     // validation under about a tenth of the time; the last improvement is always offered before
     // returning.

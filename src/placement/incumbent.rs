@@ -54,6 +54,8 @@ pub(crate) struct Anytime<'p> {
     /// Greedy runs the iterated greedy has tried, and the most it may (`u64::MAX`: no limit).
     improve_tries: u64,
     max_improve_tries: u64,
+    /// The capacity at which planning stops as soon as a plan fits it; `None` to minimize.
+    decide_at: Option<Bytes>,
 }
 
 impl<'p> Anytime<'p> {
@@ -79,7 +81,20 @@ impl<'p> Anytime<'p> {
             max_search_nodes: u64::MAX,
             improve_tries: 0,
             max_improve_tries: u64::MAX,
+            decide_at: problem.capacity,
         }
+    }
+
+    /// With a capacity, keep minimizing once a plan fits it (the capacity still bounds every plan
+    /// returned).
+    pub fn keep_minimizing(&mut self) {
+        self.decide_at = None;
+    }
+
+    /// The capacity at which planning stops as soon as a plan fits it: the problem's, unless asked
+    /// to keep minimizing; `None` when minimizing.
+    pub fn decide_at(&self) -> Option<Bytes> {
+        self.decide_at
     }
 
     /// Sets the work budgets of [`PlanOptions`](super::plan::PlanOptions): `None` is no limit.

@@ -3,11 +3,13 @@
 
 pub mod auto;
 pub mod csv;
+pub mod decompose;
 pub mod files;
 pub mod greedy;
 pub mod ilp;
 pub mod improve;
 pub mod incumbent;
+pub mod instances;
 pub mod lower_bound;
 mod merged_spans;
 mod occupancy;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::auto;
+use super::decompose;
 use super::incumbent::{Anytime, ProgressFn};
 use super::lower_bound::max_load;
 use super::problem::{Bytes, Problem, Solution};
@@ -91,6 +92,10 @@ pub struct PlanOptions {
     /// does. Tries run one per core (up to 4 at a time), so the plan it reaches depends on the
     /// number of cores, not on the machine's speed.
     pub max_improve_tries: Option<u64>,
+    /// With a capacity: once a plan fits, keep looking for a smaller one until the time limit or
+    /// the optimum, instead of returning the first that fits. An error still means that nothing
+    /// fits the capacity. Without a capacity the planner always minimizes.
+    pub minimize_below_capacity: bool,
 }
 
 impl Default for PlanOptions {
@@ -103,6 +108,7 @@ impl Default for PlanOptions {
             progress: None,
             max_search_nodes: None,
             max_improve_tries: None,
+            minimize_below_capacity: false,
         }
     }
 }
@@ -117,6 +123,7 @@ impl fmt::Debug for PlanOptions {
             .field("progress", &self.progress.as_ref().map(|_| "callback"))
             .field("max_search_nodes", &self.max_search_nodes)
             .field("max_improve_tries", &self.max_improve_tries)
+            .field("minimize_below_capacity", &self.minimize_below_capacity)
             .finish()
     }
 }
@@ -226,6 +233,10 @@ impl PlanError {
 }
 
 /// Plans `problem` with the chosen method; every plan returned has passed the validator.
+///
+/// A problem that falls apart in time (no lifetime crosses some moment) into parts of at least
+/// [`decompose::MIN_PART_BUFFERS`] buffers is planned part by part, whatever its size (see
+/// [`decompose`]); the others whole.
 pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, PlanError> {
     let started = Instant::now();
     problem.check_limits().map_err(PlanError::InvalidProblem)?;
@@ -239,12 +250,29 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
             });
         }
     }
+    let parts = decompose::pieces(problem, decompose::MIN_PART_BUFFERS);
+    if parts.len() > 1 {
+        return decompose::plan_parts(problem, parts, lower_bound, options, started);
+    }
+    plan_whole(problem, options, lower_bound, started)
+}
+
+/// Plans `problem` as one piece, its checks done and its max load known.
+pub(crate) fn plan_whole(
+    problem: &Problem,
+    options: &PlanOptions,
+    lower_bound: Bytes,
+    started: Instant,
+) -> Result<PlanReport, PlanError> {
     let mut state = Anytime::new(
         problem,
         lower_bound,
         options.time_limit,
         options.progress.clone(),
     );
+    if options.minimize_below_capacity {
+        state.keep_minimizing();
+    }
     let ran = auto::run(&mut state, options).map_err(PlanError::InvalidPlan)?;
     let bound = state.bound();
     let closed = state.closed();

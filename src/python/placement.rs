@@ -80,9 +80,12 @@ fn progress_arg(callback: Option<Py<PyAny>>) -> Option<ProgressFn> {
 /// proven_bound_bytes, peak_bytes, ratio, method, status, seconds. Raises
 /// `InputError` for a malformed file and `CapacityError` when no plan fits `capacity` (proven, or
 /// not found in time: the message says which). `progress`, if given, is called as
-/// `progress(incumbent_or_None, bound, elapsed_seconds, phase)` whenever either improves.
+/// `progress(incumbent_or_None, bound, elapsed_seconds, phase)` whenever either improves. With a
+/// capacity, the first plan that fits is returned unless `minimize_below_capacity` asks to keep
+/// minimizing until the time limit or the optimum.
 #[pyfunction]
-#[pyo3(signature = (path, output=None, capacity=None, method="auto", time_limit=5.0, progress=None))]
+#[pyo3(signature = (path, output=None, capacity=None, method="auto", time_limit=5.0, progress=None, minimize_below_capacity=false))]
+#[allow(clippy::too_many_arguments)]
 fn plan_csv<'py>(
     py: Python<'py>,
     path: PathBuf,
@@ -91,12 +94,14 @@ fn plan_csv<'py>(
     method: &str,
     time_limit: f64,
     progress: Option<Py<PyAny>>,
+    minimize_below_capacity: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let capacity = capacity_arg(capacity.as_ref())?;
     let options = PlanOptions {
         method: method.parse().map_err(plan_error)?,
         time_limit: time_limit_arg(time_limit)?,
         progress: progress_arg(progress),
+        minimize_below_capacity,
         ..Default::default()
     };
     let planned = py

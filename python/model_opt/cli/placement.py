@@ -16,6 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help="place the buffers of a MiniMalloc CSV file")
     p.add_argument("input", type=Path, metavar="INPUT.csv")
     p.add_argument("--capacity", type=nonnegative_bytes, metavar="BYTES", help="arena capacity to fit within")
+    p.add_argument(
+        "--minimize-below-capacity",
+        action="store_true",
+        help="with --capacity: once a plan fits, keep minimizing until the time limit or the optimum "
+        "(default: stop at the first plan that fits; without --capacity the planner always minimizes)",
+    )
     p.add_argument("--method", choices=PLACEMENT_METHODS, default=PLACEMENT_METHODS[0])
     p.add_argument("--time-limit", type=seconds, default=5.0, metavar="SECONDS")
     p.add_argument("--output", "-o", type=Path, metavar="OUT.csv", help="write the solution CSV here")
@@ -65,6 +71,7 @@ def run_plan(args: argparse.Namespace) -> int:
             method=args.method,
             time_limit=args.time_limit,
             progress=_print_progress if show_progress else None,
+            minimize_below_capacity=args.minimize_below_capacity,
         )
     except ModelOptError as e:
         return error("plan", e, exit_status_of(e))
