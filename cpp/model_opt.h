@@ -4,9 +4,11 @@
  * (cudaStream_t is passed as void*). The hooks match CUDAPluggableAllocator's set_*_fn setters.
  * model_opt_host_* serve PyTorch's CPU tensors through the same runtime (cpp/cpu_shim.cpp).
  *
- * No function lets a panic escape. Failures are values: model_opt_alloc returns NULL only when the
- * device is out of memory (or has no driver); control functions return non-zero. The message is
- * available from model_opt_last_error. */
+ * No function lets a panic escape. Failures are values: model_opt_alloc returns NULL when the device
+ * is out of memory, has no driver, or the stream is capturing a CUDA graph; control functions return
+ * non-zero. The message is available from model_opt_last_error. PyTorch does not check a pluggable
+ * allocator's NULL, so model_opt.allocator() hands PyTorch the CUDA front (cpp/cuda_front.cpp), which
+ * calls model_opt_try_alloc and throws PyTorch's errors instead. */
 #ifndef MODEL_OPT_H
 #define MODEL_OPT_H
 
@@ -22,12 +24,20 @@ extern "C" {
  * records an error and does nothing. */
 void* model_opt_alloc(size_t size, int device, void* stream);
 void model_opt_free(void* ptr, size_t size, int device, void* stream);
+/* model_opt_alloc with a status: 0 served (*out is the address), 1 out of memory, 2 refused for
+ * another reason (no driver, a driver error, a stream capturing a CUDA graph); *out is NULL on
+ * failure and the message is the last error. */
+#define MODEL_OPT_ALLOC_OK 0
+#define MODEL_OPT_ALLOC_OUT_OF_MEMORY 1
+#define MODEL_OPT_ALLOC_REFUSED 2
+int model_opt_try_alloc(size_t size, int device, void* stream, void** out);
 void model_opt_init(int device_count);                          /* set_init_fn */
 void model_opt_empty_cache(void);                               /* set_reset_fn */
-/* set_memory_fraction_fn: not enforced on CUDA devices yet (the reason goes to the last error) */
+/* set_memory_fraction_fn: past the fraction a request is out of memory (a bad fraction, or a device
+ * that does not report its size, changes nothing; the reason goes to the last error) */
 void model_opt_set_memory_fraction(double fraction, int device);
-/* At most `limit` bytes from `device` (-1: host memory; CUDA devices not yet); a negative limit lifts
- * it. 0, or -1 with the reason as the last error. */
+/* At most `limit` bytes from `device` (-1: host memory); a negative limit lifts it. 0, or -1 after an
+ * internal error with the reason as the last error. */
 int model_opt_set_memory_limit(int device, int64_t limit);
 void model_opt_record_stream(void* ptr, void* stream);          /* set_record_stream_fn */
 

@@ -45,8 +45,10 @@ fn status(r: Result<(), crate::runtime::RuntimeError>) -> c_int {
     }
 }
 
-/// Allocates `size` bytes on CUDA `device` for `stream`. NULL only when the device is out of memory
-/// (or has no driver); the reason is recorded.
+/// Allocates `size` bytes on CUDA `device` for `stream`. NULL when the device is out of memory, has
+/// no driver, or `stream` is capturing a CUDA graph; the reason is recorded. PyTorch does not check a
+/// pluggable allocator's NULL: `model_opt.allocator()` installs the CUDA front, which calls
+/// `model_opt_try_alloc` and raises instead.
 #[no_mangle]
 pub extern "C" fn model_opt_alloc(size: usize, device: c_int, stream: *mut c_void) -> *mut c_void {
     guarded("model_opt_alloc", std::ptr::null_mut(), || {
@@ -57,6 +59,47 @@ pub extern "C" fn model_opt_alloc(size: usize, device: c_int, stream: *mut c_voi
                 std::ptr::null_mut()
             }
         }
+    })
+}
+
+/// `model_opt_try_alloc`'s statuses: served, out of memory (PyTorch's out-of-memory error, which
+/// callers such as cuDNN's workspace retry catch), and any other refusal (no driver, a driver error, a
+/// stream capturing a CUDA graph).
+pub const ALLOC_OK: c_int = 0;
+pub const ALLOC_OUT_OF_MEMORY: c_int = 1;
+pub const ALLOC_REFUSED: c_int = 2;
+
+/// `model_opt_alloc` for callers that raise: the address goes to `*out` (NULL on failure) and the
+/// status says which error to raise; the message is the last error. The CUDA front
+/// (`cpp/cuda_front.cpp`) calls this.
+///
+/// # Safety
+/// `out` must be NULL or point to a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn model_opt_try_alloc(
+    size: usize,
+    device: c_int,
+    stream: *mut c_void,
+    out: *mut *mut c_void,
+) -> c_int {
+    guarded("model_opt_try_alloc", ALLOC_REFUSED, || {
+        let (addr, status) = match global().alloc(device, size, stream as usize) {
+            Ok(addr) => (addr, ALLOC_OK),
+            Err(e) => {
+                set_last_error(e.to_string());
+                let status = if e.is_out_of_memory() {
+                    ALLOC_OUT_OF_MEMORY
+                } else {
+                    ALLOC_REFUSED
+                };
+                (0, status)
+            }
+        };
+        if !out.is_null() {
+            // SAFETY: the caller passes a writable pointer or NULL.
+            unsafe { *out = addr as *mut c_void };
+        }
+        status
     })
 }
 
@@ -92,10 +135,10 @@ pub extern "C" fn model_opt_empty_cache() {
 }
 
 /// Memory fraction hook (`set_memory_fraction_fn`, behind
-/// `torch.cuda.set_per_process_memory_fraction`): meant to make the runtime take at most `fraction`
-/// of the device's memory. Not enforced on CUDA devices yet (see `global::set_memory_limit`): the call
-/// changes nothing and the reason is recorded as the last error (the hook cannot raise), as it is for
-/// a fraction outside `[0, 1]` or a device that does not report its size.
+/// `torch.cuda.set_per_process_memory_fraction`): the runtime takes at most `fraction` of the device's
+/// memory; past it a request is out of memory (PyTorch's error, through the CUDA front). A fraction
+/// outside `[0, 1]` or a device that does not report its size changes nothing, and the reason is
+/// recorded as the last error (the hook cannot raise).
 #[no_mangle]
 pub extern "C" fn model_opt_set_memory_fraction(fraction: f64, device: c_int) {
     guarded("model_opt_set_memory_fraction", (), || {
@@ -106,19 +149,13 @@ pub extern "C" fn model_opt_set_memory_fraction(fraction: f64, device: c_int) {
 }
 
 /// Limits the memory the runtime takes from `device` (-1: host memory) to `limit` bytes; a negative
-/// `limit` lifts the limit. Returns 0, or -1 with the reason as the last error (CUDA devices cannot be
-/// limited yet: see `global::set_memory_limit`).
+/// `limit` lifts the limit. Returns 0 (-1 only after an internal error, with the reason as the last
+/// error).
 #[no_mangle]
 pub extern "C" fn model_opt_set_memory_limit(device: c_int, limit: i64) -> c_int {
-    guarded("model_opt_set_memory_limit", -1, || match set_memory_limit(
-        device,
-        u64::try_from(limit).ok(),
-    ) {
-        Ok(()) => 0,
-        Err(e) => {
-            set_last_error(e);
-            -1
-        }
+    guarded("model_opt_set_memory_limit", -1, || {
+        set_memory_limit(device, u64::try_from(limit).ok());
+        0
     })
 }
 

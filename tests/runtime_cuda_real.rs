@@ -12,8 +12,8 @@ mod runtime_support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys;
 use model_opt::placement::PlanOptions;
+use model_opt::runtime::backend::driver;
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
 use runtime_support::{assert_disjoint, persistent_ids, random_program, Live, Op, Rng};
 
@@ -34,23 +34,49 @@ fn gpu() -> Option<Arc<CudaBackend>> {
     None
 }
 
-fn cu(call: &str, r: sys::CUresult) {
-    assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "{call} failed");
+fn cu(call: &str, r: libc::c_int) {
+    assert_eq!(r, driver::CUDA_SUCCESS, "{call} failed with {r}");
 }
 
-/// Host-to-device copy. The backend made the device's primary context current on this thread.
+/// A copy function of the driver the backend loaded (the same library, never a second one).
+fn copy_fn<T: Copy>(name: &str) -> T {
+    let p = driver::symbol(name).unwrap_or_else(|| panic!("the driver lacks {name}"));
+    // SAFETY: T is the fn pointer type of `name` at each call site below.
+    unsafe { std::mem::transmute_copy::<*mut libc::c_void, T>(&p) }
+}
+
+/// Makes device 0's primary context current on this thread, as PyTorch does for its current device:
+/// the backend leaves the caller's context as it found it, so the copies need their own.
+fn bind_device_0() {
+    type Retain = unsafe extern "C" fn(*mut *mut libc::c_void, libc::c_int) -> libc::c_int;
+    type SetCurrent = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+    let retain: Retain = copy_fn("cuDevicePrimaryCtxRetain");
+    let set_current: SetCurrent = copy_fn("cuCtxSetCurrent");
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: the driver is initialised (the backend ran cuInit); valid out-pointer; device 0 exists.
+    unsafe {
+        cu("cuDevicePrimaryCtxRetain", retain(&mut ctx, 0));
+        cu("cuCtxSetCurrent", set_current(ctx));
+    }
+}
+
+/// Host-to-device copy, in the context `bind_device_0` made current.
 fn upload(addr: usize, bytes: &[u8]) {
+    type HtoD = unsafe extern "C" fn(u64, *const libc::c_void, usize) -> libc::c_int;
+    let f: HtoD = copy_fn("cuMemcpyHtoD_v2");
     // SAFETY: `addr` is device memory of at least `bytes.len()` bytes handed out by the runtime.
     cu("cuMemcpyHtoD", unsafe {
-        sys::cuMemcpyHtoD_v2(addr as sys::CUdeviceptr, bytes.as_ptr().cast(), bytes.len())
+        f(addr as u64, bytes.as_ptr().cast(), bytes.len())
     });
 }
 
 fn download(addr: usize, len: usize) -> Vec<u8> {
+    type DtoH = unsafe extern "C" fn(*mut libc::c_void, u64, usize) -> libc::c_int;
+    let f: DtoH = copy_fn("cuMemcpyDtoH_v2");
     let mut out = vec![0u8; len];
     // SAFETY: as in `upload`; `out` has `len` writable bytes.
     cu("cuMemcpyDtoH", unsafe {
-        sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), addr as sys::CUdeviceptr, len)
+        f(out.as_mut_ptr().cast(), addr as u64, len)
     });
     out
 }
@@ -75,6 +101,9 @@ fn the_backend_allocates_writes_reads_and_frees_device_memory() {
     println!("{devices} CUDA device(s)");
     let size = 3 << 20;
     let a = cuda.alloc(0, size).unwrap();
+    bind_device_0();
+    // The backend switched to device 0's context for nothing now: it is current already.
+    assert!(!cuda.switches_context(0).unwrap());
     assert_ne!(a, 0);
     assert_eq!(a % 512, 0, "cuMemAlloc returned a misaligned address");
     let (free, total) = cuda
@@ -176,8 +205,8 @@ impl<'r> GpuDriver<'r> {
 #[test]
 fn the_runtime_records_plans_and_replays_on_the_gpu() {
     let Some(cuda) = gpu() else { return };
-    // Makes the primary context current on this thread before any copy.
     cuda.synchronize(0).unwrap();
+    bind_device_0();
     let rt = Runtime::new(cuda.clone(), RuntimeConfig::default());
     let program = random_program(&mut Rng::new(11), 300, 2);
     let transient = program

@@ -1,6 +1,5 @@
 //! The CUDA backend against a stub driver built here: host memory behind the driver functions the
-//! backend uses, loaded through cudarc's own dynamic loading (the stub's SONAME is `libcuda.so`, and
-//! `preload_driver` loads it first so cudarc's `dlopen("libcuda.so")` returns it).
+//! backend uses, loaded through the backend's own loading (`preload_driver` names the file).
 //!
 //! This file is its own test binary (its own process), so the stub never meets a real driver.
 

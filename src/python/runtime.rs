@@ -12,7 +12,7 @@ use super::report::to_dict;
 use crate::ffi;
 use crate::placement::PlanOptions;
 use crate::runtime::global::{
-    clear_latest_error, global, latest_error, memory_limit, set_memory_limit,
+    clear_latest_error, cuda_preflight, global, latest_error, memory_limit, set_memory_limit,
 };
 use crate::runtime::RuntimeError;
 
@@ -34,6 +34,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_symbols, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_set_memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_cuda_preflight, m)?)?;
     Ok(())
 }
 
@@ -148,8 +149,17 @@ fn runtime_set_auto_replan(on: bool) {
 /// Limits the memory the runtime takes from `device` (-1: host) to `limit` bytes; None lifts it.
 #[pyfunction]
 #[pyo3(signature = (device, limit=None))]
-fn runtime_set_memory_limit(device: i32, limit: Option<u64>) -> PyResult<()> {
-    set_memory_limit(device, limit).map_err(ModelOptError::new_err)
+fn runtime_set_memory_limit(device: i32, limit: Option<u64>) {
+    set_memory_limit(device, limit);
+}
+
+/// Checks that CUDA `device` works end to end (driver, `cuInit`, its context, a 512-byte allocation);
+/// the device count. Behind `model_opt.allocator()`, so a broken driver is an error there and not a
+/// failed allocation later.
+#[pyfunction]
+#[pyo3(signature = (device=0))]
+fn runtime_cuda_preflight(device: i32) -> PyResult<i32> {
+    cuda_preflight(device).map_err(|e| ModelOptError::new_err(e.to_string()))
 }
 
 /// `(held, limit)`: the bytes the runtime holds from `device`, and its limit (None: none).
@@ -173,6 +183,10 @@ fn runtime_symbols(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         ffi::model_opt_alloc as *const () as usize,
     )?;
     d.set_item("model_opt_free", ffi::model_opt_free as *const () as usize)?;
+    d.set_item(
+        "model_opt_try_alloc",
+        ffi::model_opt_try_alloc as *const () as usize,
+    )?;
     d.set_item("model_opt_init", ffi::model_opt_init as *const () as usize)?;
     d.set_item(
         "model_opt_empty_cache",

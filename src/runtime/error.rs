@@ -22,3 +22,10 @@ pub enum RuntimeError {
     #[error("{0}")]
     Usage(String),
 }
+
+impl RuntimeError {
+    /// Whether the memory was not there (as opposed to a request that cannot be served at all).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, RuntimeError::Backend(e) if e.is_out_of_memory())
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use once_cell::sync::Lazy;
 use std::sync::{Mutex, MutexGuard};
 
-use super::backend::{Backend, DispatchBackend, Limited, HOST_DEVICE};
+use super::backend::{Backend, BackendError, DispatchBackend, Limited};
 use super::state::{Runtime, RuntimeConfig};
 
 /// The backend of the process-wide runtime: host and CUDA memory, each device under its limit.
@@ -33,23 +33,19 @@ thread_local! {
 }
 
 /// Limits the memory the runtime takes from `device` (arena and fallback pool together) to `limit`
-/// bytes, or lifts the limit with `None` (see `backend::limit`).
-///
-/// Refused for CUDA devices for now: a refused request reaches PyTorch as a NULL pointer, and
-/// PyTorch's pluggable allocator does not check for NULL (torch 2.x), so the tensor would fail far
-/// away instead of raising `torch.OutOfMemoryError`. The C++ front that turns a refusal into that
-/// error (issue 17) lifts this. The CPU shim checks, so host memory can be limited.
-pub fn set_memory_limit(device: i32, limit: Option<u64>) -> Result<(), String> {
-    if device != HOST_DEVICE && limit.is_some() {
-        return Err(format!(
-            "memory limits on CUDA device {device} are not enforced yet: PyTorch does not turn a \
-             refused request of a pluggable allocator into torch.OutOfMemoryError, so a refusal would \
-             surface as an invalid pointer; limit host memory (the CPU shim), or leave the limit to \
-             the device"
-        ));
-    }
+/// bytes, or lifts the limit with `None` (see `backend::limit`). A request past the limit is out of
+/// memory: the CPU shim and the CUDA front (`cpp/cuda_front.cpp`, which `model_opt.allocator()`
+/// installs) raise PyTorch's out-of-memory error for it. A caller of `model_opt_alloc` itself gets
+/// NULL and must check it (PyTorch's pluggable allocator does not).
+pub fn set_memory_limit(device: i32, limit: Option<u64>) {
     BACKEND.set_limit(device, limit);
-    Ok(())
+}
+
+/// Checks that CUDA `device` works end to end (see [`CudaBackend::preflight`]); the device count.
+///
+/// [`CudaBackend::preflight`]: super::backend::CudaBackend::preflight
+pub fn cuda_preflight(device: i32) -> Result<i32, BackendError> {
+    BACKEND.inner().cuda().preflight(device)
 }
 
 /// `(held, limit)`: the bytes the runtime holds from `device`, and its limit.
@@ -75,7 +71,7 @@ pub fn set_memory_fraction(device: i32, fraction: f64) -> Result<u64, String> {
         Err(e) => return Err(e.to_string()),
     };
     let limit = (total as f64 * fraction) as u64;
-    set_memory_limit(device, Some(limit))?;
+    set_memory_limit(device, Some(limit));
     Ok(limit)
 }
 

@@ -189,16 +189,14 @@ impl Runtime {
     }
 
     /// `size` bytes on `device` for `stream` (0 for a size of 0). Fails only when the backend cannot
-    /// provide the memory.
+    /// provide the memory or refuses the stream (one capturing a CUDA graph).
     pub fn alloc(&self, device: i32, size: usize, stream: usize) -> Result<usize, RuntimeError> {
         if size == 0 {
             return Ok(0);
         }
-        let mut guard = self.lock();
-        let inner = &mut *guard;
         if size > MAX_REQUEST {
             // Refused before any size arithmetic: no rounding of it can be trusted not to wrap.
-            inner.counters.out_of_memory += 1;
+            self.lock().counters.out_of_memory += 1;
             let kind = if device == HOST_DEVICE {
                 "host"
             } else {
@@ -206,6 +204,10 @@ impl Runtime {
             };
             return Err(BackendError::too_large(kind, device, size).into());
         }
+        // Outside the runtime's lock: a driver query, and nothing of the runtime's state changes.
+        self.backend.check_stream(device, stream)?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let route = inner.route();
         let limits = ReplayLimits {
             max_divergences: inner.config.max_divergences,

@@ -1,22 +1,39 @@
 //! The stub CUDA driver (`stub_libcuda.c`): built once per test binary, and its test-only functions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Compiles the stub driver (SONAME `libcuda.so`) and returns its path.
+/// Compiles the stub driver (SONAME `libcuda.so.1`, like the real driver) and returns its path.
 pub fn build_stub() -> PathBuf {
+    build_stub_as(
+        &format!("stub_libcuda_{}.so", env!("CARGO_CRATE_NAME")),
+        "libcuda.so.1",
+        0,
+    )
+}
+
+/// Compiles the stub into `dir/file_name` with `soname`; `stub_identity()` returns `identity`.
+pub fn build_stub_in(dir: &Path, file_name: &str, soname: &str, identity: i32) -> PathBuf {
     let src =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/runtime_support/stub_libcuda.c");
-    let dir = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
-    let out = dir.join(format!("stub_libcuda_{}.so", env!("CARGO_CRATE_NAME")));
+    let out = dir.join(file_name);
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()))
-        .args(["-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so", "-o"])
+        .args(["-shared", "-fPIC", "-O1", "-pthread"])
+        .arg(format!("-Wl,-soname,{soname}"))
+        .arg(format!("-DSTUB_IDENTITY={identity}"))
+        .arg("-o")
         .arg(&out)
         .arg(&src)
         .status()
         .expect("a C compiler (cc) is needed to build the stub driver");
     assert!(status.success(), "building the stub driver failed");
     out
+}
+
+/// Compiles the stub into the test's scratch directory as `file_name`.
+pub fn build_stub_as(file_name: &str, soname: &str, identity: i32) -> PathBuf {
+    let dir = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    build_stub_in(&dir, file_name, soname, identity)
 }
 
 /// Reads a function of the stub through dlsym on the already-loaded library.

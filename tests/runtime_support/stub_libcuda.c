@@ -1,48 +1,274 @@
-/* A stand-in for the CUDA driver: the few driver functions model_opt's CUDA backend calls, backed by
- * host memory with a fixed capacity, so the backend runs through cudarc's real loading path on a
- * machine without a GPU. Built by tests/runtime_cuda_stub.rs with SONAME libcuda.so. */
+/* A stand-in for the CUDA driver, as strict as the real one where model_opt's backend could go wrong,
+ * backed by host memory, so the backend runs through its real loading path on a machine without a GPU.
+ * Built by tests/runtime_support/stub_driver.rs with SONAME libcuda.so.1 (the real driver's).
+ *
+ * Strict like the driver: every call before cuInit is CUDA_ERROR_NOT_INITIALIZED; device ordinals are
+ * checked; the current context is per thread, with the push/pop stack of the driver API; memory and
+ * events need a current context; primary contexts are reference counted.
+ *
+ * Controllable, for the tests (stub_* functions):
+ *   - stub_fail(call, code, times): the next `times` calls of `call` (-1: all) return `code`, any
+ *     integer, including codes no driver has (the backend must not assume a known set);
+ *   - stub_set_sticky(code): every call returns `code` from now on, as after an illegal address
+ *     (stub_set_sticky(0) ends it, which no real driver does);
+ *   - stub_set_capacity(device, bytes): out of memory past it (256 MiB per device by default);
+ *   - stub_set_capturing(stream, status): a stream capturing a CUDA graph (1 active, 2 invalidated);
+ *     the legacy stream (0) then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as the driver does;
+ *   - stub_set_device_count(n) before cuInit.
+ * and observable: live allocations and bytes, the device of an allocation, this thread's current
+ * context and which device it belongs to, primary context reference counts, events. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef int CUresult;          /* CUDA_SUCCESS = 0, CUDA_ERROR_OUT_OF_MEMORY = 2 */
+typedef int CUresult;
 typedef int CUdevice;
 typedef void *CUcontext;
 typedef unsigned long long CUdeviceptr;
 typedef void *CUstream;
 typedef int *CUevent; /* points at the event's "done" flag */
 
-#define CAPACITY ((size_t)256 << 20)
+enum {
+    SUCCESS = 0,
+    INVALID_VALUE = 1,
+    OUT_OF_MEMORY = 2,
+    NOT_INITIALIZED = 3,
+    DEINITIALIZED = 4,
+    INVALID_DEVICE = 101,
+    INVALID_CONTEXT = 201,
+    INVALID_HANDLE = 400,
+    NOT_READY = 600,
+    ILLEGAL_ADDRESS = 700,
+    STREAM_CAPTURE_IMPLICIT = 906,
+};
+
+#define MAX_DEVICES 4
 #define MAX_LIVE 65536
+#define MAX_EVENTS 1024
+#define MAX_FAULTS 32
+#define MAX_CAPTURES 16
+#define STACK_DEPTH 16
 
-static size_t used;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static CUcontext current;
-static int ctx_storage[4];
-static struct { CUdeviceptr ptr; size_t size; } live[MAX_LIVE];
+static int device_count = 2;
+static int sticky;
+static size_t capacity[MAX_DEVICES] = {256u << 20, 256u << 20, 256u << 20, 256u << 20};
+static size_t used[MAX_DEVICES];
+static int refcount[MAX_DEVICES];
+/* A context is the address of its device's slot: easy to map back. */
+static int ctx_storage[MAX_DEVICES];
+static struct { CUdeviceptr ptr; size_t size; int device; } live[MAX_LIVE];
+static struct { char call[64]; int code; int times; } faults[MAX_FAULTS];
+static struct { uintptr_t stream; int status; } captures[MAX_CAPTURES];
 
-/* Observability for the test. */
-long stub_live_allocations(void) {
-    long n = 0;
-    for (int i = 0; i < MAX_LIVE; i++) n += live[i].ptr != 0;
-    return n;
-}
-size_t stub_used_bytes(void) { return used; }
+/* The driver API's per-thread context stack; the top is the current context. */
+static __thread CUcontext stack[STACK_DEPTH];
+static __thread int depth;
+
 int stub_synchronize_calls;
 
-CUresult cuInit(unsigned int flags) { (void)flags; initialized = 1; return 0; }
-CUresult cuDeviceGetCount(int *count) { *count = 2; return 0; }
-CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
-    if (!initialized) return 3; /* CUDA_ERROR_NOT_INITIALIZED */
-    if (ordinal < 0 || ordinal >= 2) return 101; /* CUDA_ERROR_INVALID_DEVICE */
-    *dev = ordinal;
-    return 0;
+/* Which build this is (the library-name tests load two and ask). */
+#ifndef STUB_IDENTITY
+#define STUB_IDENTITY 0
+#endif
+int stub_identity(void) { return STUB_IDENTITY; }
+
+static CUcontext current(void) { return depth > 0 ? stack[depth - 1] : NULL; }
+static int device_of(CUcontext ctx) {
+    for (int d = 0; d < MAX_DEVICES; d++)
+        if (ctx == &ctx_storage[d]) return d;
+    return -1;
 }
-CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) { *ctx = &ctx_storage[dev]; return 0; }
-CUresult cuCtxSetCurrent(CUcontext ctx) { current = ctx; return 0; }
+
+/* What an injected fault or a sticky error makes `call` return; SUCCESS to go on. */
+static CUresult injected(const char *call) {
+    CUresult r = SUCCESS;
+    pthread_mutex_lock(&lock);
+    if (sticky) {
+        r = sticky;
+    } else {
+        for (int i = 0; i < MAX_FAULTS; i++) {
+            if (faults[i].times != 0 && strcmp(faults[i].call, call) == 0) {
+                r = faults[i].code;
+                if (faults[i].times > 0) faults[i].times--;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+/* The checks every call after cuInit starts with. */
+#define ENTER(name)                              \
+    do {                                         \
+        CUresult r_ = injected(name);            \
+        if (r_ != SUCCESS) return r_;            \
+        if (!initialized) return NOT_INITIALIZED; \
+    } while (0)
+#define NEED_CONTEXT()                                   \
+    do {                                                 \
+        if (device_of(current()) < 0) return INVALID_CONTEXT; \
+    } while (0)
+
+/* ---- controls and observations for the tests ---- */
+
+void stub_fail(const char *call, int code, int times) {
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_FAULTS; i++) {
+        if (faults[i].times == 0) {
+            strncpy(faults[i].call, call, sizeof faults[i].call - 1);
+            faults[i].code = code;
+            faults[i].times = times;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+void stub_clear_faults(void) {
+    pthread_mutex_lock(&lock);
+    memset(faults, 0, sizeof faults);
+    pthread_mutex_unlock(&lock);
+}
+void stub_set_sticky(int code) { pthread_mutex_lock(&lock); sticky = code; pthread_mutex_unlock(&lock); }
+void stub_set_capacity(int device, size_t bytes) {
+    if (device >= 0 && device < MAX_DEVICES) capacity[device] = bytes;
+}
+void stub_set_device_count(int n) { device_count = n < MAX_DEVICES ? n : MAX_DEVICES; }
+void stub_set_capturing(uintptr_t stream, int status) {
+    pthread_mutex_lock(&lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        if (captures[i].stream == stream && captures[i].status) { slot = i; break; }
+        if (slot < 0 && !captures[i].status) slot = i;
+    }
+    if (slot >= 0) { captures[slot].stream = stream; captures[slot].status = status; }
+    pthread_mutex_unlock(&lock);
+}
+long stub_live_allocations(void) {
+    long n = 0;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_LIVE; i++) n += live[i].ptr != 0;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+size_t stub_used_bytes(void) {
+    size_t n = 0;
+    for (int d = 0; d < MAX_DEVICES; d++) n += used[d];
+    return n;
+}
+/* The device whose context allocated the memory `addr` lies in; -1 when no live allocation holds it. */
+int stub_device_of(CUdeviceptr addr) {
+    int d = -1;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i].ptr != 0 && live[i].ptr <= addr && addr < live[i].ptr + live[i].size) {
+            d = live[i].device;
+            break;
+        }
+    pthread_mutex_unlock(&lock);
+    return d;
+}
+/* The device of this thread's current context; -1 for none. */
+int stub_current_device(void) { return device_of(current()); }
+int stub_context_depth(void) { return depth; }
+int stub_primary_refcount(int device) { return device >= 0 && device < MAX_DEVICES ? refcount[device] : -1; }
+
+/* ---- the driver API ---- */
+
+CUresult cuInit(unsigned int flags) {
+    CUresult r = injected("cuInit");
+    if (r != SUCCESS) return r;
+    if (flags != 0) return INVALID_VALUE;
+    initialized = 1;
+    return SUCCESS;
+}
+CUresult cuGetErrorName(CUresult error, const char **name) {
+    static const struct { int code; const char *name; } names[] = {
+        {SUCCESS, "CUDA_SUCCESS"},
+        {INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE"},
+        {OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY"},
+        {NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED"},
+        {DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED"},
+        {INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE"},
+        {INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT"},
+        {INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE"},
+        {NOT_READY, "CUDA_ERROR_NOT_READY"},
+        {ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+        {STREAM_CAPTURE_IMPLICIT, "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT"},
+    };
+    if (name == NULL) return INVALID_VALUE;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (names[i].code == error) { *name = names[i].name; return SUCCESS; }
+    }
+    *name = NULL; /* as the driver does for a code it does not know */
+    return INVALID_VALUE;
+}
+CUresult cuDeviceGetCount(int *count) {
+    ENTER("cuDeviceGetCount");
+    if (count == NULL) return INVALID_VALUE;
+    *count = device_count;
+    return SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
+    ENTER("cuDeviceGet");
+    if (ordinal < 0 || ordinal >= device_count) return INVALID_DEVICE;
+    *dev = ordinal;
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
+    ENTER("cuDevicePrimaryCtxRetain");
+    if (dev < 0 || dev >= device_count) return INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    refcount[dev]++;
+    pthread_mutex_unlock(&lock);
+    *ctx = &ctx_storage[dev];
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    ENTER("cuDevicePrimaryCtxRelease_v2");
+    if (dev < 0 || dev >= device_count) return INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    CUresult r = refcount[dev] > 0 ? (refcount[dev]--, SUCCESS) : INVALID_CONTEXT;
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+CUresult cuCtxGetCurrent(CUcontext *ctx) {
+    ENTER("cuCtxGetCurrent");
+    *ctx = current();
+    return SUCCESS;
+}
+CUresult cuCtxSetCurrent(CUcontext ctx) {
+    ENTER("cuCtxSetCurrent");
+    if (ctx != NULL && device_of(ctx) < 0) return INVALID_CONTEXT;
+    if (ctx == NULL) {
+        if (depth > 0) depth--;
+    } else if (depth == 0) {
+        stack[depth++] = ctx;
+    } else {
+        stack[depth - 1] = ctx;
+    }
+    return SUCCESS;
+}
+CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
+    ENTER("cuCtxPushCurrent_v2");
+    if (device_of(ctx) < 0) return INVALID_CONTEXT;
+    if (depth == STACK_DEPTH) return INVALID_VALUE;
+    stack[depth++] = ctx;
+    return SUCCESS;
+}
+CUresult cuCtxPopCurrent_v2(CUcontext *ctx) {
+    ENTER("cuCtxPopCurrent_v2");
+    if (depth == 0) return INVALID_CONTEXT;
+    CUcontext top = stack[--depth];
+    if (ctx != NULL) *ctx = top;
+    return SUCCESS;
+}
+
 /* Events: work on a stream is never done until the test says so (stub_complete_events) or the
  * device synchronizes, so a test can see whether memory is reused too early. */
-#define MAX_EVENTS 1024
 static int event_done[MAX_EVENTS];
 static int event_used[MAX_EVENTS];
 long stub_live_events(void) {
@@ -55,76 +281,116 @@ void stub_complete_events(void) {
 }
 CUresult cuEventCreate(CUevent *event, unsigned int flags) {
     (void)flags;
-    if (!current) return 201;
+    ENTER("cuEventCreate");
+    NEED_CONTEXT();
+    CUresult r = OUT_OF_MEMORY;
+    pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_EVENTS; i++) {
         if (!event_used[i]) {
             event_used[i] = 1;
             event_done[i] = 1; /* an event never recorded counts as done, as in CUDA */
             *event = &event_done[i];
-            return 0;
+            r = SUCCESS;
+            break;
         }
     }
-    return 2;
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 static int valid_event(CUevent e) {
     return e >= &event_done[0] && e < &event_done[MAX_EVENTS] && event_used[e - event_done];
 }
 CUresult cuEventRecord(CUevent event, CUstream stream) {
     (void)stream;
-    if (!current) return 201;
-    if (!valid_event(event)) return 400; /* CUDA_ERROR_INVALID_HANDLE */
+    ENTER("cuEventRecord");
+    NEED_CONTEXT();
+    if (!valid_event(event)) return INVALID_HANDLE;
     *event = 0;
-    return 0;
+    return SUCCESS;
 }
 CUresult cuEventQuery(CUevent event) {
-    if (!current) return 201;
-    if (!valid_event(event)) return 400;
-    return *event ? 0 : 600; /* CUDA_ERROR_NOT_READY */
+    ENTER("cuEventQuery");
+    NEED_CONTEXT();
+    if (!valid_event(event)) return INVALID_HANDLE;
+    return *event ? SUCCESS : NOT_READY;
 }
 CUresult cuEventDestroy_v2(CUevent event) {
-    if (!valid_event(event)) return 400;
+    ENTER("cuEventDestroy_v2");
+    if (!valid_event(event)) return INVALID_HANDLE;
     event_used[event - event_done] = 0;
-    return 0;
+    return SUCCESS;
 }
 CUresult cuCtxSynchronize(void) {
-    if (!current) return 201; /* CUDA_ERROR_INVALID_CONTEXT */
-    stub_synchronize_calls++;
+    ENTER("cuCtxSynchronize");
+    NEED_CONTEXT();
+    __atomic_fetch_add(&stub_synchronize_calls, 1, __ATOMIC_RELAXED);
     stub_complete_events();
-    return 0;
+    return SUCCESS;
+}
+CUresult cuStreamIsCapturing(CUstream stream, int *status) {
+    ENTER("cuStreamIsCapturing");
+    NEED_CONTEXT();
+    CUresult r = SUCCESS;
+    *status = 0;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        if (!captures[i].status) continue;
+        if (stream == NULL) {
+            r = STREAM_CAPTURE_IMPLICIT;
+        } else if (captures[i].stream == (uintptr_t)stream) {
+            *status = captures[i].status;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size) {
-    if (!current) return 201;
-    if (size == 0) return 1; /* CUDA_ERROR_INVALID_VALUE */
-    if (used + size > CAPACITY) return 2;
+    ENTER("cuMemAlloc_v2");
+    NEED_CONTEXT();
+    int dev = device_of(current());
+    if (size == 0) return INVALID_VALUE;
+    CUresult r = OUT_OF_MEMORY;
+    pthread_mutex_lock(&lock);
     void *p = NULL;
-    if (posix_memalign(&p, 512, size) != 0) return 2;
-    for (int i = 0; i < MAX_LIVE; i++) {
-        if (live[i].ptr == 0) {
-            live[i].ptr = (CUdeviceptr)(uintptr_t)p;
-            live[i].size = size;
-            used += size;
-            *dptr = live[i].ptr;
-            return 0;
+    if (used[dev] + size <= capacity[dev] && posix_memalign(&p, 512, size) == 0) {
+        for (int i = 0; i < MAX_LIVE; i++) {
+            if (live[i].ptr == 0) {
+                live[i].ptr = (CUdeviceptr)(uintptr_t)p;
+                live[i].size = size;
+                live[i].device = dev;
+                used[dev] += size;
+                *dptr = live[i].ptr;
+                r = SUCCESS;
+                break;
+            }
         }
+        if (r != SUCCESS) free(p);
     }
-    free(p);
-    return 2;
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 CUresult cuMemFree_v2(CUdeviceptr dptr) {
-    if (!current) return 201;
+    ENTER("cuMemFree_v2");
+    NEED_CONTEXT();
+    CUresult r = INVALID_VALUE;
+    pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_LIVE; i++) {
         if (live[i].ptr == dptr) {
-            used -= live[i].size;
+            used[live[i].device] -= live[i].size;
             live[i].ptr = 0;
             free((void *)(uintptr_t)dptr);
-            return 0;
+            r = SUCCESS;
+            break;
         }
     }
-    return 1;
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
-    if (!current) return 201;
-    *free_bytes = CAPACITY - used;
-    *total = CAPACITY;
-    return 0;
+    ENTER("cuMemGetInfo_v2");
+    NEED_CONTEXT();
+    int dev = device_of(current());
+    *free_bytes = used[dev] < capacity[dev] ? capacity[dev] - used[dev] : 0;
+    *total = capacity[dev];
+    return SUCCESS;
 }

@@ -1,64 +1,27 @@
-//! CUDA device memory through the driver API (cudarc, loaded at run time).
+//! CUDA device memory through the driver API (the library loaded by [`driver`]).
 //!
-//! cudarc opens `libcuda.so` with `dlopen` on first use and panics when it is missing or lacks a
-//! symbol, so before any driver call this backend checks that the library loads and exports every
-//! function it uses, and turns a failure into [`BackendError::NoDriver`]. `dlopen` of a bare name
-//! returns an already-loaded library whose SONAME matches, which is how `MODEL_OPT_LIBCUDA` (or
-//! [`preload_driver`]) points cudarc at a specific file, e.g. the stub driver of the tests.
+//! Each call makes the device's primary context current for its duration only ([`Current`]), so
+//! the caller's thread keeps its current device. Before serving a request, the request's stream is
+//! asked whether a CUDA graph is being captured on it: that is refused (see
+//! [`BackendError::Capturing`]) rather than served from memory a replay would later share.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 
-use cudarc::driver::sys;
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 
+use super::context::Current;
+use super::driver::{
+    self, Api, CuContext, CuDevice, CuDevicePtr, CuEvent, CuStream, CAPTURE_STATUS_NONE,
+    CUDA_ERROR_NOT_READY, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
+    CU_EVENT_DISABLE_TIMING,
+};
 use super::{Backend, BackendError, Event};
 
-/// The driver functions this backend calls; all are checked before the first call.
-const REQUIRED_SYMBOLS: [&str; 12] = [
-    "cuInit",
-    "cuDeviceGetCount",
-    "cuDeviceGet",
-    "cuDevicePrimaryCtxRetain",
-    "cuCtxSetCurrent",
-    "cuCtxSynchronize",
-    "cuMemAlloc_v2",
-    "cuMemFree_v2",
-    "cuEventCreate",
-    "cuEventRecord",
-    "cuEventQuery",
-    "cuEventDestroy_v2",
-];
-/// Checked too, but optional: without it `mem_info` reports nothing.
-const MEM_INFO_SYMBOL: &str = "cuMemGetInfo_v2";
+pub use driver::{preload_driver, LIBCUDA_ENV};
 
-/// Environment variable naming a driver library file to load instead of the system's `libcuda.so`.
-pub const LIBCUDA_ENV: &str = "MODEL_OPT_LIBCUDA";
-
-/// Loads the library at `path` globally so that cudarc's later `dlopen("libcuda.so")` finds it by its
-/// SONAME. Must run before the first driver call of the process; the library stays loaded.
-pub fn preload_driver(path: &str) -> Result<(), BackendError> {
-    let c_path = CString::new(path)
-        .map_err(|_| BackendError::NoDriver(format!("{path:?} contains a NUL byte")))?;
-    // SAFETY: dlopen with a valid C string; the handle is deliberately leaked so the library stays.
-    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns a thread-local C string or NULL.
-        let reason = unsafe {
-            let e = libc::dlerror();
-            if e.is_null() {
-                "unknown dlopen error".to_string()
-            } else {
-                std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
-            }
-        };
-        return Err(BackendError::NoDriver(format!(
-            "cannot load {path}: {reason}"
-        )));
-    }
-    Ok(())
-}
+/// Bytes the preflight allocates: the smallest allocation PyTorch makes.
+const PREFLIGHT_BYTES: usize = 512;
 
 #[derive(Debug, Default)]
 pub struct CudaBackend {
@@ -70,58 +33,22 @@ pub struct CudaBackend {
 
 #[derive(Debug, Clone, Copy)]
 struct DriverInfo {
+    api: &'static Api,
     device_count: i32,
-    has_mem_info: bool,
 }
 
-fn check(call: &'static str, device: i32, r: sys::CUresult) -> Result<(), BackendError> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(BackendError::Driver {
-            call,
-            code: format!("{r:?}"),
-            device,
-        })
-    }
-}
-
-fn load_driver() -> Result<DriverInfo, BackendError> {
-    if let Ok(path) = std::env::var(LIBCUDA_ENV) {
-        if !path.is_empty() {
-            preload_driver(&path)?;
-        }
-    }
-    // SAFETY: only opens (and closes) the library to see whether it loads.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(BackendError::NoDriver(
-            "libcuda.so could not be loaded (not installed, or not on the library path)"
-                .to_string(),
-        ));
-    }
-    // SAFETY: the library is present, so culib() returns it instead of panicking.
-    let lib = unsafe { sys::culib() };
-    for name in REQUIRED_SYMBOLS {
-        // SAFETY: looking a symbol up does not call it.
-        if unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_err() {
-            return Err(BackendError::NoDriver(format!(
-                "the CUDA driver library lacks {name}"
-            )));
-        }
-    }
-    // SAFETY: as above.
-    let has_mem_info =
-        unsafe { lib.get::<unsafe extern "C" fn()>(MEM_INFO_SYMBOL.as_bytes()) }.is_ok();
-    // SAFETY: every symbol used below was checked to exist.
+fn init_driver() -> Result<DriverInfo, BackendError> {
+    let api = driver::api()?;
+    let mut count = 0;
+    // SAFETY: symbols checked at load; a valid out-pointer.
     unsafe {
-        check("cuInit", -1, sys::cuInit(0))?;
-        let mut count: libc::c_int = 0;
-        check("cuDeviceGetCount", -1, sys::cuDeviceGetCount(&mut count))?;
-        Ok(DriverInfo {
-            device_count: count,
-            has_mem_info,
-        })
+        api.check("cuInit", -1, (api.init)(0))?;
+        api.check("cuDeviceGetCount", -1, (api.device_get_count)(&mut count))?;
     }
+    Ok(DriverInfo {
+        api,
+        device_count: count,
+    })
 }
 
 impl CudaBackend {
@@ -130,7 +57,7 @@ impl CudaBackend {
     }
 
     fn driver(&self) -> Result<DriverInfo, BackendError> {
-        self.loaded.get_or_init(load_driver).clone()
+        self.loaded.get_or_init(init_driver).clone()
     }
 
     /// Number of devices the driver reports (an error when there is no driver).
@@ -138,8 +65,7 @@ impl CudaBackend {
         Ok(self.driver()?.device_count)
     }
 
-    /// Makes the primary context of `device` current on this thread, retaining it the first time.
-    fn make_current(&self, device: i32) -> Result<DriverInfo, BackendError> {
+    fn checked_device(&self, device: i32) -> Result<DriverInfo, BackendError> {
         let info = self.driver()?;
         if device < 0 || device >= info.device_count {
             return Err(BackendError::InvalidDevice {
@@ -147,31 +73,76 @@ impl CudaBackend {
                 device,
             });
         }
-        let mut contexts = self.contexts.lock();
-        let ctx = match contexts.get(&device) {
-            Some(&ctx) => ctx,
-            None => {
-                let mut dev: sys::CUdevice = 0;
-                let mut ctx: sys::CUcontext = std::ptr::null_mut();
-                // SAFETY: the driver is loaded and initialised; out-pointers are valid.
-                unsafe {
-                    check("cuDeviceGet", device, sys::cuDeviceGet(&mut dev, device))?;
-                    check(
-                        "cuDevicePrimaryCtxRetain",
-                        device,
-                        sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
-                    )?;
-                }
-                contexts.insert(device, ctx as usize);
-                ctx as usize
-            }
-        };
-        // SAFETY: ctx is a retained primary context (never released while the process runs).
-        check("cuCtxSetCurrent", device, unsafe {
-            sys::cuCtxSetCurrent(ctx as sys::CUcontext)
-        })?;
         Ok(info)
     }
+
+    /// The primary context of `device`, retained the first time (and kept while the process runs).
+    fn context(&self, device: i32) -> Result<(&'static Api, CuContext), BackendError> {
+        let info = self.checked_device(device)?;
+        let api = info.api;
+        let mut contexts = self.contexts.lock();
+        if let Some(&ctx) = contexts.get(&device) {
+            return Ok((api, ctx as CuContext));
+        }
+        let ctx = retain(api, device)?;
+        contexts.insert(device, ctx as usize);
+        Ok((api, ctx))
+    }
+
+    /// `device`'s context, current on this thread until the guard drops.
+    fn enter(&self, device: i32) -> Result<(&'static Api, Current), BackendError> {
+        let (api, ctx) = self.context(device)?;
+        Ok((api, Current::enter(api, device, ctx)?))
+    }
+
+    /// Whether a call on `device` from this thread had to switch contexts (and switched back): for
+    /// the tests that the caller's current context is left alone.
+    pub fn switches_context(&self, device: i32) -> Result<bool, BackendError> {
+        Ok(self.enter(device)?.1.pushed())
+    }
+
+    /// Checks that `device` works end to end: the driver loads, `cuInit` succeeds, the device
+    /// exists, its primary context can be retained and made current, and 512 bytes can be allocated
+    /// and freed. Leaves no context current and none retained that the runtime did not already hold
+    /// (a process that will use another GPU keeps no context on this one). Returns the device count.
+    pub fn preflight(&self, device: i32) -> Result<i32, BackendError> {
+        let info = self.checked_device(device)?;
+        let api = info.api;
+        let ctx = retain(api, device)?;
+        let result = (|| {
+            let _current = Current::enter(api, device, ctx)?;
+            let mut ptr: CuDevicePtr = 0;
+            // SAFETY: a context is current; a valid out-pointer; ptr freed once below.
+            unsafe {
+                api.check(
+                    "cuMemAlloc",
+                    device,
+                    (api.mem_alloc)(&mut ptr, PREFLIGHT_BYTES),
+                )?;
+                api.check("cuMemFree", device, (api.mem_free)(ptr))
+            }
+        })();
+        // SAFETY: balances the retain above; the runtime holds its own reference when it uses the
+        // device, so a context only the preflight made is destroyed here.
+        unsafe { (api.primary_ctx_release)(device) };
+        result.map(|()| info.device_count)
+    }
+}
+
+/// Retains the primary context of `device`.
+fn retain(api: &'static Api, device: i32) -> Result<CuContext, BackendError> {
+    let mut dev: CuDevice = 0;
+    let mut ctx: CuContext = std::ptr::null_mut();
+    // SAFETY: the driver is initialised; out-pointers are valid.
+    unsafe {
+        api.check("cuDeviceGet", device, (api.device_get)(&mut dev, device))?;
+        api.check(
+            "cuDevicePrimaryCtxRetain",
+            device,
+            (api.primary_ctx_retain)(&mut ctx, dev),
+        )?;
+    }
+    Ok(ctx)
 }
 
 impl Backend for CudaBackend {
@@ -180,11 +151,11 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
-        self.make_current(device)?;
-        let mut ptr: sys::CUdeviceptr = 0;
+        let (api, _current) = self.enter(device)?;
+        let mut ptr: CuDevicePtr = 0;
         // SAFETY: a context is current; ptr is a valid out-pointer.
-        let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, size) };
-        if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        let r = unsafe { (api.mem_alloc)(&mut ptr, size) };
+        if r == CUDA_ERROR_OUT_OF_MEMORY {
             return Err(BackendError::OutOfMemory {
                 backend: "cuda",
                 device,
@@ -192,59 +163,77 @@ impl Backend for CudaBackend {
                 detail: "cuMemAlloc returned CUDA_ERROR_OUT_OF_MEMORY".to_string(),
             });
         }
-        check("cuMemAlloc", device, r)?;
+        api.check("cuMemAlloc", device, r)?;
         Ok(ptr as usize)
     }
 
     fn free(&self, device: i32, addr: usize, _size: usize) -> Result<(), BackendError> {
-        self.make_current(device)?;
+        let (api, _current) = self.enter(device)?;
         // SAFETY: addr came from cuMemAlloc on this device and is freed once.
-        check("cuMemFree", device, unsafe {
-            sys::cuMemFree_v2(addr as sys::CUdeviceptr)
+        api.check("cuMemFree", device, unsafe {
+            (api.mem_free)(addr as CuDevicePtr)
         })
     }
 
     fn synchronize(&self, device: i32) -> Result<(), BackendError> {
-        self.make_current(device)?;
+        let (api, _current) = self.enter(device)?;
         // SAFETY: a context is current.
-        check("cuCtxSynchronize", device, unsafe {
-            sys::cuCtxSynchronize()
+        api.check("cuCtxSynchronize", device, unsafe {
+            (api.ctx_synchronize)()
         })
     }
 
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
-        let info = self.make_current(device)?;
-        if !info.has_mem_info {
+        let (api, _current) = self.enter(device)?;
+        let Some(get_info) = api.mem_get_info else {
             return Ok(None);
-        }
+        };
         let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: a context is current; the symbol was checked; out-pointers are valid.
-        check("cuMemGetInfo", device, unsafe {
-            sys::cuMemGetInfo_v2(&mut free, &mut total)
+        // SAFETY: a context is current; out-pointers are valid.
+        api.check("cuMemGetInfo", device, unsafe {
+            get_info(&mut free, &mut total)
         })?;
         Ok(Some((free as u64, total as u64)))
     }
 
+    fn check_stream(&self, device: i32, stream: usize) -> Result<(), BackendError> {
+        let (api, _current) = self.enter(device)?;
+        let mut status = CAPTURE_STATUS_NONE;
+        // SAFETY: a context is current (the legacy stream, 0, means its stream); `stream` is the
+        // cudaStream_t PyTorch passed (the same handle as a CUstream); a valid out-pointer.
+        let r = unsafe { (api.stream_is_capturing)(stream as CuStream, &mut status) };
+        if r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT {
+            // The legacy stream while another stream captures: it is not part of that capture.
+            return Ok(());
+        }
+        api.check("cuStreamIsCapturing", device, r)?;
+        if status != CAPTURE_STATUS_NONE {
+            return Err(BackendError::Capturing {
+                device,
+                stream,
+                status,
+            });
+        }
+        Ok(())
+    }
+
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {
-        self.make_current(device)?;
-        let mut event: sys::CUevent = std::ptr::null_mut();
+        let (api, _current) = self.enter(device)?;
+        let mut event: CuEvent = std::ptr::null_mut();
         // SAFETY: a context is current; `event` is a valid out-pointer; `stream` is the CUstream
-        // PyTorch passed to record_stream (cudaStream_t and CUstream are the same handle).
+        // PyTorch passed to record_stream.
         unsafe {
-            check(
+            api.check(
                 "cuEventCreate",
                 device,
-                sys::cuEventCreate(
-                    &mut event,
-                    sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as libc::c_uint,
-                ),
+                (api.event_create)(&mut event, CU_EVENT_DISABLE_TIMING),
             )?;
-            if let Err(e) = check(
+            if let Err(e) = api.check(
                 "cuEventRecord",
                 device,
-                sys::cuEventRecord(event, stream as sys::CUstream),
+                (api.event_record)(event, stream as CuStream),
             ) {
-                sys::cuEventDestroy_v2(event);
+                (api.event_destroy)(event);
                 return Err(e);
             }
         }
@@ -252,20 +241,20 @@ impl Backend for CudaBackend {
     }
 
     fn event_done(&self, device: i32, event: Event) -> Result<bool, BackendError> {
-        self.make_current(device)?;
+        let (api, _current) = self.enter(device)?;
         // SAFETY: the event came from record_event and has not been destroyed.
-        let r = unsafe { sys::cuEventQuery(event.0 as sys::CUevent) };
-        if r == sys::CUresult::CUDA_ERROR_NOT_READY {
+        let r = unsafe { (api.event_query)(event.0 as CuEvent) };
+        if r == CUDA_ERROR_NOT_READY {
             return Ok(false);
         }
-        check("cuEventQuery", device, r)?;
+        api.check("cuEventQuery", device, r)?;
         Ok(true)
     }
 
     fn destroy_event(&self, device: i32, event: Event) {
-        if self.make_current(device).is_ok() {
+        if let Ok((api, _current)) = self.enter(device) {
             // SAFETY: the event came from record_event and is destroyed once.
-            unsafe { sys::cuEventDestroy_v2(event.0 as sys::CUevent) };
+            unsafe { (api.event_destroy)(event.0 as CuEvent) };
         }
     }
 }

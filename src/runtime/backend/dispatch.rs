@@ -15,6 +15,11 @@ impl DispatchBackend {
         DispatchBackend::default()
     }
 
+    /// The CUDA half (for the preflight of `model_opt.allocator()`).
+    pub fn cuda(&self) -> &CudaBackend {
+        &self.cuda
+    }
+
     fn pick(&self, device: i32) -> &dyn Backend {
         if device == HOST_DEVICE {
             &self.host
@@ -43,6 +48,10 @@ impl Backend for DispatchBackend {
 
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
         self.pick(device).mem_info(device)
+    }
+
+    fn check_stream(&self, device: i32, stream: usize) -> Result<(), BackendError> {
+        self.pick(device).check_stream(device, stream)
     }
 
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {

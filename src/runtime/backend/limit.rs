@@ -36,6 +36,11 @@ impl<B: Backend> Limited<B> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The backend behind the limits.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
     /// Sets (or with `None` lifts) the limit of `device`, in bytes. Memory already held above a new
     /// limit stays; only new requests are refused until enough is given back.
     pub fn set_limit(&self, device: i32, limit: Option<u64>) {
@@ -89,6 +94,10 @@ impl<B: Backend> Backend for Limited<B> {
 
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
         self.inner.mem_info(device)
+    }
+
+    fn check_stream(&self, device: i32, stream: usize) -> Result<(), BackendError> {
+        self.inner.check_stream(device, stream)
     }
 
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {

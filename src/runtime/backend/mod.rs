@@ -2,8 +2,10 @@
 //! pieces; the arena and the fallback pool carve it up. Addresses are plain `usize` so the runtime's
 //! state is `Send` without wrapping raw pointers.
 
+mod context;
 pub mod cuda;
 pub mod dispatch;
+pub mod driver;
 pub mod host;
 pub mod limit;
 
@@ -33,6 +35,12 @@ pub trait Backend: Send + Sync {
 
     /// `(free, total)` bytes of the device, when the backend knows them.
     fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError>;
+
+    /// Refuses a request for `stream` that must not be served now: on CUDA, a stream that is capturing
+    /// a CUDA graph ([`BackendError::Capturing`]). Called before every request.
+    fn check_stream(&self, _device: i32, _stream: usize) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Marks the point that the work queued so far on `stream` has reached, so memory that stream
     /// used can be reused once that work is done, without waiting for the whole device. `None` when
@@ -79,6 +87,18 @@ pub enum BackendError {
         call: &'static str,
         code: String,
         device: i32,
+    },
+    #[error(
+        "stream {stream:#x} of CUDA device {device} is capturing a CUDA graph (capture status {status}): \
+         model_opt's allocator does not serve graph captures (torch.cuda.graph, torch.compile \
+         mode=\"reduce-overhead\"), because memory freed during a capture would be handed out again while \
+         the graph's replays still use it. Capture graphs in a process that keeps PyTorch's own CUDA \
+         allocator, or compile without CUDA graphs (mode=\"max-autotune-no-cudagraphs\")"
+    )]
+    Capturing {
+        device: i32,
+        stream: usize,
+        status: i32,
     },
     #[error("{backend} backend has no device {device}: use a device index the driver reports")]
     InvalidDevice { backend: &'static str, device: i32 },
