@@ -28,3 +28,22 @@ def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProc
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def stub_libcuda(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strict stub CUDA driver (tests/runtime_support/stub_libcuda.c) built as a file to point
+    MODEL_OPT_LIBCUDA at; its SONAME is the real driver's, libcuda.so.1."""
+    import os
+    import shutil
+
+    cc = os.environ.get("CC") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("a C compiler (cc) is needed to build the stub CUDA driver")
+    out = tmp_path_factory.mktemp("stub_libcuda") / "stub_libcuda.so"
+    src = REPO / "tests" / "runtime_support" / "stub_libcuda.c"
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O1", "-pthread", "-Wl,-soname,libcuda.so.1", "-o", str(out), str(src)],
+        check=True,
+    )
+    return out

@@ -5,6 +5,7 @@ because an installed allocator cannot be removed from a process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,13 +34,22 @@ STATS_KEYS = (
 )
 
 
-def run_python(code: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, timeout: float = 600, libcuda: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `code` in a fresh interpreter; `libcuda`: the CUDA driver file it uses (the stub)."""
+    env = dict(os.environ, MODEL_OPT_LIBCUDA=str(libcuda)) if libcuda is not None else None
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
-def test_allocator_is_accepted_once_by_pytorch_without_a_gpu() -> None:
+def test_allocator_is_accepted_once_by_pytorch_without_a_gpu(stub_libcuda: Path) -> None:
+    # The stub driver stands in for the GPU that allocator()'s preflight checks.
     out = run_python(
         """
         import torch, model_opt
@@ -52,7 +62,8 @@ def test_allocator_is_accepted_once_by_pytorch_without_a_gpu() -> None:
             model_opt.allocator()
         except model_opt.ModelOptError as e:
             print("second:", e)
-        """
+        """,
+        libcuda=stub_libcuda,
     )
     assert out.returncode == 0, out.stderr
     assert "accepted" in out.stdout
@@ -363,7 +374,7 @@ def test_save_trace_writes_transient_and_persistent_rows(tmp_path: Path) -> None
     assert (r["report"]["persistent_buffers"], r["report"]["persistent_bytes"]) == (2, 2048 + 4096)
 
 
-def test_allocator_refuses_once_cuda_is_initialized() -> None:
+def test_allocator_refuses_once_cuda_is_initialized(stub_libcuda: Path) -> None:
     # No GPU here: CUDA's "initialized" state is what PyTorch reports, so it is set by hand.
     out = run_python(
         """
@@ -379,7 +390,8 @@ def test_allocator_refuses_once_cuda_is_initialized() -> None:
         torch.cuda.is_initialized = real
         a = model_opt.allocator()  # the refused call did not count as the one call per process
         print("then:", type(a).__name__)
-        """
+        """,
+        libcuda=stub_libcuda,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -203,10 +203,11 @@ def set_memory_limit(limit: int | str | None, device: str | int = "cpu") -> None
     (``torch.OutOfMemoryError``) and the runtime stays usable. Memory already held above a new limit
     stays held.
 
+    On a CUDA device the refusal reaches PyTorch through model_opt's CUDA front (see ``allocator()``),
+    which raises ``torch.OutOfMemoryError``; ``torch.cuda.set_per_process_memory_fraction`` sets the
+    same limit as a fraction of the device's memory.
+
     Raises:
-        ModelOptError: for a CUDA device, not limited yet: PyTorch does not turn a pluggable allocator's
-            refusal into ``torch.OutOfMemoryError`` (a NULL pointer would fail far away), and
-            ``torch.cuda.set_per_process_memory_fraction`` is not enforced for the same reason.
         ArgumentError: a bad limit or device.
     """
     from model_opt.sizes import parse_memory

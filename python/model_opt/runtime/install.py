@@ -14,6 +14,10 @@ from model_opt._native import ModelOptError
 
 _allocator_created = False
 _cpu_shim: Any = None
+_cuda_front: Any = None
+# The functions of the CUDA front (cpp/cuda_front.cpp) that PyTorch's pluggable allocator loads by name.
+CUDA_ALLOC_NAME = "model_opt_cuda_alloc"
+CUDA_FREE_NAME = "model_opt_cuda_free"
 # Setters of the optional hooks that allocator() found and called (for diagnostics and tests).
 hooks_installed: list[str] = []
 
@@ -27,7 +31,7 @@ _HOOKS = {
 
 
 def library_path() -> str:
-    """The extension library's file: both the Python module and the allocator PyTorch loads."""
+    """The extension library's file: the Python module and the C ABI (`cpp/model_opt.h`)."""
     path = _native.__file__
     if path is None:
         raise ModelOptError("model_opt._native has no file path; reinstall model_opt")
@@ -42,8 +46,16 @@ def allocator(patch_memory_api: bool = True) -> Any:
 
         torch.cuda.memory.change_current_allocator(model_opt.allocator())
 
-    The optional hooks (init, ``empty_cache``, memory fraction, ``record_stream``) are set when the
+    PyTorch calls a small C++ front (``cpp/cuda_front.cpp``, compiled on first use like the CPU shim and
+    cached) that raises ``torch.OutOfMemoryError`` when the runtime is out of memory (a memory limit
+    included) and ``RuntimeError`` for any other refusal (a driver error, a stream capturing a CUDA
+    graph), instead of returning NULL, which PyTorch does not check. The optional hooks (init,
+    ``empty_cache``, memory fraction, ``record_stream``) call the runtime directly; they are set when the
     PyTorch build exposes their setters to Python.
+
+    Before anything is installed, device 0 is checked end to end (driver loaded, ``cuInit``, its
+    context, a 512-byte allocation and free), so a broken driver is an error here rather than a failed
+    allocation later. The driver is ``$MODEL_OPT_LIBCUDA`` when set, else ``libcuda.so.1``.
 
     It also warns about settings a pluggable allocator ignores (``PYTORCH_CUDA_ALLOC_CONF``), switches
     off those that would fail under it (``torch.backends.cudnn.benchmark``,
@@ -53,7 +65,8 @@ def allocator(patch_memory_api: bool = True) -> Any:
     `model_opt.runtime.memory_api`.
 
     Raises:
-        ModelOptError: when CUDA is already initialized, or when called a second time in the process.
+        ModelOptError: when CUDA is already initialized, when called a second time in the process, or
+            when the driver or device 0 does not work (the check's result is kept for the process).
     """
     global _allocator_created
     import torch
@@ -70,8 +83,11 @@ def allocator(patch_memory_api: bool = True) -> Any:
             "torch.cuda.memory.change_current_allocator(model_opt.allocator()) first, before creating any "
             "CUDA tensor or calling torch.cuda functions that initialize CUDA"
         )
-    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "model_opt_alloc", "model_opt_free")
+    _native.runtime_cuda_preflight(0)
+    front = _load_cuda_front()
     symbols = _native.runtime_symbols()
+    front.install(symbols["model_opt_try_alloc"], symbols["model_opt_free"], symbols["model_opt_last_error"])
+    alloc = torch.cuda.memory.CUDAPluggableAllocator(str(front.__file__), CUDA_ALLOC_NAME, CUDA_FREE_NAME)
     native = alloc.allocator()
     for setter, symbol in _HOOKS.items():
         set_fn = getattr(native, setter, None)
@@ -85,17 +101,44 @@ def allocator(patch_memory_api: bool = True) -> Any:
     return alloc
 
 
-def _shim_source() -> Path:
-    """The CPU shim's C++ source: shipped in the wheel as model_opt/_cpp/ (in a source tree that is a
-    link to cpp/, resolved so the compiled shim's cache does not depend on the way in)."""
+def _load_cuda_front(verbose: bool = False) -> Any:
+    """The CUDA front, compiled on first use (cached like the CPU shim) and loaded."""
+    global _cuda_front
+    if _cuda_front is None:
+        _cuda_front = _build_cpp("model_opt_cuda_front", _cpp_source("cuda_front.cpp"), verbose)
+    return _cuda_front
+
+
+def _build_cpp(name: str, source: Path, verbose: bool) -> Any:
+    """Compiles (or loads from the cache) one of model_opt's C++ extensions."""
+    from torch.utils.cpp_extension import load
+
+    _ensure_ninja()
+    return load(
+        name=name,
+        sources=[str(source)],
+        build_directory=str(_shim_build_dir(source)),
+        extra_cflags=["-O2"],
+        verbose=verbose,
+    )
+
+
+def _cpp_source(file_name: str) -> Path:
+    """A C++ source of model_opt: shipped in the wheel as model_opt/_cpp/ (in a source tree that is a
+    link to cpp/, resolved so the compiled extension's cache does not depend on the way in)."""
     package = Path(__file__).resolve().parents[1]  # model_opt/
-    for candidate in (package / "_cpp" / "cpu_shim.cpp", package.parents[1] / "cpp" / "cpu_shim.cpp"):
+    for candidate in (package / "_cpp" / file_name, package.parents[1] / "cpp" / file_name):
         if candidate.is_file():
             return candidate.resolve()
     raise ModelOptError(
-        "cpu_shim.cpp not found (looked in model_opt/_cpp/ and the repository's cpp/); reinstall model_opt "
+        f"{file_name} not found (looked in model_opt/_cpp/ and the repository's cpp/); reinstall model_opt "
         "from a wheel built by maturin or from a source tree"
     )
+
+
+def _shim_source() -> Path:
+    """The CPU shim's C++ source."""
+    return _cpp_source("cpu_shim.cpp")
 
 
 def _shim_build_dir(source: Path) -> Path:
@@ -112,7 +155,7 @@ def _shim_build_dir(source: Path) -> Path:
     # source by its path.
     version = torch.__version__.replace("+", "_")
     digest = hashlib.sha256(str(source).encode() + source.read_bytes()).hexdigest()[:12]
-    path = Path(root) / f"cpu_shim-torch{version}-{digest}"
+    path = Path(root) / f"{source.stem}-torch{version}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -134,7 +177,8 @@ def _ensure_ninja() -> None:
             os.environ["PATH"] = directory + os.pathsep + os.environ.get("PATH", "")
             return
     raise ModelOptError(
-        "building the CPU shim needs ninja, which was not found: install it with `pip install ninja`"
+        "building model_opt's C++ extensions (the CPU shim, the CUDA front) needs ninja, which was not "
+        "found: install it with `pip install ninja`"
     )
 
 
@@ -150,17 +194,7 @@ def install_cpu_allocator(verbose: bool = False) -> bool:
     """
     global _cpu_shim
     if _cpu_shim is None:
-        from torch.utils.cpp_extension import load
-
-        _ensure_ninja()
-        source = _shim_source()
-        _cpu_shim = load(
-            name="model_opt_cpu_shim",
-            sources=[str(source)],
-            build_directory=str(_shim_build_dir(source)),
-            extra_cflags=["-O2"],
-            verbose=verbose,
-        )
+        _cpu_shim = _build_cpp("model_opt_cpu_shim", _shim_source(), verbose)
     symbols = _native.runtime_symbols()
     return bool(
         _cpu_shim.install(
