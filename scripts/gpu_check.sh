@@ -3,7 +3,14 @@
 # JSON report. Written where there is no GPU: it has never run on one. The checks:
 #   rust_cuda_real  cargo test --release --test runtime_cuda_real: CudaBackend and the Runtime on the
 #                   real driver (alloc/free, cuMemcpy write and read back, OOM as an error, record /
-#                   plan / replay of random steps with every buffer's bytes checked on the device)
+#                   plan / replay of random steps with every buffer's bytes checked on the device; a
+#                   fresh thread left with no current context; a stream capturing a CUDA graph refused)
+#   pytest_cuda_path tests/python/test_cuda_path.py (issue 17, items 1-4): a memory limit,
+#                   set_per_process_memory_fraction and the device's own size each raise
+#                   torch.OutOfMemoryError through the C++ front and the runtime goes on; plan() and
+#                   empty_cache() leave the caller's current device/context alone (two GPUs: after
+#                   set_device(1)); torch.cuda.graph capture refused with model_opt's message. The
+#                   front is compiled here first (about a minute on few cores), then cached.
 #   pytest_cuda     tests/python/test_cuda.py: model_opt.allocator() installed before CUDA starts; a
 #                   planned torchvision resnet18 and a small random-init GPT-2 on the GPU, zero
 #                   divergences, losses equal to PyTorch's own allocator's within 1e-4, and the memory
@@ -180,6 +187,8 @@ grep '^torch ' "$WORK/setup.log" | tail -n 1 >"$WORK/torch.txt"
 # 3. The checks.
 run_check rust_cuda_real 240 env MODEL_OPT_REQUIRE_CUDA=1 \
     cargo test --release --test runtime_cuda_real -- --nocapture --test-threads=1
+run_check pytest_cuda_path 180 env MODEL_OPT_REQUIRE_CUDA=1 MODEL_OPT_GPU_REPORT_DIR="$WORK/pytest_cuda_path" \
+    .venv/bin/python -m pytest -v -s -rs tests/python/test_cuda_path.py
 run_check pytest_cuda 300 env MODEL_OPT_REQUIRE_CUDA=1 MODEL_OPT_GPU_REPORT_DIR="$WORK/pytest_cuda" \
     .venv/bin/python -m pytest -v -s -rs tests/python/test_cuda.py
 run_check demo_cuda 180 .venv/bin/model-opt demo --device cuda --json "$WORK/demo_cuda/demo.json"

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::driver;
-use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
+use model_opt::runtime::{
+    Backend, BackendError, CudaBackend, Runtime, RuntimeConfig, RuntimeError,
+};
 use runtime_support::{assert_disjoint, persistent_ids, random_program, Live, Op, Rng};
 
 /// The backend when a device is usable; `None` (after saying why) when the test should skip.
@@ -265,4 +267,68 @@ fn the_runtime_records_plans_and_replays_on_the_gpu() {
     assert_eq!(rt.stats().reserved_bytes, summary.arena_bytes);
     drop(rt);
     cuda.synchronize(0).unwrap();
+}
+
+#[test]
+fn a_fresh_threads_context_is_left_alone_and_a_capturing_stream_is_refused() {
+    let Some(cuda) = gpu() else { return };
+    type Ptr = *mut libc::c_void;
+    // A thread with no current context (an autograd worker before PyTorch sets its device) has none
+    // after the backend's calls either.
+    let backend = cuda.clone();
+    std::thread::spawn(move || {
+        let get_current: unsafe extern "C" fn(*mut Ptr) -> libc::c_int = copy_fn("cuCtxGetCurrent");
+        let current = || {
+            let mut ctx: Ptr = std::ptr::null_mut();
+            // SAFETY: a valid out-pointer.
+            cu("cuCtxGetCurrent", unsafe { get_current(&mut ctx) });
+            ctx
+        };
+        assert!(current().is_null());
+        let a = backend.alloc(0, 1 << 20).unwrap();
+        backend.synchronize(0).unwrap();
+        backend.free(0, a, 1 << 20).unwrap();
+        assert!(current().is_null(), "the backend left a context current");
+    })
+    .join()
+    .unwrap();
+
+    // A stream capturing a CUDA graph (relaxed mode, so nothing else stops the allocation) is refused
+    // by the runtime; once the capture ends it is served.
+    bind_device_0();
+    let create: unsafe extern "C" fn(*mut Ptr, libc::c_uint) -> libc::c_int =
+        copy_fn("cuStreamCreate");
+    let begin: unsafe extern "C" fn(Ptr, libc::c_int) -> libc::c_int =
+        copy_fn("cuStreamBeginCapture_v2");
+    let end: unsafe extern "C" fn(Ptr, *mut Ptr) -> libc::c_int = copy_fn("cuStreamEndCapture");
+    let destroy_graph: unsafe extern "C" fn(Ptr) -> libc::c_int = copy_fn("cuGraphDestroy");
+    let destroy_stream: unsafe extern "C" fn(Ptr) -> libc::c_int = copy_fn("cuStreamDestroy_v2");
+    let rt = Runtime::new(cuda.clone(), RuntimeConfig::default());
+    let mut stream: Ptr = std::ptr::null_mut();
+    let mut graph: Ptr = std::ptr::null_mut();
+    // SAFETY: device 0's context is current; valid out-pointers; the stream and graph are destroyed
+    // once below. Flags 1: CU_STREAM_NON_BLOCKING; mode 2: CU_STREAM_CAPTURE_MODE_RELAXED.
+    unsafe {
+        cu("cuStreamCreate", create(&mut stream, 1));
+        cu("cuStreamBeginCapture", begin(stream, 2));
+    }
+    let refused = rt.alloc(0, 4096, stream as usize).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            RuntimeError::Backend(BackendError::Capturing { device: 0, .. })
+        ),
+        "{refused}"
+    );
+    // SAFETY: as above.
+    unsafe {
+        cu("cuStreamEndCapture", end(stream, &mut graph));
+        cu("cuGraphDestroy", destroy_graph(graph));
+    }
+    let served = rt.alloc(0, 4096, stream as usize).unwrap();
+    rt.free(0, served).unwrap();
+    drop(rt);
+    cuda.synchronize(0).unwrap();
+    // SAFETY: the stream is idle and destroyed once.
+    cu("cuStreamDestroy", unsafe { destroy_stream(stream) });
 }

@@ -394,3 +394,53 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
     *total = capacity[dev];
     return SUCCESS;
 }
+
+/* Streams, graph capture and copies: what tests/runtime_cuda_real.rs calls besides the backend, so that
+ * test can also run against the stub (MODEL_OPT_LIBCUDA=stub) before it meets a GPU. */
+CUresult cuStreamCreate(CUstream *stream, unsigned int flags) {
+    (void)flags;
+    ENTER("cuStreamCreate");
+    NEED_CONTEXT();
+    *stream = malloc(1); /* a unique handle */
+    return *stream ? SUCCESS : OUT_OF_MEMORY;
+}
+CUresult cuStreamDestroy_v2(CUstream stream) {
+    ENTER("cuStreamDestroy_v2");
+    if (stream == NULL) return INVALID_HANDLE;
+    stub_set_capturing((uintptr_t)stream, 0);
+    free(stream);
+    return SUCCESS;
+}
+CUresult cuStreamBeginCapture_v2(CUstream stream, int mode) {
+    (void)mode;
+    ENTER("cuStreamBeginCapture_v2");
+    NEED_CONTEXT();
+    if (stream == NULL) return 900; /* CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: not the legacy stream */
+    stub_set_capturing((uintptr_t)stream, 1);
+    return SUCCESS;
+}
+CUresult cuStreamEndCapture(CUstream stream, void **graph) {
+    ENTER("cuStreamEndCapture");
+    stub_set_capturing((uintptr_t)stream, 0);
+    *graph = malloc(1);
+    return SUCCESS;
+}
+CUresult cuGraphDestroy(void *graph) {
+    ENTER("cuGraphDestroy");
+    free(graph);
+    return SUCCESS;
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
+    ENTER("cuMemcpyHtoD_v2");
+    NEED_CONTEXT();
+    if (stub_device_of(dst) < 0) return INVALID_VALUE;
+    memcpy((void *)(uintptr_t)dst, src, n);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
+    ENTER("cuMemcpyDtoH_v2");
+    NEED_CONTEXT();
+    if (stub_device_of(src) < 0) return INVALID_VALUE;
+    memcpy(dst, (const void *)(uintptr_t)src, n);
+    return SUCCESS;
+}
