@@ -354,7 +354,12 @@ fn out_of_memory_on_demand_is_reported_as_out_of_memory() {
     // A memory limit on a CUDA device: past it, out of memory, and lifting it serves again.
     assert_eq!(model_opt_set_memory_limit(1, 1 << 20), 0);
     assert_eq!(try_alloc(64 << 20, 1, 0).0, ALLOC_OUT_OF_MEMORY);
-    assert!(last_error().contains("memory limit"), "{}", last_error());
+    assert!(
+        last_error().contains("out of memory on cuda device 1")
+            && last_error().contains("memory limit"),
+        "{}",
+        last_error()
+    );
     assert_eq!(model_opt_set_memory_limit(1, -1), 0);
     let (status, addr) = try_alloc(64 << 20, 1, 0);
     assert_eq!(status, ALLOC_OK);

@@ -115,7 +115,11 @@ impl FallbackPool {
         stream: usize,
     ) -> Result<usize, BackendError> {
         let Some(rounded) = round_size(size) else {
-            return Err(BackendError::too_large(backend.name(), device, size));
+            return Err(BackendError::too_large(
+                backend.name_of(device),
+                device,
+                size,
+            ));
         };
         let small = rounded <= SMALL_REQUEST;
         let found = self
@@ -166,7 +170,11 @@ impl FallbackPool {
         stream: usize,
     ) -> Result<usize, BackendError> {
         let Some(seg) = segment_size(rounded) else {
-            return Err(BackendError::too_large(backend.name(), device, rounded));
+            return Err(BackendError::too_large(
+                backend.name_of(device),
+                device,
+                rounded,
+            ));
         };
         let addr = match backend.alloc(device, seg) {
             Ok(a) => a,

@@ -34,6 +34,10 @@ impl Backend for DispatchBackend {
         "host+cuda"
     }
 
+    fn name_of(&self, device: i32) -> &'static str {
+        self.pick(device).name()
+    }
+
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
         self.pick(device).alloc(device, size)
     }

@@ -58,6 +58,10 @@ impl<B: Backend> Backend for Limited<B> {
         self.inner.name()
     }
 
+    fn name_of(&self, device: i32) -> &'static str {
+        self.inner.name_of(device)
+    }
+
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
         // Held across the inner allocation, so that two threads cannot both pass the check.
         let mut devices = self.devices();
@@ -65,7 +69,7 @@ impl<B: Backend> Backend for Limited<B> {
         if let Some(limit) = usage.limit {
             if usage.reserved.saturating_add(size as u64) > limit {
                 return Err(BackendError::OutOfMemory {
-                    backend: self.inner.name(),
+                    backend: self.inner.name_of(device),
                     device,
                     size,
                     detail: format!(

@@ -24,6 +24,12 @@ pub trait Backend: Send + Sync {
     /// A short name for messages and statistics (`host`, `cuda`).
     fn name(&self) -> &'static str;
 
+    /// The name of the backend that serves `device`, for messages (differs from [`Backend::name`]
+    /// only for a backend that dispatches devices to others).
+    fn name_of(&self, _device: i32) -> &'static str {
+        self.name()
+    }
+
     /// `size` bytes (never 0) on `device`, aligned to at least 512 bytes.
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError>;
 
