@@ -49,10 +49,10 @@ fn load(name: &str) -> Problem {
 }
 
 fn at_capacity(runs: usize) {
-    println!("\n### Challenging A–E at capacity 1048576 (`auto`, time limit 10 s)\n");
+    println!("\n### Challenging A–K at capacity 1048576 (`auto`, time limit 10 s)\n");
     println!("| instance | buffers | lower bound | peak | status | method | median time (s) | times (s) |");
     println!("|---|---|---|---|---|---|---|---|");
-    for name in ["A", "B", "C", "D", "E"] {
+    for name in ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K"] {
         let problem = load(name).with_capacity(Some(Bytes(1048576)));
         let mut times = Vec::new();
         let mut last = String::new();

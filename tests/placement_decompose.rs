@@ -77,7 +77,9 @@ fn easy_then_tight() -> (Problem, Bytes, Bytes) {
 #[test]
 fn the_part_that_needs_more_than_its_load_sets_the_arena_and_the_proof() {
     let (p, lower, optimum) = easy_then_tight();
-    let seen: Arc<Mutex<Vec<(Option<Bytes>, Bytes)>>> = Arc::default();
+    // (incumbent, bound) as the progress callback saw them.
+    type Seen = Vec<(Option<Bytes>, Bytes)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = seen.clone();
     let report = plan(
         &p,

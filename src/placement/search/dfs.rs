@@ -21,6 +21,7 @@
 //!   solved alone, as a problem of its own above the current floors; a failure in one does not make
 //!   the search retry the others.
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Instant;
 
 use super::instance::{Instance, Item, Ordering};
@@ -52,6 +53,8 @@ pub(crate) struct Dfs<'a> {
     cap: u64,
     deadline: Option<Instant>,
     node_limit: u64,
+    /// Set by another search of the same question that has answered it: stop as at the deadline.
+    cancel: Option<&'a AtomicBool>,
     /// Scratch, per section: the lowest offset an unplaced buffer spanning it can take.
     min_off: MinOffsets,
     /// Scratch, per buffer of the current group: its canonical offset now.
@@ -63,6 +66,10 @@ pub(crate) struct Dfs<'a> {
     placed: Vec<bool>,
     fixed: Vec<u32>,
     placed_trail: Vec<u32>,
+    /// Scratch of the tiling cut: lifetimes in sections, and which sections a tiling reaches.
+    spans: Vec<(u32, u32)>,
+    reach: Vec<bool>,
+    levels: Vec<u64>,
     pub nodes: u64,
 }
 
@@ -96,6 +103,7 @@ impl<'a> Dfs<'a> {
             cap,
             deadline,
             node_limit,
+            cancel: None,
             min_off: MinOffsets::new(inst.sections),
             off: vec![0; inst.len()],
             floor: Floors::new(inst.sections),
@@ -105,6 +113,9 @@ impl<'a> Dfs<'a> {
             placed: vec![false; inst.len()],
             fixed,
             placed_trail: Vec::new(),
+            spans: Vec::new(),
+            reach: Vec::new(),
+            levels: Vec::new(),
             nodes: 0,
         }
     }
@@ -144,10 +155,19 @@ impl<'a> Dfs<'a> {
         }
     }
 
+    /// Stops (as at the deadline) once `cancel` is set.
+    pub fn cancelled_by(mut self, cancel: Option<&'a AtomicBool>) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
     fn tick(&mut self) -> Result<(), Stopped> {
         self.nodes += 1;
         if self.nodes >= self.node_limit {
             return Err(Stopped::NodeLimit);
+        }
+        if self.cancel.is_some_and(|c| c.load(AtomicOrdering::Relaxed)) {
+            return Err(Stopped::Deadline);
         }
         // Nodes of big groups cost milliseconds: check the clock at each of them.
         if self.nodes.is_multiple_of(256) || self.inst.len() > 2000 {
@@ -288,6 +308,10 @@ impl<'a> Dfs<'a> {
             }
         }
 
+        if !self.tight_bottom_covered(&group, span_lo, span_hi, prev.0) {
+            return Ok(false);
+        }
+
         if let Some(groups) = split(&group, items) {
             // Each group is a problem of its own above the current floors, so its canonical order
             // starts afresh: more of its placements qualify than under the order inherited from
@@ -360,6 +384,98 @@ impl<'a> Dfs<'a> {
         Ok(false)
     }
 }
+
+impl Dfs<'_> {
+    /// The bottom of each section: above its floor, the last offset placed, and the lowest offset
+    /// any unplaced buffer across it can take.
+    fn base(&self, s: usize, prev: u64) -> u64 {
+        self.floor.get(s).max(prev).max(self.min_off.get(s))
+    }
+
+    /// The tiling cut, for instances with no room to spare (perfect packings, and instances whose
+    /// capacity is their max load). A section is *tight* when the bytes still to place across it
+    /// exactly fill it from its base to the capacity: the lowest of them must then sit exactly at
+    /// the base. Take the lowest base `m` of the group: the buffers that end up at offset `m` have
+    /// disjoint lifetimes (they share offsets), so the lifetimes of the unplaced buffers that can
+    /// still sit at `m` must tile every tight section at level `m` without overlapping. The
+    /// section bound sees each section alone and misses a tight stretch that no such set of
+    /// lifetimes covers (one that sticks out into a section already filled higher, a gap too short
+    /// for any of them); this checks it with one left-to-right pass over the sections. Needed
+    /// for a completion, so cutting where it fails loses nothing.
+    fn tight_bottom_covered(&mut self, group: &[u32], lo: usize, hi: usize, prev: u64) -> bool {
+        // The levels of the tight sections, lowest first; a few suffice (the lowest catches most).
+        self.levels.clear();
+        for s in lo..hi {
+            if self.count[s] > 0 {
+                let base = self.base(s, prev);
+                if base + self.load[s] == self.cap {
+                    self.levels.push(base);
+                }
+            }
+        }
+        self.levels.sort_unstable();
+        self.levels.dedup();
+        self.levels.truncate(TIGHT_LEVELS);
+        let levels = std::mem::take(&mut self.levels);
+        let ok = levels
+            .iter()
+            .all(|&m| self.tiled_at(group, lo, hi, prev, m));
+        self.levels = levels;
+        ok
+    }
+
+    /// Whether the buffers that can still sit at offset `m` can tile, without overlapping in
+    /// time, every tight section whose base is `m` (see [`Dfs::tight_bottom_covered`]).
+    fn tiled_at(&mut self, group: &[u32], lo: usize, hi: usize, prev: u64, m: u64) -> bool {
+        let tight =
+            |d: &Self, s: usize| d.count[s] > 0 && d.base(s, prev) == m && m + d.load[s] == d.cap;
+        // The lifetimes (in sections) of the buffers that can sit at `m`: not yet pushed above it,
+        // aligned to it, and fixed ones only when fixed there.
+        let items = &self.inst.items;
+        self.spans.clear();
+        for &b in group {
+            let it = items[b as usize];
+            // A buffer of no bytes covers nothing.
+            let can = it.size > 0
+                && match it.fixed {
+                    Some(f) => f == m,
+                    None => self.off[b as usize] <= m && m.is_multiple_of(it.align),
+                };
+            if can {
+                self.spans.push((it.lo, it.hi));
+            }
+        }
+        self.spans.sort_unstable();
+        // reach[p - lo]: the tight sections before p can be tiled, the last tile ending at p.
+        self.reach.clear();
+        self.reach.resize(hi - lo + 1, false);
+        self.reach[0] = true;
+        let mut k = 0;
+        for p in lo..hi {
+            while k < self.spans.len() && (self.spans[k].0 as usize) < p {
+                k += 1;
+            }
+            if !self.reach[p - lo] {
+                continue;
+            }
+            if !tight(self, p) {
+                self.reach[p + 1 - lo] = true;
+            }
+            let mut j = k;
+            while j < self.spans.len() && self.spans[j].0 as usize == p {
+                let end = self.spans[j].1 as usize;
+                if end <= hi {
+                    self.reach[end - lo] = true;
+                }
+                j += 1;
+            }
+        }
+        self.reach[hi - lo]
+    }
+}
+
+/// How many levels of tight sections [`Dfs::tight_bottom_covered`] checks at each node.
+const TIGHT_LEVELS: usize = 1;
 
 /// Splits a group (sorted by first section) where no lifetime crosses; `None` when it is one piece.
 fn split(group: &[u32], items: &[Item]) -> Option<Vec<Vec<u32>>> {

@@ -118,6 +118,11 @@ pub(crate) enum Heuristic {
     Wat,
     Taw,
     Twa,
+    /// TWA with each buffer's section total scaled by a pseudo-random factor between 1 and 1.25
+    /// drawn from the seed: the orders of the restarts. On instances with no room to spare the
+    /// search is heavy-tailed (one order settles a perfect packing in a millisecond, the next
+    /// thrashes for minutes), and many short runs under different orders beat a few long ones.
+    Shuffled(u64),
 }
 
 impl Heuristic {
@@ -174,9 +179,21 @@ impl Instance {
             Heuristic::Wat => (width, area, total),
             Heuristic::Taw => (total, area, width),
             Heuristic::Twa => (total, width, area),
+            Heuristic::Shuffled(seed) => {
+                let noise = u128::from(splitmix(seed ^ (i as u64).wrapping_mul(0x9e37_79b9)) % 257);
+                (total * (1024 + noise) / 1024, width, area)
+            }
         };
         (it.fixed.is_none(), std::cmp::Reverse((a, b, c)), i)
     }
+}
+
+/// SplitMix64's finalizer: a well-mixed 64-bit hash of `x`.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
