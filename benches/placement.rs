@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use model_opt::placement::csv::read_csv_file;
 use model_opt::placement::instances::{perfect_packing, tiled};
 use model_opt::placement::random::{random_problem, Shape};
-use model_opt::placement::{plan, Bytes, Method, PlanOptions, Problem, Progress};
+use model_opt::placement::{plan, Buffer, Bytes, Interval, Method, PlanOptions, Problem, Progress};
 
 fn data_dir() -> PathBuf {
     std::env::var_os("MODEL_OPT_DATA")
@@ -185,14 +185,54 @@ fn recorded_traces() -> Vec<(String, Problem)> {
         .collect()
 }
 
-/// Recorded traces copied 1, 5 and 20 times one after the other in time, minimized by `auto`.
+/// The buffers of `<name>.persistent.csv` (`id,lower,size,stream`: what the step leaves alive,
+/// weights, gradients, optimizer state), alive from their birth to `end`.
+fn persistent(name: &str, end: u64) -> Option<Vec<Buffer>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/data")
+        .join(format!("{name}.persistent.csv"));
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let lower: u64 = f.get(1)?.parse().ok()?;
+            let size: u64 = f.get(2)?.parse().ok()?;
+            Some(Buffer::new(
+                format!("state_{}", f.first()?),
+                Interval::new(lower, end)?,
+                Bytes(size),
+            ))
+        })
+        .collect()
+}
+
+/// Recorded traces copied 1, 5 and 20 times one after the other in time, minimized by `auto`;
+/// then the same with the state the step leaves alive (its `.persistent.csv`) alive through all
+/// the copies, as in gradient accumulation.
 fn tiled_traces(seconds: f64, runs: usize) {
     println!("\n### Recorded traces tiled in time (`auto`, no capacity, time limit {seconds} s)\n");
-    println!("| trace | copies | buffers | lower bound | peak | peak / bound | status | found by | median time (s) | times (s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| trace | copies | with state | buffers | lower bound | peak | peak / bound | status | found by | median time (s) | times (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, trace) in recorded_traces() {
-        for copies in [1, 5, 20] {
-            let problem = tiled(&trace, copies);
+        for (copies, with_state) in [1, 5, 20, 1, 5, 20]
+            .into_iter()
+            .zip([false, false, false, true, true, true])
+        {
+            let mut problem = tiled(&trace, copies);
+            if with_state {
+                let end = problem
+                    .buffers
+                    .iter()
+                    .map(|b| b.lifetime.end)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                match persistent(&name, end) {
+                    Some(state) => problem.buffers.extend(state),
+                    None => continue,
+                }
+            }
             let mut times = Vec::new();
             let mut last = String::new();
             for _ in 0..runs {
@@ -213,7 +253,8 @@ fn tiled_traces(seconds: f64, runs: usize) {
             }
             let shown: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
             println!(
-                "| {name} | {copies} | {} | {last} | {:.3} | {} |",
+                "| {name} | {copies} | {} | {} | {last} | {:.3} | {} |",
+                if with_state { "yes" } else { "no" },
                 problem.len(),
                 median(times),
                 shown.join(", ")

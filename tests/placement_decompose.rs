@@ -192,3 +192,36 @@ fn minimizing_below_a_capacity_goes_past_the_first_plan_that_fits() {
         "no instance where greedy leaves a gap that auto closes"
     );
 }
+
+/// Several steps held together by state that lives through all of them (weights, gradients,
+/// optimizer state): nothing splits in time, but once the long-lived buffers are stacked the steps
+/// are planned apart, and identical steps once.
+#[test]
+fn steps_held_together_by_long_lived_state_are_planned_around_it() {
+    let step = random_problem(800, 21, Shape::Sparse);
+    let mut steps = tiled(&step, 8);
+    let end = steps.buffers.iter().map(|b| b.lifetime.end).max().unwrap();
+    for k in 0..12u64 {
+        // Born in the first step (as optimizer state is), alive to the end.
+        steps.buffers.push(buf(
+            &format!("state{k}"),
+            5 + 10 * k,
+            end + 1,
+            4096 * (k + 1),
+        ));
+    }
+    assert_eq!(
+        model_opt::placement::decompose::parts(&steps).len(),
+        1,
+        "the state joins everything"
+    );
+    let report = plan(&steps, &options()).expect("it plans");
+    validate(&steps, &report.solution).unwrap();
+    assert!(report.method.contains("parts("), "{}", report.method);
+    assert_eq!(report.status, Status::Optimal);
+    assert_eq!(report.solution.peak, report.lower_bound);
+    // With a capacity at the bound, the same plan is the first that fits.
+    let capped = steps.clone().with_capacity(Some(report.lower_bound));
+    let decided = plan(&capped, &options()).expect("it fits its bound");
+    validate(&capped, &decided.solution).unwrap();
+}

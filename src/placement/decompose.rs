@@ -11,6 +11,7 @@
 //! at their bound). A part that does not fit the target is minimized, and its peak becomes the new
 //! target for the parts after it. The proven bound is the largest of the parts' bounds.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +65,123 @@ pub fn pieces(problem: &Problem, min_buffers: usize) -> Vec<Vec<usize>> {
     pieces
 }
 
+/// The long-lived buffers that alone join large parts: those living through more than half the
+/// whole span, when taking them out leaves at least two parts of `min_buffers` or more. Several
+/// training steps recorded together are held together by the weights, gradients and optimizer
+/// state, which live through all of them: taken out (and stacked first, see
+/// [`plan_around_spine`]) they leave one part per step. (Shorter fractions also cut single steps
+/// into windows, which the pinned search handles better whole.) `None` when the problem does not
+/// split so, or when some buffer has a fixed offset (the stacking does not look at them).
+pub fn spine(problem: &Problem, min_buffers: usize) -> Option<(Vec<usize>, Vec<Vec<usize>>)> {
+    if problem.buffers.iter().any(|b| b.fixed_offset.is_some()) {
+        return None;
+    }
+    let first = problem.buffers.iter().map(|b| b.lifetime.start).min()?;
+    let last = problem.buffers.iter().map(|b| b.lifetime.end).max()?;
+    let half = (last - first) / 2;
+    let (spine, rest): (Vec<usize>, Vec<usize>) =
+        (0..problem.len()).partition(|&i| problem.buffers[i].lifetime.len() > half);
+    if spine.is_empty() {
+        return None;
+    }
+    let sub = Problem::new(rest.iter().map(|&i| problem.buffers[i].clone()).collect());
+    let large = parts(&sub)
+        .iter()
+        .filter(|p| p.len() >= min_buffers)
+        .count();
+    (large >= 2).then(|| {
+        let pieces = pieces(&sub, min_buffers)
+            .into_iter()
+            .map(|piece| piece.into_iter().map(|k| rest[k]).collect())
+            .collect();
+        (spine, pieces)
+    })
+}
+
+/// The spine buffers that cross the window `lo..hi`, clipped to it, fixed at their offsets, those
+/// with the same clipped lifetime stacked one right on another merged into one: a part sees few
+/// fixed buffers (each costs the search a check at every node), and after the first step the
+/// spine crosses each window whole, as one block.
+fn spine_in_window(problem: &Problem, placed: &[(usize, Bytes)], lo: u64, hi: u64) -> Vec<Buffer> {
+    let mut clipped: Vec<Buffer> = placed
+        .iter()
+        .filter_map(|&(i, offset)| {
+            let b = &problem.buffers[i];
+            let lifetime =
+                super::problem::Interval::new(b.lifetime.start.max(lo), b.lifetime.end.min(hi))?;
+            let mut c = b.clone();
+            c.lifetime = lifetime;
+            c.fixed_offset = Some(offset);
+            Some(c)
+        })
+        .collect();
+    clipped.sort_by_key(|b| (b.lifetime.start, b.lifetime.end, b.fixed_offset));
+    let mut merged: Vec<Buffer> = Vec::with_capacity(clipped.len());
+    for b in clipped {
+        if let Some(last) = merged.last_mut() {
+            let top = last.fixed_offset.unwrap_or_default() + last.size;
+            if last.lifetime == b.lifetime && b.fixed_offset == Some(top) {
+                last.size = last.size + b.size;
+                continue;
+            }
+        }
+        merged.push(b);
+    }
+    merged
+}
+
+/// Offsets for `spine`, stacked in order of birth (the longer-lived lower when born together):
+/// each on top of the stacked buffers it meets, aligned. What a LIFO allocator does, and a
+/// training step allocates its long-lived state in the order it keeps it.
+fn stack(problem: &Problem, spine: &[usize]) -> Vec<(usize, Bytes)> {
+    let mut order = spine.to_vec();
+    order.sort_by_key(|&i| {
+        let l = problem.buffers[i].lifetime;
+        (l.start, std::cmp::Reverse(l.end), i)
+    });
+    let mut placed: Vec<(usize, Bytes)> = Vec::with_capacity(order.len());
+    for i in order {
+        let b = &problem.buffers[i];
+        let floor = placed
+            .iter()
+            .filter(|(j, _)| problem.buffers[*j].lifetime.intersects(&b.lifetime))
+            .map(|&(j, o)| o + problem.buffers[j].size)
+            .max()
+            .unwrap_or(Bytes::ZERO);
+        placed.push((i, floor.align_up(b.alignment)));
+    }
+    placed
+}
+
+/// Plans `problem` around its `spine` (from [`spine`]): the spine stacked first, then each piece
+/// with the spine buffers that cross its time window, clipped to it, at their stacked offsets.
+/// The stacking is a guess: a failure here proves nothing about the problem.
+pub(crate) fn plan_around_spine(
+    problem: &Problem,
+    spine: &[usize],
+    pieces: Vec<Vec<usize>>,
+    lower_bound: Bytes,
+    options: &PlanOptions,
+    started: Instant,
+) -> Result<PlanReport, PlanError> {
+    let placed = stack(problem, spine);
+    let parts = pieces
+        .into_iter()
+        .map(|piece| {
+            let lo = piece
+                .iter()
+                .map(|&i| problem.buffers[i].lifetime.start)
+                .min();
+            let hi = piece.iter().map(|&i| problem.buffers[i].lifetime.end).max();
+            let (Some(lo), Some(hi)) = (lo, hi) else {
+                return Part::of(problem, piece);
+            };
+            Part::with_fixed(problem, piece, spine_in_window(problem, &placed, lo, hi))
+        })
+        .collect();
+    plan_in_parts(problem, parts, placed, lower_bound, options, started)
+}
+
 /// One part: its own problem and the indices of its buffers in the whole.
 struct Part {
     indices: Vec<usize>,
@@ -76,11 +194,40 @@ struct Parts {
     parts: Vec<Part>,
     /// The latest report of each part that fits the current target.
     reports: Vec<Option<PlanReport>>,
-    /// The largest bound proven on any part: a bound on the whole.
+    /// The largest bound proven on any part: a bound on the whole when `proofs_hold`.
     bound: Bytes,
+    /// Buffers placed before the parts were planned, and their offsets.
+    placed: Vec<(usize, Bytes)>,
+    /// Whether what the parts prove holds for the whole (they are independent, not cut around
+    /// buffers placed by a guess).
+    proofs_hold: bool,
 }
 
-/// Plans a problem made of several independent `pieces` (from [`parts`]); `lower_bound` is the
+impl Part {
+    /// The buffers `indices` of `problem`, as a problem of their own.
+    fn of(problem: &Problem, indices: Vec<usize>) -> Part {
+        Part::with_fixed(problem, indices, Vec::new())
+    }
+
+    /// The buffers `indices` of `problem` and, after them, `fixed` buffers already placed (their
+    /// offsets are not the part's to choose, and are not read back from its plan).
+    fn with_fixed(problem: &Problem, indices: Vec<usize>, fixed: Vec<Buffer>) -> Part {
+        let mut buffers: Vec<Buffer> = indices
+            .iter()
+            .map(|&i| problem.buffers[i].clone())
+            .collect();
+        buffers.extend(fixed);
+        let sub = Problem::new(buffers);
+        let max_load = super::max_load(&sub);
+        Part {
+            indices,
+            problem: sub,
+            max_load,
+        }
+    }
+}
+
+/// Plans a problem made of several independent `pieces` (from [`pieces`]); `lower_bound` is the
 /// whole problem's max load. Called by [`plan`](super::plan::plan) after its checks.
 pub(crate) fn plan_parts(
     problem: &Problem,
@@ -89,30 +236,33 @@ pub(crate) fn plan_parts(
     options: &PlanOptions,
     started: Instant,
 ) -> Result<PlanReport, PlanError> {
+    let parts = pieces.into_iter().map(|p| Part::of(problem, p)).collect();
+    plan_in_parts(problem, parts, Vec::new(), lower_bound, options, started)
+}
+
+/// Plans `parts` that together hold every buffer of `problem` but those of `placed`, whose
+/// offsets are given. With `placed` empty the parts are independent and what they prove holds for
+/// the whole; otherwise the parts were cut around `placed`, a guess, and only the max load is a
+/// bound on the whole.
+fn plan_in_parts(
+    problem: &Problem,
+    parts: Vec<Part>,
+    placed: Vec<(usize, Bytes)>,
+    lower_bound: Bytes,
+    options: &PlanOptions,
+    started: Instant,
+) -> Result<PlanReport, PlanError> {
     let deadline = started
         .checked_add(options.time_limit)
         .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
-    let parts: Vec<Part> = pieces
-        .into_iter()
-        .map(|indices| {
-            let buffers: Vec<Buffer> = indices
-                .iter()
-                .map(|&i| problem.buffers[i].clone())
-                .collect();
-            let sub = Problem::new(buffers);
-            let max_load = super::max_load(&sub);
-            Part {
-                indices,
-                problem: sub,
-                max_load,
-            }
-        })
-        .collect();
     let n = parts.len();
+    let proofs_hold = placed.is_empty();
     let mut state = Parts {
         parts,
         reports: (0..n).map(|_| None).collect(),
         bound: lower_bound,
+        placed,
+        proofs_hold,
     };
     let progress = options
         .progress
@@ -126,7 +276,8 @@ pub(crate) fn plan_parts(
     } else {
         capacity.unwrap_or(lower_bound)
     };
-    let first = fit_all(&state, target, deadline, options, progress.as_ref());
+    let memo = Memo::default();
+    let first = fit_all(&state, target, deadline, options, progress.as_ref(), &memo);
     let mut missing = Vec::new();
     for (i, result) in first {
         match result {
@@ -166,6 +317,7 @@ pub(crate) fn plan_parts(
                     share,
                     options,
                     progress.as_ref(),
+                    &memo,
                     i,
                 ) {
                     Ok(report) => {
@@ -184,6 +336,7 @@ pub(crate) fn plan_parts(
                 share,
                 options,
                 progress.as_ref(),
+                &memo,
                 i,
             )
             .map_err(|e| whole_error(e, &state, capacity.unwrap_or(target)))?;
@@ -215,6 +368,9 @@ impl Parts {
         started: Instant,
     ) -> Result<PlanReport, PlanError> {
         let mut offsets = vec![Bytes::ZERO; problem.len()];
+        for &(i, o) in &self.placed {
+            offsets[i] = o;
+        }
         let (mut search_nodes, mut improve_tries) = (0, 0);
         // The part whose peak is the arena: what found its plan is what found the whole's.
         let mut critical: Option<&PlanReport> = None;
@@ -238,7 +394,12 @@ impl Parts {
         }
         let solution = Solution::from_offsets(problem, offsets);
         super::validate::validate(problem, &solution).map_err(PlanError::InvalidPlan)?;
-        let bound = self.bound.min(solution.peak);
+        let bound = if self.proofs_hold {
+            self.bound
+        } else {
+            lower_bound
+        }
+        .min(solution.peak);
         let closed = solution.peak <= bound;
         let found_by = critical.map_or("greedy", |c| {
             // The part's method reads `auto/search`: keep what follows the method's name.
@@ -328,59 +489,131 @@ fn share_of(deadline: Instant, parts_left: usize) -> Duration {
     deadline.saturating_duration_since(Instant::now()) / parts_left.max(1) as u32
 }
 
-/// Plans part `i` with the given capacity (`None`: minimize) and time limit.
+/// A part up to its place in time: its buffers' lifetimes from its first moment, sizes,
+/// alignments and fixed offsets, in order.
+type PartKey = Vec<(u64, u64, u64, u64, Option<u64>)>;
+
+/// The answers of parts planned so far, by their shape and capacity: the copies of a step tiled in
+/// time (gradient accumulation, a trace of several steps) are planned once.
+#[derive(Default)]
+struct Memo(Mutex<HashMap<(PartKey, Option<Bytes>), Answer>>);
+
+/// What planning one part ended with.
+type Answer = Result<PlanReport, PlanError>;
+
+impl Part {
+    fn key(&self) -> PartKey {
+        let first = self
+            .problem
+            .buffers
+            .iter()
+            .map(|b| b.lifetime.start)
+            .min()
+            .unwrap_or(0);
+        self.problem
+            .buffers
+            .iter()
+            .map(|b| {
+                (
+                    b.lifetime.start - first,
+                    b.lifetime.end - first,
+                    b.size.0,
+                    b.alignment.0,
+                    b.fixed_offset.map(|f| f.0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Plans part `i` with the given capacity (`None`: minimize) and time limit, or takes the answer
+/// of an identical part planned before.
 fn plan_one(
     part: &Part,
     capacity: Option<Bytes>,
     time_limit: Duration,
     options: &PlanOptions,
     progress: Option<&Arc<Mutex<Combined>>>,
+    memo: &Memo,
     i: usize,
 ) -> Result<PlanReport, PlanError> {
+    let progress = progress.map(|c| Combined::for_part(c, i));
+    let key = (part.key(), capacity);
+    let known = memo
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(answer) = known {
+        if let (Ok(report), Some(progress)) = (&answer, &progress) {
+            progress(&Progress {
+                incumbent: Some(report.solution.peak),
+                bound: report.proven_bound,
+                elapsed: report.elapsed,
+                phase: "parts",
+            });
+        }
+        return answer;
+    }
     let problem = part.problem.clone().with_capacity(capacity);
     let options = PlanOptions {
         time_limit,
-        progress: progress.map(|c| Combined::for_part(c, i)),
+        progress,
         ..options.clone()
     };
-    plan_whole(&problem, &options, part.max_load, Instant::now())
+    let answer = plan_whole(&problem, &options, part.max_load, Instant::now());
+    memo.0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, answer.clone());
+    answer
 }
 
 /// Asks every part whether it fits `target`, on one worker per core (at most four): the parts
 /// take the time left in proportion to their sizes, and a part that finishes early leaves its time
-/// to those after it.
+/// to those after it. A part identical to an earlier one (a copy of a step) takes no time of its
+/// own: the distinct parts are planned first, the copies then take their answers.
 fn fit_all(
     state: &Parts,
     target: Bytes,
     deadline: Instant,
     options: &PlanOptions,
     progress: Option<&Arc<Mutex<Combined>>>,
+    memo: &Memo,
 ) -> Vec<(usize, Result<PlanReport, PlanError>)> {
+    let mut seen = std::collections::HashSet::new();
+    let (distinct, copies): (Vec<usize>, Vec<usize>) =
+        (0..state.parts.len()).partition(|&i| seen.insert(state.parts[i].key()));
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)
-        .min(state.parts.len());
+        .min(distinct.len().max(1));
     let next = AtomicUsize::new(0);
-    let sizes_left = Mutex::new(state.parts.iter().map(|p| p.problem.len()).sum::<usize>());
+    let sizes_left = Mutex::new(
+        distinct
+            .iter()
+            .map(|&i| state.parts[i].problem.len())
+            .sum::<usize>(),
+    );
     let results = Mutex::new(Vec::with_capacity(state.parts.len()));
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(part) = state.parts.get(i) else {
-            break;
-        };
-        let size = part.problem.len().max(1);
-        let time_limit = {
-            let mut left = sizes_left.lock().unwrap_or_else(|e| e.into_inner());
-            let share = size as f64 / (*left).max(1) as f64 * workers as f64;
-            *left = left.saturating_sub(part.problem.len());
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            remaining.mul_f64(share.min(1.0))
-        };
-        let result = plan_one(part, Some(target), time_limit, options, progress, i);
-        results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((i, result));
+    let work = || {
+        while let Some(&i) = distinct.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let part = &state.parts[i];
+            let size = part.problem.len().max(1);
+            let time_limit = {
+                let mut left = sizes_left.lock().unwrap_or_else(|e| e.into_inner());
+                let share = size as f64 / (*left).max(1) as f64 * workers as f64;
+                *left = left.saturating_sub(part.problem.len());
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                remaining.mul_f64(share.min(1.0))
+            };
+            let result = plan_one(part, Some(target), time_limit, options, progress, memo, i);
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, result));
+        }
     };
     if workers <= 1 {
         work();
@@ -402,8 +635,30 @@ fn fit_all(
         });
     }
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    for i in copies {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let part = &state.parts[i];
+        results.push((
+            i,
+            plan_one(part, Some(target), remaining, options, progress, memo, i),
+        ));
+    }
     results.sort_by_key(|(i, _)| *i);
     results
+}
+
+/// A progress callback that passes on only what improves on `best` and `bound`, timed from
+/// `started`: for a second method that starts over after a first one already reported its plan.
+pub(crate) fn only_improvements(
+    user: ProgressFn,
+    best: Option<Bytes>,
+    bound: Bytes,
+    started: Instant,
+) -> ProgressFn {
+    let mut combined = Combined::new(1, bound, started, user);
+    combined.peaks[0] = best;
+    combined.reported.0 = best;
+    Combined::for_part(&Arc::new(Mutex::new(combined)), 0)
 }
 
 /// The whole plan's progress, from its parts': the incumbent is known once every part holds a

@@ -254,7 +254,73 @@ pub fn plan(problem: &Problem, options: &PlanOptions) -> Result<PlanReport, Plan
     if parts.len() > 1 {
         return decompose::plan_parts(problem, parts, lower_bound, options, started);
     }
+    if let Some((spine, pieces)) = decompose::spine(problem, decompose::MIN_PART_BUFFERS) {
+        return plan_spine_then_whole(problem, &spine, pieces, lower_bound, options, started);
+    }
     plan_whole(problem, options, lower_bound, started)
+}
+
+/// Plans around the long-lived spine (half the time at most), then, unless that settled the
+/// question, the whole problem with the time left; returns the better plan, the bound from both.
+fn plan_spine_then_whole(
+    problem: &Problem,
+    spine: &[usize],
+    pieces: Vec<Vec<usize>>,
+    lower_bound: Bytes,
+    options: &PlanOptions,
+    started: Instant,
+) -> Result<PlanReport, PlanError> {
+    let half = PlanOptions {
+        time_limit: options.time_limit / 2,
+        ..options.clone()
+    };
+    let around = decompose::plan_around_spine(problem, spine, pieces, lower_bound, &half, started);
+    let decide = problem.capacity.is_some() && !options.minimize_below_capacity;
+    match &around {
+        // At the max load, or (deciding) within the capacity: nothing left to do.
+        Ok(r) if r.status == Status::Optimal || decide => return around,
+        Err(PlanError::InvalidPlan(_)) => return around,
+        _ => {}
+    }
+    let best_so_far = around.as_ref().ok().map(|r| r.solution.peak);
+    let rest = PlanOptions {
+        time_limit: options.time_limit.saturating_sub(started.elapsed()),
+        progress: options
+            .progress
+            .clone()
+            .map(|user| decompose::only_improvements(user, best_so_far, lower_bound, started)),
+        ..options.clone()
+    };
+    let whole = plan_whole(problem, &rest, lower_bound, Instant::now());
+    match (around, whole) {
+        (Ok(a), Ok(mut w)) => {
+            w.proven_bound = w.proven_bound.max(a.proven_bound);
+            w.elapsed = started.elapsed();
+            if a.solution.peak < w.solution.peak {
+                let mut a = a;
+                a.proven_bound = w.proven_bound.min(a.solution.peak);
+                a.status = if a.solution.peak <= a.proven_bound {
+                    Status::Optimal
+                } else {
+                    w.status
+                };
+                a.stopped_by = w.stopped_by.filter(|_| a.status != Status::Optimal);
+                a.elapsed = w.elapsed;
+                a.search_nodes += w.search_nodes;
+                a.improve_tries += w.improve_tries;
+                return Ok(a);
+            }
+            w.search_nodes += a.search_nodes;
+            w.improve_tries += a.improve_tries;
+            Ok(w)
+        }
+        (Ok(a), Err(e)) => match e {
+            // A plan around the spine stands whatever stopped the whole, unless that was a bug.
+            PlanError::InvalidPlan(_) => Err(e),
+            _ => Ok(a),
+        },
+        (Err(_), whole) => whole,
+    }
 }
 
 /// Plans `problem` as one piece, its checks done and its max load known.

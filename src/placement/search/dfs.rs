@@ -137,6 +137,19 @@ impl<'a> Dfs<'a> {
     /// windows. A pinning is a guess, not a choice the search may undo: `Infeasible` here only says
     /// that nothing fits around this pinning.
     pub fn run_pinned(&mut self, pinned: &[u32]) -> Decision {
+        // Fixed buffers first, where they must be: once pinned buffers raise the floors across
+        // them, the search could no longer put them there. (The space below a fixed buffer is
+        // then lost to the search: one more way in which a pinning is a guess.)
+        let mut fixed = self.fixed.clone();
+        // Lowest first: one above another never finds its place covered.
+        fixed.sort_by_key(|&b| self.inst.items[b as usize].fixed);
+        for b in fixed {
+            let it = self.inst.items[b as usize];
+            match (it.fixed, self.offset_of(b)) {
+                (Some(f), Some(o)) if o == f && f + it.size <= self.cap => self.place(b, f),
+                _ => return Decision::Infeasible,
+            }
+        }
         for &b in pinned {
             let size = self.inst.items[b as usize].size;
             match self.offset_of(b) {
