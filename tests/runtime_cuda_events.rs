@@ -24,6 +24,8 @@ fn record_stream_memory_waits_for_the_streams_event_not_for_the_device() {
     let live_events: extern "C" fn() -> libc::c_long = stub_fn("stub_live_events");
     // SAFETY: a plain int the stub exports.
     let syncs = || unsafe { *stub_fn::<*const libc::c_int>("stub_synchronize_calls") };
+    // SAFETY: as above.
+    let event_waits = || unsafe { *stub_fn::<*const libc::c_int>("stub_event_waits") };
 
     let rt = Runtime::new(Arc::new(CudaBackend::new()), RuntimeConfig::default());
     let mut d = Driver::new(&rt, 0);
@@ -81,9 +83,16 @@ fn record_stream_memory_waits_for_the_streams_event_not_for_the_device() {
     assert!(c.addr + c.size <= a || a + 8192 <= c.addr);
     d.free((d.step, 0));
     rt.end_step().unwrap();
-    // empty_cache waits for the device and releases everything quarantined.
+    // empty_cache waits for the side stream's event, not for the device, and releases everything
+    // quarantined.
+    let waits_before = event_waits();
     rt.empty_cache().unwrap();
-    assert_eq!(syncs(), syncs_before + 1);
+    assert_eq!(syncs(), syncs_before);
+    assert_eq!(
+        event_waits(),
+        waits_before + 1,
+        "one wait: the newest event of the one stream"
+    );
     assert_eq!(live_events(), 0);
     let st = rt.stats();
     assert_eq!(st.counters.unknown_frees, 2);

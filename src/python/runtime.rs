@@ -128,10 +128,11 @@ fn runtime_last_error(clear: bool) -> Option<String> {
     e
 }
 
-/// Returns unused cached memory to the backend; the bytes released.
+/// Returns unused cached memory to the backend; the bytes released. Without the GIL: it may wait
+/// for other streams' work (`record_stream`), and other Python threads need not wait with it.
 #[pyfunction]
-fn runtime_empty_cache() -> PyResult<usize> {
-    global().empty_cache().map_err(runtime_error)
+fn runtime_empty_cache(py: Python<'_>) -> PyResult<usize> {
+    py.detach(|| global().empty_cache()).map_err(runtime_error)
 }
 
 /// Divergences allowed in one step before the rest of it stops using the plan.

@@ -18,6 +18,8 @@ pub struct Live {
     pub entry: usize,
     /// Bytes the caller asked for.
     pub requested: usize,
+    /// The stream it was allocated on (`record_stream` on that same stream changes nothing).
+    pub stream: usize,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,7 @@ impl Arena {
         len: usize,
         entry: usize,
         requested: usize,
+        stream: usize,
     ) -> Option<usize> {
         let end = offset.checked_add(len)?;
         if end > self.size || len == 0 {
@@ -90,6 +93,7 @@ impl Arena {
                 end,
                 entry,
                 requested,
+                stream,
             },
         );
         Some(self.base + offset)
@@ -97,7 +101,13 @@ impl Arena {
 
     /// Claims the first free range of `len` bytes (a multiple of `align`, as every live range's end
     /// is) for a request that follows no plan entry; its address, or `None` when no gap is that long.
-    pub fn claim_first_fit(&mut self, len: usize, align: usize, requested: usize) -> Option<usize> {
+    pub fn claim_first_fit(
+        &mut self,
+        len: usize,
+        align: usize,
+        requested: usize,
+        stream: usize,
+    ) -> Option<usize> {
         let align = align.max(1);
         let mut start = 0usize;
         for (&offset, live) in &self.live {
@@ -106,7 +116,7 @@ impl Arena {
             }
             start = start.max(live.end.checked_next_multiple_of(align)?);
         }
-        self.try_claim(start, len, NO_ENTRY, requested)
+        self.try_claim(start, len, NO_ENTRY, requested, stream)
     }
 
     /// Whether `[offset, offset + len)` overlaps a live range.
@@ -153,16 +163,19 @@ mod tests {
     fn overlapping_claims_are_refused() {
         let b = HostBackend::new();
         let mut a = Arena::reserve(&b, -1, 4096).unwrap();
-        let x = a.try_claim(0, 1024, 0, 1000).unwrap();
+        let x = a.try_claim(0, 1024, 0, 1000, 0).unwrap();
         assert_eq!(x, a.base());
         assert!(
-            a.try_claim(512, 1024, 1, 1).is_none(),
+            a.try_claim(512, 1024, 1, 1, 0).is_none(),
             "overlaps the live range"
         );
-        assert!(a.try_claim(1024, 1024, 1, 1).is_some(), "touching is fine");
-        assert!(a.try_claim(3584, 1024, 2, 1).is_none(), "past the end");
+        assert!(
+            a.try_claim(1024, 1024, 1, 1, 0).is_some(),
+            "touching is fine"
+        );
+        assert!(a.try_claim(3584, 1024, 2, 1, 0).is_none(), "past the end");
         assert_eq!(a.release(x).map(|l| l.requested), Some(1000));
-        assert!(a.try_claim(512, 512, 3, 1).is_some());
+        assert!(a.try_claim(512, 512, 3, 1, 0).is_some());
         a.free(&b, -1).unwrap();
     }
 
@@ -255,7 +268,7 @@ mod tests {
                         let ok = len > 0
                             && end <= SIZE
                             && model.iter().all(|&(o, e)| e <= offset || end <= o);
-                        let got = a.try_claim(offset, len, entry, len);
+                        let got = a.try_claim(offset, len, entry, len, 0);
                         prop_assert_eq!(got.is_some(), ok, "claim [{}, {}) with live {:?}", offset, end, model);
                         if let Some(addr) = got {
                             prop_assert_eq!(addr, a.base() + offset);
@@ -282,7 +295,7 @@ mod tests {
                         // The lowest multiple of 512 where `len` bytes fit between live ranges.
                         let free = |o: usize| o + len <= SIZE && model.iter().all(|&(mo, me)| me <= o || o + len <= mo);
                         let expected = (0..SIZE / 512).map(|k| k * 512).find(|&o| free(o));
-                        let got = a.claim_first_fit(len, 512, len);
+                        let got = a.claim_first_fit(len, 512, len, 0);
                         prop_assert_eq!(got.map(|addr| addr - a.base()), expected, "first fit of {} in {:?}", len, model);
                         if let Some(o) = expected {
                             prop_assert_eq!(a.get(a.base() + o).map(|l| l.entry), Some(NO_ENTRY));

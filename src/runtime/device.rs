@@ -1,7 +1,7 @@
 //! The state of one device: its fallback pool, its arena and planned signatures, its recording, and
 //! the requests routed between them. The runtime calls these with its lock held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::arena::{Arena, NO_ENTRY};
 use super::backend::{Backend, BackendError, Event, HOST_DEVICE};
@@ -61,21 +61,62 @@ pub enum AfterStep {
     },
 }
 
-/// What a quarantined allocation waits for before its memory is reused.
-#[derive(Debug, Default)]
-pub struct Quarantined {
-    /// One event per stream that used it, recorded when it was freed.
-    events: Vec<Event>,
-    /// An event could not be recorded or queried: only a device synchronization releases it.
+/// A freed allocation whose memory other streams may still use.
+#[derive(Debug)]
+struct Quarantined {
+    /// Tells this quarantine of the address from a later one: while `empty_cache` waits outside the
+    /// lock, the memory may be released, handed out and quarantined again.
+    id: u64,
+    /// Its events (one per stream that used it, recorded at the free) not known to be done yet.
+    pending: usize,
+    /// An event could not be recorded: only a device synchronization releases it.
     needs_sync: bool,
 }
 
-impl Quarantined {
-    /// Gives its events back to the backend (the memory is being released, or forgotten).
-    fn destroy_events(self, backend: &dyn Backend, device: i32) {
-        for event in self.events {
-            backend.destroy_event(device, event);
+/// An event recorded on a stream at the free of a quarantined allocation.
+#[derive(Debug, Clone, Copy)]
+struct PendingEvent {
+    event: Event,
+    addr: usize,
+    id: u64,
+}
+
+/// The quarantine's events taken out of a device for a wait outside the runtime's lock
+/// ([`DeviceState::take_for_flush`], [`Flush::wait`], [`DeviceState::finish_flush`]). While taken,
+/// only the flush holds them (nobody else can query or destroy them), and the memory they guard stays
+/// quarantined.
+#[derive(Debug, Default)]
+pub struct Flush {
+    device: i32,
+    /// Per stream, its events oldest first.
+    events: Vec<(usize, Vec<PendingEvent>)>,
+    /// Events known to be done.
+    done: Vec<PendingEvent>,
+    /// Quarantines that only a device synchronization releases, and whether it happened.
+    needs_sync: Vec<(usize, u64)>,
+    synced: bool,
+}
+
+impl Flush {
+    /// Blocks until the streams are done with the memory: the newest event of each stream (a stream
+    /// runs its work in order, so the older ones are done then too), and the device only when some
+    /// event could not be recorded. Stops at the first failure; what was not waited for goes back.
+    pub fn wait(&mut self, backend: &dyn Backend) -> Result<(), BackendError> {
+        while let Some((stream, events)) = self.events.pop() {
+            let Some(last) = events.last() else {
+                continue;
+            };
+            if let Err(e) = backend.wait_event(self.device, last.event) {
+                self.events.push((stream, events));
+                return Err(e);
+            }
+            self.done.extend(events);
         }
+        if !self.needs_sync.is_empty() {
+            backend.synchronize(self.device)?;
+            self.synced = true;
+        }
+        Ok(())
     }
 }
 
@@ -119,7 +160,12 @@ pub struct DeviceState {
     pub record_streamed: HashMap<usize, Vec<usize>>,
     /// Freed addresses that other streams may still use: still held (so nothing else gets them and a
     /// second free is refused) until the events recorded on those streams at the free have completed.
-    pub quarantine: HashMap<usize, Quarantined>,
+    quarantine: HashMap<usize, Quarantined>,
+    /// Per stream, the quarantine's events in the order they were recorded: the stream runs its work
+    /// in that order, so only the oldest one needs asking (as PyTorch's allocator does).
+    stream_events: Vec<(usize, VecDeque<PendingEvent>)>,
+    /// Quarantines so far (their ids).
+    quarantines: u64,
     pub step: StepStats,
     /// The most bytes reserved at once (arenas and pool) since the start or `reset_peak_stats`.
     pub peak_reserved: usize,
@@ -147,6 +193,8 @@ impl DeviceState {
             step_trace: Trace::new(),
             record_streamed: HashMap::new(),
             quarantine: HashMap::new(),
+            stream_events: Vec::new(),
+            quarantines: 0,
             step: StepStats::default(),
             peak_reserved: 0,
         }
@@ -175,7 +223,15 @@ impl DeviceState {
         c: &mut Counters,
     ) -> Result<usize, BackendError> {
         let reserved = self.pool.reserved_bytes();
-        let addr = match self.pool.alloc(backend, self.device, size, stream) {
+        let mut result = self.pool.alloc(backend, self.device, size, stream);
+        if matches!(&result, Err(e) if e.is_out_of_memory()) && !self.quarantine.is_empty() {
+            // Memory other streams still use is waited for before the request fails, as PyTorch
+            // does: this blocks the other threads, but only where the request would fail otherwise.
+            if self.wait_for_quarantine(backend).is_ok() {
+                result = self.pool.alloc(backend, self.device, size, stream);
+            }
+        }
+        let addr = match result {
             Ok(addr) => addr,
             Err(e) if e.is_out_of_memory() && self.arena.as_ref().is_some_and(Arena::is_idle) => {
                 // The idle arena stands in the way (a step longer than any planned one, on a full
@@ -418,7 +474,7 @@ impl DeviceState {
         }
         // The safety check (invariant 1): size fits the slot (guaranteed by `choose`), the stream
         // matches (ditto), and the range overlaps nothing live, from this step or an earlier one.
-        match arena.try_claim(offset, entry.slot, index, size) {
+        match arena.try_claim(offset, entry.slot, index, size, stream) {
             Some(addr) => {
                 self.step.planned_hits += 1;
                 c.planned_hits += 1;
@@ -527,7 +583,9 @@ impl DeviceState {
         }
         let align = limits.alignment.max(1);
         let slot = size.checked_next_multiple_of(align)?;
-        self.arena.as_mut()?.claim_first_fit(slot, align, size)
+        self.arena
+            .as_mut()?
+            .claim_first_fit(slot, align, size, stream)
     }
 
     fn divergent(
@@ -568,13 +626,6 @@ impl DeviceState {
         self.step.transient_fallbacks += 1;
         c.transient_fallbacks += 1;
         self.fallback(backend, size, stream, c)
-    }
-
-    /// Whether `addr` is an allocation this device handed out and has not taken back.
-    pub fn owns(&self, addr: usize) -> bool {
-        self.pool.owns(addr)
-            || self.arena.as_ref().is_some_and(|a| a.get(addr).is_some())
-            || self.retired.iter().any(|a| a.get(addr).is_some())
     }
 
     /// Takes back `addr`; false when this device did not hand it out (or it was freed already).
@@ -621,50 +672,130 @@ impl DeviceState {
         addr: usize,
         streams: &[usize],
     ) {
-        let mut q = Quarantined::default();
+        self.quarantines += 1;
+        let id = self.quarantines;
+        let mut q = Quarantined {
+            id,
+            pending: 0,
+            needs_sync: false,
+        };
         for &stream in streams {
             match backend.record_event(self.device, stream) {
-                Ok(Some(event)) => q.events.push(event),
+                Ok(Some(event)) => {
+                    q.pending += 1;
+                    self.stream_queue(stream)
+                        .push_back(PendingEvent { event, addr, id });
+                }
                 Ok(None) => {}
                 Err(_) => q.needs_sync = true,
             }
         }
-        if q.events.is_empty() && !q.needs_sync {
+        if q.pending == 0 && !q.needs_sync {
             self.release(backend, addr); // nothing runs asynchronously: reusable now
         } else {
             self.quarantine.insert(addr, q);
         }
     }
 
-    /// Releases the quarantined memory whose streams have finished with it; never blocks.
+    fn stream_queue(&mut self, stream: usize) -> &mut VecDeque<PendingEvent> {
+        let i = match self.stream_events.iter().position(|(s, _)| *s == stream) {
+            Some(i) => i,
+            None => {
+                self.stream_events.push((stream, VecDeque::new()));
+                self.stream_events.len() - 1
+            }
+        };
+        &mut self.stream_events[i].1
+    }
+
+    /// Releases the quarantined memory whose streams have finished with it; never blocks. Asks each
+    /// stream only about its oldest events, up to the first one still pending: one query per stream
+    /// when nothing is done, however much is quarantined.
     pub fn release_completed(&mut self, backend: &dyn Backend) {
         let device = self.device;
-        let done: Vec<usize> = self
-            .quarantine
-            .iter_mut()
-            .filter_map(|(&addr, q)| {
-                if q.needs_sync {
-                    return None;
-                }
-                let mut pending = Vec::new();
-                for &event in &q.events {
-                    match backend.event_done(device, event) {
-                        Ok(true) => backend.destroy_event(device, event),
-                        Ok(false) => pending.push(event),
-                        Err(_) => {
-                            q.needs_sync = true;
-                            pending.push(event);
-                        }
+        let mut done = Vec::new();
+        for (_, queue) in self.stream_events.iter_mut() {
+            while let Some(&p) = queue.front() {
+                match backend.event_done(device, p.event) {
+                    Ok(true) => {
+                        queue.pop_front();
+                        backend.destroy_event(device, p.event);
+                        done.push(p);
                     }
+                    // A failed query is asked again at the next request; `empty_cache` waits.
+                    Ok(false) | Err(_) => break,
                 }
-                q.events = pending;
-                (q.events.is_empty() && !q.needs_sync).then_some(addr)
-            })
-            .collect();
-        for addr in done {
-            self.quarantine.remove(&addr);
-            self.release(backend, addr);
+            }
         }
+        self.stream_events.retain(|(_, q)| !q.is_empty());
+        for p in done {
+            self.settle(backend, p);
+        }
+    }
+
+    /// `p`'s event is done (and destroyed): its memory is released when it was the last one.
+    fn settle(&mut self, backend: &dyn Backend, p: PendingEvent) {
+        let Some(q) = self.quarantine.get_mut(&p.addr).filter(|q| q.id == p.id) else {
+            return; // released by a device synchronization already
+        };
+        q.pending = q.pending.saturating_sub(1);
+        if q.pending == 0 && !q.needs_sync {
+            self.quarantine.remove(&p.addr);
+            self.release(backend, p.addr);
+        }
+    }
+
+    /// Takes the quarantine's events out for a wait outside the lock ([`Flush::wait`]); the memory
+    /// stays quarantined until [`DeviceState::finish_flush`].
+    pub fn take_for_flush(&mut self) -> Flush {
+        Flush {
+            device: self.device,
+            events: self
+                .stream_events
+                .drain(..)
+                .map(|(s, q)| (s, Vec::from(q)))
+                .collect(),
+            needs_sync: self
+                .quarantine
+                .iter()
+                .filter(|(_, q)| q.needs_sync)
+                .map(|(&addr, q)| (addr, q.id))
+                .collect(),
+            ..Flush::default()
+        }
+    }
+
+    /// Releases what `flush` waited for; what it did not wait for (it failed) is quarantined again,
+    /// before the events recorded since (they are newer).
+    pub fn finish_flush(&mut self, backend: &dyn Backend, flush: Flush) {
+        for (stream, events) in flush.events {
+            let queue = self.stream_queue(stream);
+            for p in events.into_iter().rev() {
+                queue.push_front(p);
+            }
+        }
+        for p in flush.done {
+            backend.destroy_event(self.device, p.event);
+            self.settle(backend, p);
+        }
+        if flush.synced {
+            for (addr, id) in flush.needs_sync {
+                if self.quarantine.get(&addr).is_some_and(|q| q.id == id) {
+                    // Its events, if any, are done too: `settle` skips them when they come up.
+                    self.quarantine.remove(&addr);
+                    self.release(backend, addr);
+                }
+            }
+        }
+    }
+
+    /// Waits for all quarantined memory and releases it, holding the lock (a request that would
+    /// fail otherwise).
+    fn wait_for_quarantine(&mut self, backend: &dyn Backend) -> Result<(), BackendError> {
+        let mut flush = self.take_for_flush();
+        let result = flush.wait(backend);
+        self.finish_flush(backend, flush);
+        result
     }
 
     fn requested_at(&self, addr: usize) -> Option<usize> {
@@ -699,8 +830,15 @@ impl DeviceState {
     /// Marks a live allocation as used by `stream` too: its plan entry goes to the fallback from now
     /// on, and once freed its memory is reused only after the work queued on `stream` is done.
     pub fn record_stream(&mut self, addr: usize, stream: usize) -> bool {
-        if !self.owns(addr) || self.quarantine.contains_key(&addr) {
+        if self.quarantine.contains_key(&addr) {
             return false;
+        }
+        let Some(own) = self.stream_of(addr) else {
+            return false;
+        };
+        if own == stream {
+            // Its own stream orders every use already (PyTorch's allocator ignores it too).
+            return true;
         }
         if let (Some(arena), Some(a)) = (self.arena.as_ref(), self.active) {
             if let Some(live) = arena.get(addr).filter(|l| l.entry != NO_ENTRY) {
@@ -714,17 +852,15 @@ impl DeviceState {
         true
     }
 
-    /// Waits for the device and releases all quarantined memory (`empty_cache`).
-    pub fn flush_quarantine(&mut self, backend: &dyn Backend) -> Result<(), BackendError> {
-        if self.quarantine.is_empty() {
-            return Ok(());
+    /// The stream the live allocation at `addr` was made on.
+    fn stream_of(&self, addr: usize) -> Option<usize> {
+        if let Some(l) = self.arena.as_ref().and_then(|a| a.get(addr)) {
+            return Some(l.stream);
         }
-        backend.synchronize(self.device)?;
-        for (addr, q) in std::mem::take(&mut self.quarantine) {
-            q.destroy_events(backend, self.device);
-            self.release(backend, addr);
+        if let Some(l) = self.retired.iter().find_map(|a| a.get(addr)) {
+            return Some(l.stream);
         }
-        Ok(())
+        self.pool.stream_of(addr)
     }
 
     /// Arena bytes the signatures need with `plan` added, when more than the arena has: an arena is
@@ -809,8 +945,11 @@ impl DeviceState {
 
     /// Frees everything this device reserved (the runtime is going away).
     pub fn release_all(&mut self, backend: &dyn Backend) {
-        for (_, q) in std::mem::take(&mut self.quarantine) {
-            q.destroy_events(backend, self.device);
+        self.quarantine.clear();
+        for (_, queue) in self.stream_events.drain(..) {
+            for p in queue {
+                backend.destroy_event(self.device, p.event);
+            }
         }
         self.pool.release_all(backend, self.device);
         if let Some(a) = self.arena.take() {

@@ -97,6 +97,11 @@ impl FallbackPool {
         matches!(self.blocks.get(&addr), Some(b) if b.used)
     }
 
+    /// The stream the block in use at `addr` was allocated for.
+    pub fn stream_of(&self, addr: usize) -> Option<usize> {
+        self.blocks.get(&addr).filter(|b| b.used).map(|b| b.stream)
+    }
+
     /// Bytes requested for the block in use at `addr`.
     pub fn requested(&self, addr: usize) -> Option<usize> {
         self.blocks

@@ -291,11 +291,33 @@ impl Runtime {
 
     /// Returns cached memory that nothing uses to the backend (PyTorch's `empty_cache`); the plan's
     /// arena stays reserved. Returns the bytes released.
+    ///
+    /// Memory other streams still use (`record_stream`) is waited for first, with the lock released:
+    /// a wait under it would stall every thread that allocates (autograd's workers, the NCCL
+    /// watchdog) until those streams are done.
     pub fn empty_cache(&self) -> Result<usize, RuntimeError> {
+        let mut flushes: Vec<_> = {
+            let mut inner = self.lock();
+            inner
+                .devices
+                .iter_mut()
+                .map(|d| d.take_for_flush())
+                .collect()
+        };
+        let mut waited = Ok(());
+        for f in flushes.iter_mut() {
+            if waited.is_ok() {
+                waited = f.wait(&*self.backend);
+            }
+        }
         let mut inner = self.lock();
+        // Devices are never removed, so each flush goes back to the device it came from.
+        for (d, f) in inner.devices.iter_mut().zip(flushes) {
+            d.finish_flush(&*self.backend, f);
+        }
+        waited?;
         let mut released = 0;
         for d in inner.devices.iter_mut() {
-            d.flush_quarantine(&*self.backend)?;
             released += d.pool.release_cached(&*self.backend, d.device);
         }
         Ok(released)

@@ -15,8 +15,10 @@
  *   - stub_set_capturing(stream, status): a stream capturing a CUDA graph (1 active, 2 invalidated);
  *     the legacy stream (0) then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as the driver does;
  *   - stub_set_device_count(n) before cuInit.
+ *   - stub_hold_event_waits(on): cuEventSynchronize blocks while on;
  * and observable: live allocations and bytes, the device of an allocation, this thread's current
- * context and which device it belongs to, primary context reference counts, events. */
+ * context and which device it belongs to, primary context reference counts, events (live ones,
+ * queries, waits). */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -68,6 +70,8 @@ static __thread CUcontext stack[STACK_DEPTH];
 static __thread int depth;
 
 int stub_synchronize_calls;
+int stub_event_queries;
+int stub_event_waits;
 
 /* Which build this is (the library-name tests load two and ask). */
 #ifndef STUB_IDENTITY
@@ -312,7 +316,29 @@ CUresult cuEventQuery(CUevent event) {
     ENTER("cuEventQuery");
     NEED_CONTEXT();
     if (!valid_event(event)) return INVALID_HANDLE;
+    __atomic_fetch_add(&stub_event_queries, 1, __ATOMIC_RELAXED);
     return *event ? SUCCESS : NOT_READY;
+}
+/* cuEventSynchronize completes the event (the wait is over); with stub_hold_event_waits(1) it first
+ * blocks until stub_hold_event_waits(0), so a test can act while a thread waits. */
+static int hold_waits;
+static pthread_cond_t waits_released = PTHREAD_COND_INITIALIZER;
+void stub_hold_event_waits(int on) {
+    pthread_mutex_lock(&lock);
+    hold_waits = on;
+    pthread_cond_broadcast(&waits_released);
+    pthread_mutex_unlock(&lock);
+}
+CUresult cuEventSynchronize(CUevent event) {
+    ENTER("cuEventSynchronize");
+    NEED_CONTEXT();
+    if (!valid_event(event)) return INVALID_HANDLE;
+    pthread_mutex_lock(&lock);
+    __atomic_fetch_add(&stub_event_waits, 1, __ATOMIC_RELAXED);
+    while (hold_waits) pthread_cond_wait(&waits_released, &lock);
+    *event = 1;
+    pthread_mutex_unlock(&lock);
+    return SUCCESS;
 }
 CUresult cuEventDestroy_v2(CUevent event) {
     ENTER("cuEventDestroy_v2");

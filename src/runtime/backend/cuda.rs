@@ -251,6 +251,14 @@ impl Backend for CudaBackend {
         Ok(true)
     }
 
+    fn wait_event(&self, device: i32, event: Event) -> Result<(), BackendError> {
+        let (api, _current) = self.enter(device)?;
+        // SAFETY: the event came from record_event and has not been destroyed.
+        api.check("cuEventSynchronize", device, unsafe {
+            (api.event_synchronize)(event.0 as CuEvent)
+        })
+    }
+
     fn destroy_event(&self, device: i32, event: Event) {
         if let Ok((api, _current)) = self.enter(device) {
             // SAFETY: the event came from record_event and is destroyed once.

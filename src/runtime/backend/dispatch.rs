@@ -66,6 +66,10 @@ impl Backend for DispatchBackend {
         self.pick(device).event_done(device, event)
     }
 
+    fn wait_event(&self, device: i32, event: Event) -> Result<(), BackendError> {
+        self.pick(device).wait_event(device, event)
+    }
+
     fn destroy_event(&self, device: i32, event: Event) {
         self.pick(device).destroy_event(device, event)
     }

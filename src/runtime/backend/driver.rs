@@ -57,6 +57,7 @@ pub struct Api {
     pub event_create: unsafe extern "C" fn(*mut CuEvent, c_uint) -> CuResult,
     pub event_record: unsafe extern "C" fn(CuEvent, CuStream) -> CuResult,
     pub event_query: unsafe extern "C" fn(CuEvent) -> CuResult,
+    pub event_synchronize: unsafe extern "C" fn(CuEvent) -> CuResult,
     pub event_destroy: unsafe extern "C" fn(CuEvent) -> CuResult,
     pub stream_is_capturing: unsafe extern "C" fn(CuStream, *mut c_int) -> CuResult,
     /// Without it `mem_info` reports nothing.
@@ -180,6 +181,7 @@ fn load() -> Result<Api, BackendError> {
             event_create: lookup(handle, "cuEventCreate", library)?,
             event_record: lookup(handle, "cuEventRecord", library)?,
             event_query: lookup(handle, "cuEventQuery", library)?,
+            event_synchronize: lookup(handle, "cuEventSynchronize", library)?,
             event_destroy: lookup(handle, "cuEventDestroy_v2", library)?,
             stream_is_capturing: lookup(handle, "cuStreamIsCapturing", library)?,
             mem_get_info: lookup(handle, "cuMemGetInfo_v2", library).ok(),

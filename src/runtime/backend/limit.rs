@@ -112,6 +112,10 @@ impl<B: Backend> Backend for Limited<B> {
         self.inner.event_done(device, event)
     }
 
+    fn wait_event(&self, device: i32, event: Event) -> Result<(), BackendError> {
+        self.inner.wait_event(device, event)
+    }
+
     fn destroy_event(&self, device: i32, event: Event) {
         self.inner.destroy_event(device, event)
     }

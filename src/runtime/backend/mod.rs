@@ -60,6 +60,11 @@ pub trait Backend: Send + Sync {
         Ok(true)
     }
 
+    /// Waits until the work before `event` is done (only that stream's work, not the device's).
+    fn wait_event(&self, _device: i32, _event: Event) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Releases an event from [`Backend::record_event`].
     fn destroy_event(&self, _device: i32, _event: Event) {}
 }
