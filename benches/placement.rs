@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use model_opt::placement::csv::read_csv_file;
 use model_opt::placement::instances::{perfect_packing, tiled};
 use model_opt::placement::random::{random_problem, Shape};
-use model_opt::placement::{plan, Buffer, Bytes, Interval, Method, PlanOptions, Problem, Progress};
+use model_opt::placement::{
+    plan, Buffer, Bytes, Interval, Method, PlanError, PlanOptions, Problem, Progress,
+};
 
 fn data_dir() -> PathBuf {
     std::env::var_os("MODEL_OPT_DATA")
@@ -266,8 +268,8 @@ fn tiled_traces(seconds: f64, runs: usize) {
 /// Perfect packings (optimum = capacity = 2^20) decided at their capacity.
 fn perfect(seconds: f64) {
     println!("\n### Perfect packings at capacity 1048576 (`auto`, time limit {seconds} s, one run each)\n");
-    println!("| buffers | seed | peak | status | found by | time (s) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| buffers | seed | peak (best found when none fits) | peak / bound | status | found by | time (s) |");
+    println!("|---|---|---|---|---|---|---|");
     let mut solved = 0;
     let mut total = 0;
     for n in [100, 200, 400, 700, 1000] {
@@ -281,14 +283,18 @@ fn perfect(seconds: f64) {
                 Ok(r) => {
                     solved += 1;
                     println!(
-                        "| {n} | {seed} | {} | {} | {} | {time:.3} |",
-                        r.solution.peak, r.status, r.method
+                        "| {n} | {seed} | {} | {:.4} | {} | {} | {time:.3} |",
+                        r.solution.peak,
+                        r.ratio(),
+                        r.status,
+                        r.method
                     );
                 }
-                Err(e) => println!(
-                    "| {n} | {seed} | - | {} | {e} | {time:.3} |",
-                    e.status().map_or("error".into(), |s| s.to_string())
+                Err(PlanError::Timeout { best_peak, .. }) => println!(
+                    "| {n} | {seed} | ({best_peak}) | ({:.4}) | time_limit | - | {time:.3} |",
+                    best_peak.0 as f64 / (1u64 << 20) as f64
                 ),
+                Err(e) => println!("| {n} | {seed} | - | - | error | {e} | {time:.3} |"),
             }
         }
     }
