@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::incumbent::{Progress, ProgressFn};
-use super::plan::{plan_whole, Method, PlanError, PlanOptions, PlanReport, Status};
+use super::plan::{plan_whole, status_of, Method, PlanError, PlanOptions, PlanReport};
 use super::problem::{Buffer, Bytes, Problem, Solution};
 
 /// The buffers of each independent part, by index into the problem, parts in time order. One part
@@ -413,18 +413,11 @@ impl Parts {
         };
         // A plan not proven optimal is held up by its largest part: what stopped that part.
         let stopped_by = critical.and_then(|c| c.stopped_by).filter(|_| !closed);
-        let status = if closed {
-            Status::Optimal
-        } else if stopped_by.is_some() {
-            Status::TimeLimit
-        } else {
-            Status::Feasible
-        };
         Ok(PlanReport {
             solution,
             lower_bound,
             proven_bound: bound,
-            status,
+            status: status_of(closed, stopped_by),
             method,
             elapsed: started.elapsed(),
             stopped_by,

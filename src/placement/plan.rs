@@ -299,12 +299,10 @@ fn plan_spine_then_whole(
             if a.solution.peak < w.solution.peak {
                 let mut a = a;
                 a.proven_bound = w.proven_bound.min(a.solution.peak);
-                a.status = if a.solution.peak <= a.proven_bound {
-                    Status::Optimal
-                } else {
-                    w.status
-                };
-                a.stopped_by = w.stopped_by.filter(|_| a.status != Status::Optimal);
+                let closed = a.solution.peak <= a.proven_bound;
+                // The whole's run is what could have improved it last.
+                a.stopped_by = w.stopped_by.filter(|_| !closed);
+                a.status = status_of(closed, a.stopped_by);
                 a.elapsed = w.elapsed;
                 a.search_nodes += w.search_nodes;
                 a.improve_tries += w.improve_tries;
@@ -375,24 +373,29 @@ pub(crate) fn plan_whole(
     }
     validate(problem, &solution).map_err(PlanError::InvalidPlan)?;
     let stopped_by = ran.stopped_by.filter(|_| !closed);
-    let status = if closed {
-        Status::Optimal
-    } else if stopped_by.is_some() {
-        Status::TimeLimit
-    } else {
-        Status::Feasible
-    };
     Ok(PlanReport {
         solution,
         lower_bound,
         proven_bound: bound,
-        status,
+        status: status_of(closed, stopped_by),
         method,
         elapsed: started.elapsed(),
         stopped_by,
         search_nodes,
         improve_tries,
     })
+}
+
+/// A plan's status: `optimal` when proven, else `time_limit` when a limit stopped the method that
+/// could have improved it, else `feasible`.
+pub(crate) fn status_of(closed: bool, stopped_by: Option<Limit>) -> Status {
+    if closed {
+        Status::Optimal
+    } else if stopped_by.is_some() {
+        Status::TimeLimit
+    } else {
+        Status::Feasible
+    }
 }
 
 /// Buffers pinned at fixed offsets must not collide with each other, whatever the planner does.
