@@ -103,17 +103,18 @@ pub unsafe extern "C" fn model_opt_try_alloc(
     })
 }
 
-/// Frees memory from `model_opt_alloc`. `size` and `stream` are those of the allocation; the
-/// runtime knows both already.
+/// Frees memory from `model_opt_alloc`. `size` and `stream` are those of the allocation (the
+/// runtime knows the size already). When `stream` is capturing a CUDA graph (or the driver cannot
+/// tell), the memory is held for good instead of reused: the graph's replays may still use it.
 #[no_mangle]
 pub extern "C" fn model_opt_free(
     ptr: *mut c_void,
     _size: usize,
     device: c_int,
-    _stream: *mut c_void,
+    stream: *mut c_void,
 ) {
     guarded("model_opt_free", (), || {
-        if let Err(e) = global().free(device, ptr as usize) {
+        if let Err(e) = global().free_on(device, ptr as usize, stream as usize) {
             set_last_error(e.to_string());
         }
     })

@@ -207,6 +207,8 @@ report!(Stats as "RuntimeStats", |r| {
     unplanned_allocations: r.counters.unplanned_allocations,
     unplanned_arena_allocations: r.counters.unplanned_arena_allocations,
     arenas_returned: r.counters.arenas_returned,
+    graph_held_frees: r.counters.graph_held_frees,
+    graph_held_bytes: r.counters.graph_held_bytes,
     plans: r.plans,
     max_plans: r.max_plans,
     max_divergences: r.max_divergences,

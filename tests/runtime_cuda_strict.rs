@@ -15,7 +15,7 @@ use model_opt::ffi::{
 };
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::cuda::preload_driver;
-use model_opt::runtime::global::cuda_preflight;
+use model_opt::runtime::global::{clear_last_error, cuda_preflight};
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
 use runtime_support::stub_driver::{build_stub, stub_fn};
 use runtime_support::{random_program, Driver, Rng};
@@ -326,12 +326,17 @@ fn a_sticky_error_fails_every_request_with_its_name_and_nothing_panics() {
     assert_eq!((status, addr), (ALLOC_REFUSED, 0));
     let text = last_error();
     assert!(text.contains("CUDA_ERROR_ILLEGAL_ADDRESS (700)"), "{text}");
-    // Frees go on (into the cache); a failed cuMemFree keeps the segment rather than losing it.
-    model_opt_free(kept as *mut c_void, 1 << 20, 0, std::ptr::null_mut());
+    // Frees go on, but the driver cannot say whether a CUDA graph is capturing: the memory is held
+    // for good, not cached (held memory is only memory; memory a replay writes to is corruption).
     let rt = model_opt::runtime::global::global();
+    let held = rt.stats().counters.graph_held_frees;
+    model_opt_free(kept as *mut c_void, 1 << 20, 0, std::ptr::null_mut());
+    assert_eq!(rt.stats().counters.graph_held_frees, held + 1);
+    // A failed cuMemFree keeps a segment rather than losing it.
     assert_eq!(rt.empty_cache().unwrap(), 0);
     (s.set_sticky)(0);
-    assert!(rt.empty_cache().unwrap() >= 1 << 20);
+    rt.empty_cache().unwrap();
+    assert_eq!((s.device_of)(kept as u64), 0, "held memory was released");
 }
 
 #[test]
@@ -393,11 +398,20 @@ fn a_stream_capturing_a_cuda_graph_is_refused_never_served() {
         "a refused request was counted as served"
     );
     // Other streams, and the legacy stream (which the driver says is never part of the capture),
-    // are served while the capture goes on.
-    for stream in [0x6000usize, 0] {
+    // are served while the capture goes on. Freed, the legacy stream's memory is held (it may be
+    // what the capture reads: see memory_freed_during_a_capture_is_held_for_good...), the other
+    // stream's is not.
+    let rt = model_opt::runtime::global::global();
+    for (stream, held) in [(0x6000usize, 0), (0, 1)] {
         let (r, addr) = try_alloc(4096, 0, stream);
         assert_eq!(r, ALLOC_OK, "stream {stream:#x}: {}", last_error());
+        let before = rt.stats().counters.graph_held_frees;
         model_opt_free(addr as *mut c_void, 4096, 0, stream as *mut c_void);
+        assert_eq!(
+            rt.stats().counters.graph_held_frees - before,
+            held,
+            "stream {stream:#x}"
+        );
     }
     (s.set_capturing)(0x5000, 0);
     let (r, addr) = try_alloc(4096, 0, 0x5000);
@@ -432,4 +446,141 @@ fn the_preflight_checks_the_device_and_leaves_nothing_behind() {
         cuda_preflight(2),
         Err(BackendError::InvalidDevice { device: 2, .. })
     ));
+}
+
+/// A runtime of its own over the stub (its counters start at 0).
+fn cuda_runtime() -> Runtime {
+    Runtime::new(Arc::new(CudaBackend::new()), RuntimeConfig::default())
+}
+
+/// Requests of `size` on `stream`, each checked not to overlap the held `[addr, addr + len)`, freed
+/// in reverse.
+fn never_over(rt: &Runtime, held: (usize, usize), size: usize, stream: usize, n: usize) {
+    let (addr, len) = held;
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let a = rt.alloc(0, size, stream).unwrap();
+        assert!(
+            a + size <= addr || addr + len <= a,
+            "{a:#x}+{size} handed out over memory held for a CUDA graph at {addr:#x}+{len}"
+        );
+        got.push(a);
+    }
+    for a in got.into_iter().rev() {
+        rt.free_on(0, a, stream).unwrap();
+    }
+}
+
+#[test]
+fn memory_freed_during_a_capture_is_held_for_good_and_never_handed_out_again() {
+    let _turn = stub();
+    let s = Stub::get();
+    let rt = cuda_runtime();
+    // A free on a stream that is not capturing is reused at once.
+    let a = rt.alloc(0, 4096, 0x5000).unwrap();
+    rt.free_on(0, a, 0x5000).unwrap();
+    assert_eq!(rt.alloc(0, 4096, 0x5000).unwrap(), a, "reused at once");
+    // Allocated before the capture, freed inside it: held.
+    (s.set_capturing)(0x5000, 1);
+    rt.free_on(0, a, 0x5000).unwrap();
+    (s.set_capturing)(0x5000, 0);
+    let st = rt.stats();
+    assert_eq!(
+        (st.counters.graph_held_frees, st.counters.graph_held_bytes),
+        (1, 4096)
+    );
+    // Said once, as this thread's last error (the free hook cannot raise); not again.
+    assert!(last_error().contains("held for good"), "{}", last_error());
+    assert_eq!(st.counters.allocated_bytes, 0, "freed for its user");
+    never_over(&rt, (a, 4096), 4096, 0x5000, 8);
+    // A second free of it is refused; empty_cache keeps it allocated.
+    assert!(rt.free_on(0, a, 0x5000).is_err());
+    rt.empty_cache().unwrap();
+    assert_eq!((s.device_of)(a as u64), 0, "empty_cache released it");
+    assert!(rt.stats().fallback_reserved_bytes >= 4096);
+    never_over(&rt, (a, 4096), 4096, 0x5000, 8);
+    // The legacy stream while a blocking stream captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT):
+    // the tensor from before the capture may be what the capture reads.
+    let b = rt.alloc(0, 8192, 0).unwrap();
+    (s.set_capturing)(0x5000, 1);
+    rt.free_on(0, b, 0).unwrap();
+    // Another stream, not capturing, is reused at once meanwhile.
+    let c = rt.alloc(0, 8192, 0x6000).unwrap();
+    rt.free_on(0, c, 0x6000).unwrap();
+    assert_eq!(rt.alloc(0, 8192, 0x6000).unwrap(), c);
+    rt.free_on(0, c, 0x6000).unwrap();
+    (s.set_capturing)(0x5000, 0);
+    never_over(&rt, (b, 8192), 8192, 0, 8);
+    // The driver cannot answer: counted as capturing, never as safe.
+    clear_last_error();
+    let d = rt.alloc(0, 16384, 0x6000).unwrap();
+    s.fail("cuStreamIsCapturing", 999, 1);
+    rt.free_on(0, d, 0x6000).unwrap();
+    never_over(&rt, (d, 16384), 16384, 0x6000, 8);
+    assert!(!last_error().contains("held for good"), "said twice");
+    let st = rt.stats();
+    assert_eq!(
+        (st.counters.graph_held_frees, st.counters.graph_held_bytes),
+        (3, 4096 + 8192 + 16384)
+    );
+    rt.empty_cache().unwrap();
+    for x in [a, b, d] {
+        assert_eq!((s.device_of)(x as u64), 0);
+    }
+}
+
+#[test]
+fn a_planned_buffer_freed_during_a_capture_is_never_served_by_its_plan_slot_again() {
+    let _turn = stub();
+    let s = Stub::get();
+    let rt = cuda_runtime();
+    let (size, stream) = (1 << 20, 0x5000);
+    // Profiled: its first buffer is freed during a capture.
+    rt.begin_profile().unwrap();
+    let x = rt.alloc(0, size, stream).unwrap();
+    let y = rt.alloc(0, size, stream).unwrap();
+    (s.set_capturing)(stream, 2);
+    rt.free_on(0, x, stream).unwrap();
+    (s.set_capturing)(stream, 0);
+    rt.free_on(0, y, stream).unwrap();
+    rt.end_profile().unwrap();
+    rt.plan(&PlanOptions::default()).unwrap();
+
+    // A planned step: its first buffer, served at its plan's slot, is freed during a capture.
+    rt.begin_step(None).unwrap();
+    let a = rt.alloc(0, size, stream).unwrap();
+    let b = rt.alloc(0, size, stream).unwrap();
+    assert_eq!(rt.stats().last_step.planned_hits, 2);
+    (s.set_capturing)(stream, 1);
+    rt.free_on(0, a, stream).unwrap();
+    (s.set_capturing)(stream, 0);
+    rt.free_on(0, b, stream).unwrap();
+    rt.end_step().unwrap();
+    let p = x;
+    // Later steps never get its memory, whichever way they are served.
+    for _ in 0..4 {
+        rt.begin_step(None).unwrap();
+        never_over(&rt, (a, size), size, stream, 2);
+        never_over(&rt, (p, size), size, stream, 2);
+        rt.end_step().unwrap();
+    }
+    // A new plan (a larger arena) retires the old arena, which stays while it holds `a`.
+    rt.begin_profile().unwrap();
+    never_over(&rt, (a, size), 4 * size, stream, 2);
+    rt.end_profile().unwrap();
+    rt.plan(&PlanOptions::default()).unwrap();
+    rt.empty_cache().unwrap();
+    assert_eq!((s.device_of)(a as u64), 0, "the old arena was freed");
+    assert_eq!((s.device_of)(p as u64), 0, "the pool block was freed");
+    for _ in 0..2 {
+        rt.begin_step(None).unwrap();
+        never_over(&rt, (a, size), 4 * size, stream, 2);
+        rt.end_step().unwrap();
+    }
+    let st = rt.stats();
+    assert_eq!(
+        (st.counters.graph_held_frees, st.counters.graph_held_bytes),
+        (2, 2 * size as u64)
+    );
+    assert_eq!(st.counters.allocated_bytes, 0);
 }

@@ -113,6 +113,9 @@ class RuntimeStats(TypedDict):
     unplanned_allocations: int
     unplanned_arena_allocations: int
     arenas_returned: int
+    #: Frees while a CUDA graph was being captured: their memory is held for good, never reused.
+    graph_held_frees: int
+    graph_held_bytes: int
     plans: int
     max_plans: int
     max_divergences: int

@@ -166,6 +166,12 @@ pub struct DeviceState {
     stream_events: Vec<(usize, VecDeque<PendingEvent>)>,
     /// Quarantines so far (their ids).
     quarantines: u64,
+    /// Freed addresses held for CUDA graphs, with their requested bytes: freed while a graph was
+    /// being captured, so its replays may still use them. They stay allocated in their arena or
+    /// pool block for as long as the runtime lives: never handed out again, never returned by
+    /// `empty_cache`, and an arena holding one is never idle (a new plan retires it, its plans'
+    /// slots there diverge to the pool). Kept to refuse a second free.
+    graph_held: HashMap<usize, usize>,
     pub step: StepStats,
     /// The most bytes reserved at once (arenas and pool) since the start or `reset_peak_stats`.
     pub peak_reserved: usize,
@@ -195,6 +201,7 @@ impl DeviceState {
             quarantine: HashMap::new(),
             stream_events: Vec::new(),
             quarantines: 0,
+            graph_held: HashMap::new(),
             step: StepStats::default(),
             peak_reserved: 0,
         }
@@ -629,17 +636,26 @@ impl DeviceState {
     }
 
     /// Takes back `addr`; false when this device did not hand it out (or it was freed already).
+    /// With `graph`, the free came while a CUDA graph was being captured: the memory is held for
+    /// good instead (see `graph_held`).
     #[inline]
     pub fn free(
         &mut self,
         backend: &dyn Backend,
         addr: usize,
         recording: Recording,
+        graph: bool,
         c: &mut Counters,
     ) -> bool {
         // Checked for emptiness first: hashing on every free would cost more than the rest of it.
         if !self.quarantine.is_empty() && self.quarantine.contains_key(&addr) {
             return false; // freed already; its memory is still held for another stream
+        }
+        if !self.graph_held.is_empty() && self.graph_held.contains_key(&addr) {
+            return false; // freed already; its memory is held for a CUDA graph
+        }
+        if graph {
+            return self.hold_for_graph(addr, recording, c);
         }
         match recording {
             Recording::Profile => self.trace.record_free(addr),
@@ -663,6 +679,27 @@ impl DeviceState {
             }
             None => false,
         }
+    }
+
+    /// Frees `addr` for its user but keeps its memory allocated for good: a CUDA graph captured
+    /// while it was freed may use it in every replay.
+    fn hold_for_graph(&mut self, addr: usize, recording: Recording, c: &mut Counters) -> bool {
+        let Some(bytes) = self.requested_at(addr) else {
+            return false;
+        };
+        match recording {
+            Recording::Profile => self.trace.record_free(addr),
+            Recording::Step => self.step_trace.record_free(addr),
+            Recording::No => {}
+        }
+        // No quarantine for the streams it was recorded on: it is never reused, and an event
+        // recorded on a capturing stream would become part of the graph.
+        self.record_streamed.remove(&addr);
+        self.on_free(bytes, c);
+        self.graph_held.insert(addr, bytes);
+        c.graph_held_frees += 1;
+        c.graph_held_bytes += bytes as u64;
+        true
     }
 
     /// Holds the memory at `addr` until the work queued so far on `streams` is done.
@@ -830,7 +867,7 @@ impl DeviceState {
     /// Marks a live allocation as used by `stream` too: its plan entry goes to the fallback from now
     /// on, and once freed its memory is reused only after the work queued on `stream` is done.
     pub fn record_stream(&mut self, addr: usize, stream: usize) -> bool {
-        if self.quarantine.contains_key(&addr) {
+        if self.quarantine.contains_key(&addr) || self.graph_held.contains_key(&addr) {
             return false;
         }
         let Some(own) = self.stream_of(addr) else {
@@ -946,6 +983,7 @@ impl DeviceState {
     /// Frees everything this device reserved (the runtime is going away).
     pub fn release_all(&mut self, backend: &dyn Backend) {
         self.quarantine.clear();
+        self.graph_held.clear();
         for (_, queue) in self.stream_events.drain(..) {
             for p in queue {
                 backend.destroy_event(self.device, p.event);

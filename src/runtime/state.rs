@@ -249,28 +249,56 @@ impl Runtime {
         }
     }
 
-    /// Takes back `addr` (0 is ignored). An address the runtime did not hand out is counted and
-    /// reported, never passed on.
+    /// Takes back `addr` (0 is ignored) without asking whether a CUDA graph is being captured:
+    /// for host memory and callers that know no capture runs. PyTorch's CUDA frees come through
+    /// [`Runtime::free_on`]. An address the runtime did not hand out is counted and reported, never
+    /// passed on.
     pub fn free(&self, device: i32, addr: usize) -> Result<(), RuntimeError> {
+        self.free_as(device, addr, false)
+    }
+
+    /// Takes back `addr`, allocated on `stream` of `device` (PyTorch's free hook passes both). When
+    /// the backend says a CUDA graph may be capturing there ([`Backend::frees_into_capture`]), the
+    /// memory is freed for its user but held for good, never handed out again: the graph's replays
+    /// may write to it.
+    pub fn free_on(&self, device: i32, addr: usize, stream: usize) -> Result<(), RuntimeError> {
+        // Host memory is never captured: its frees skip the query (and stay as fast as before).
+        let graph = addr != 0
+            && device != HOST_DEVICE
+            // Outside the runtime's lock: a driver query.
+            && self.backend.frees_into_capture(device, stream);
+        self.free_as(device, addr, graph)
+    }
+
+    fn free_as(&self, device: i32, addr: usize, graph: bool) -> Result<(), RuntimeError> {
         if addr == 0 {
             return Ok(());
         }
         let mut guard = self.lock();
         let inner = &mut *guard;
         let recording = inner.recording();
+        let held = inner.counters.graph_held_frees;
         // The device PyTorch names first; any other one if it is wrong.
         let named = inner.devices.iter().position(|d| d.device == device);
-        if let Some(i) = named {
-            if inner.devices[i].free(&*self.backend, addr, recording, &mut inner.counters) {
-                return Ok(());
+        let backend = &*self.backend;
+        let counters = &mut inner.counters;
+        let devices = &mut inner.devices;
+        let freed = named
+            .is_some_and(|i| devices[i].free(backend, addr, recording, graph, counters))
+            || (0..devices.len()).any(|i| {
+                Some(i) != named && devices[i].free(backend, addr, recording, graph, counters)
+            });
+        if freed {
+            if held == 0 && inner.counters.graph_held_frees > 0 {
+                drop(guard);
+                // Said once per runtime: the counters tell how much it grows.
+                global::set_last_error(format!(
+                    "memory freed on device {device} while a CUDA graph was being captured (or while \
+                     the driver could not tell) is held for good, never reused, because the graph's \
+                     replays may still write to it; stats() counts it in graph_held_bytes"
+                ));
             }
-        }
-        for i in 0..inner.devices.len() {
-            if Some(i) != named
-                && inner.devices[i].free(&*self.backend, addr, recording, &mut inner.counters)
-            {
-                return Ok(());
-            }
+            return Ok(());
         }
         inner.counters.unknown_frees += 1;
         Err(RuntimeError::Usage(format!(

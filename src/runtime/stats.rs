@@ -41,6 +41,12 @@ pub struct Counters {
     /// Times an idle arena was returned to the device because the pool could not get memory
     /// otherwise (reserved again at the next step).
     pub arenas_returned: u64,
+    /// Frees that came while a CUDA graph was being captured on the allocation's stream (or the
+    /// driver could not say it was not): their memory is never handed out again, since the graph's
+    /// replays may still use it.
+    pub graph_held_frees: u64,
+    /// Their requested bytes, held for good (still part of `reserved_bytes`).
+    pub graph_held_bytes: u64,
 }
 
 impl Counters {

@@ -3,7 +3,9 @@
 //! Each call makes the device's primary context current for its duration only ([`Current`]), so
 //! the caller's thread keeps its current device. Before serving a request, the request's stream is
 //! asked whether a CUDA graph is being captured on it: that is refused (see
-//! [`BackendError::Capturing`]) rather than served from memory a replay would later share.
+//! [`BackendError::Capturing`]) rather than served from memory a replay would later share; before a
+//! free, the same question decides whether the memory may ever be reused
+//! ([`Backend::frees_into_capture`]).
 
 use std::collections::HashMap;
 
@@ -215,6 +217,22 @@ impl Backend for CudaBackend {
             });
         }
         Ok(())
+    }
+
+    fn frees_into_capture(&self, device: i32, stream: usize) -> bool {
+        // Every failure answers yes: memory wrongly held is only memory, memory wrongly reused is
+        // a replay writing into someone else's tensor.
+        let Ok((api, _current)) = self.enter(device) else {
+            return true;
+        };
+        let mut status = CAPTURE_STATUS_NONE;
+        // SAFETY: as in check_stream.
+        let r = unsafe { (api.stream_is_capturing)(stream as CuStream, &mut status) };
+        // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT counts as capturing here, unlike in check_stream: a
+        // blocking stream of the device is capturing, and the legacy stream's tensor freed now may
+        // be one that capture reads. (PyTorch's own streams are non-blocking: a capture on one of
+        // them leaves the legacy stream answering "not capturing".)
+        r != driver::CUDA_SUCCESS || status != CAPTURE_STATUS_NONE
     }
 
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {

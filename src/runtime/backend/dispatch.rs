@@ -58,6 +58,10 @@ impl Backend for DispatchBackend {
         self.pick(device).check_stream(device, stream)
     }
 
+    fn frees_into_capture(&self, device: i32, stream: usize) -> bool {
+        self.pick(device).frees_into_capture(device, stream)
+    }
+
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {
         self.pick(device).record_event(device, stream)
     }

@@ -104,6 +104,10 @@ impl<B: Backend> Backend for Limited<B> {
         self.inner.check_stream(device, stream)
     }
 
+    fn frees_into_capture(&self, device: i32, stream: usize) -> bool {
+        self.inner.frees_into_capture(device, stream)
+    }
+
     fn record_event(&self, device: i32, stream: usize) -> Result<Option<Event>, BackendError> {
         self.inner.record_event(device, stream)
     }

@@ -48,6 +48,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Whether memory freed now on `stream` may belong to a CUDA graph being captured: the stream
+    /// captures, or (the legacy stream) a blocking stream of its device does, or the driver could not
+    /// tell. Such memory must never be handed out again, since the graph's replays still use it.
+    /// Never an error: when in doubt, the answer is yes. Host memory: never.
+    fn frees_into_capture(&self, _device: i32, _stream: usize) -> bool {
+        false
+    }
+
     /// Marks the point that the work queued so far on `stream` has reached, so memory that stream
     /// used can be reused once that work is done, without waiting for the whole device. `None` when
     /// the backend runs nothing asynchronously (host memory): there is nothing to wait for.
