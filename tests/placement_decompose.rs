@@ -2,6 +2,8 @@
 //! within a capacity can keep minimizing (`minimize_below_capacity`). The answers are checked
 //! against the parts planned alone and against optima known by construction.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,15 +50,7 @@ fn a_step_recorded_several_times_is_planned_in_parts_at_the_single_steps_peak() 
 fn easy_then_tight() -> (Problem, Bytes, Bytes) {
     let easy = random_problem(700, 5, Shape::Sparse);
     let easy_end = easy.buffers.iter().map(|b| b.lifetime.end).max().unwrap();
-    let tight = [
-        (4, 7, 5),
-        (7, 9, 6),
-        (1, 4, 6),
-        (6, 8, 6),
-        (1, 2, 6),
-        (3, 5, 4),
-        (2, 7, 3),
-    ];
+    let tight = common::FRAGMENTED;
     let tight_load = max_load(&Problem::new(
         tight.iter().map(|&(s, e, z)| buf("t", s, e, z)).collect(),
     ));

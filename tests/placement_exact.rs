@@ -6,6 +6,8 @@
 //! that no run comes near, so they end the same way on a slow or busy machine as on a fast one.
 //! Only `the_time_limit_is_obeyed` times anything, with ten times the limit to spare.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -199,18 +201,13 @@ const TINY_NODES: u64 = 100_000;
 
 /// Its optimum exceeds its max load (found by a random search, checked by brute force below).
 fn fragmented() -> Problem {
-    Problem::new(INFEASIBLE.iter().map(|&(s, e, z)| buf(s, e, z)).collect())
+    Problem::new(
+        common::FRAGMENTED
+            .iter()
+            .map(|&(s, e, z)| buf(s, e, z))
+            .collect(),
+    )
 }
-
-const INFEASIBLE: [(u64, u64, u64); 7] = [
-    (4, 7, 5),
-    (7, 9, 6),
-    (1, 4, 6),
-    (6, 8, 6),
-    (1, 2, 6),
-    (3, 5, 4),
-    (2, 7, 3),
-];
 
 #[test]
 fn an_infeasible_capacity_is_proven_and_returns_no_plan() {

@@ -16,14 +16,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::incumbent::{Progress, ProgressFn};
+use super::incumbent::{deadline_after, Progress, ProgressFn};
 use super::plan::{plan_whole, status_of, Method, PlanError, PlanOptions, PlanReport};
 use super::problem::{Buffer, Bytes, Problem, Solution};
 
 /// The buffers of each independent part, by index into the problem, parts in time order. One part
 /// when nothing splits (or the problem is empty).
 pub fn parts(problem: &Problem) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..problem.len()).collect();
+    parts_of(problem, (0..problem.len()).collect())
+}
+
+/// [`parts`] of the buffers `order` of `problem` only.
+fn parts_of(problem: &Problem, mut order: Vec<usize>) -> Vec<Vec<usize>> {
     order.sort_unstable_by_key(|&i| problem.buffers[i].lifetime.start);
     let mut parts: Vec<Vec<usize>> = Vec::new();
     let mut end = 0u64;
@@ -52,9 +56,14 @@ pub const MIN_PART_BUFFERS: usize = 512;
 /// `min_buffers`. A large part is never joined to anything: the search's pinnings read a part's
 /// time span, and a large part with a tail of small ones is not the shape they are made for.
 pub fn pieces(problem: &Problem, min_buffers: usize) -> Vec<Vec<usize>> {
+    join_small(parts(problem), min_buffers)
+}
+
+/// Joins each run of neighbouring `parts` smaller than `min_buffers` (see [`pieces`]).
+fn join_small(parts: Vec<Vec<usize>>, min_buffers: usize) -> Vec<Vec<usize>> {
     let mut pieces: Vec<Vec<usize>> = Vec::new();
     let mut joining = false;
-    for part in parts(problem) {
+    for part in parts {
         let small = part.len() < min_buffers;
         match pieces.last_mut() {
             Some(last) if small && joining && last.len() < min_buffers => last.extend(part),
@@ -84,18 +93,9 @@ pub fn spine(problem: &Problem, min_buffers: usize) -> Option<(Vec<usize>, Vec<V
     if spine.is_empty() {
         return None;
     }
-    let sub = Problem::new(rest.iter().map(|&i| problem.buffers[i].clone()).collect());
-    let large = parts(&sub)
-        .iter()
-        .filter(|p| p.len() >= min_buffers)
-        .count();
-    (large >= 2).then(|| {
-        let pieces = pieces(&sub, min_buffers)
-            .into_iter()
-            .map(|piece| piece.into_iter().map(|k| rest[k]).collect())
-            .collect();
-        (spine, pieces)
-    })
+    let rest = parts_of(problem, rest);
+    let large = rest.iter().filter(|p| p.len() >= min_buffers).count();
+    (large >= 2).then(|| (spine, join_small(rest, min_buffers)))
 }
 
 /// The spine buffers that cross the window `lo..hi`, clipped to it, fixed at their offsets, those
@@ -187,6 +187,8 @@ struct Part {
     indices: Vec<usize>,
     problem: Problem,
     max_load: Bytes,
+    /// Its shape: identical parts have equal keys.
+    key: PartKey,
 }
 
 /// What planning the parts has settled so far.
@@ -196,11 +198,9 @@ struct Parts {
     reports: Vec<Option<PlanReport>>,
     /// The largest bound proven on any part: a bound on the whole when `proofs_hold`.
     bound: Bytes,
-    /// Buffers placed before the parts were planned, and their offsets.
+    /// Buffers placed before the parts were planned, and their offsets. When there are any, the
+    /// parts were cut around them by a guess, and what the parts prove does not hold for the whole.
     placed: Vec<(usize, Bytes)>,
-    /// Whether what the parts prove holds for the whole (they are independent, not cut around
-    /// buffers placed by a guess).
-    proofs_hold: bool,
 }
 
 impl Part {
@@ -218,11 +218,11 @@ impl Part {
             .collect();
         buffers.extend(fixed);
         let sub = Problem::new(buffers);
-        let max_load = super::max_load(&sub);
         Part {
             indices,
+            max_load: super::max_load(&sub),
+            key: key_of(&sub),
             problem: sub,
-            max_load,
         }
     }
 }
@@ -252,17 +252,13 @@ fn plan_in_parts(
     options: &PlanOptions,
     started: Instant,
 ) -> Result<PlanReport, PlanError> {
-    let deadline = started
-        .checked_add(options.time_limit)
-        .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
+    let deadline = deadline_after(started, options.time_limit);
     let n = parts.len();
-    let proofs_hold = placed.is_empty();
     let mut state = Parts {
         parts,
         reports: (0..n).map(|_| None).collect(),
         bound: lower_bound,
         placed,
-        proofs_hold,
     };
     let progress = options
         .progress
@@ -296,7 +292,7 @@ fn plan_in_parts(
             _ => 2,
         };
         if let Some((_, err)) = missing.into_iter().min_by_key(|(_, e)| rank(e)) {
-            return Err(whole_error(err, &state, target));
+            return Err(whole_error(err, &state, target, lower_bound));
         }
     } else {
         // The parts that do not fit the bound, the one proven to need the most first: its peak
@@ -339,7 +335,7 @@ fn plan_in_parts(
                 &memo,
                 i,
             )
-            .map_err(|e| whole_error(e, &state, capacity.unwrap_or(target)))?;
+            .map_err(|e| whole_error(e, &state, capacity.unwrap_or(target), lower_bound))?;
             target = target.max(report.solution.peak);
             state.record(i, report);
         }
@@ -394,7 +390,7 @@ impl Parts {
         }
         let solution = Solution::from_offsets(problem, offsets);
         super::validate::validate(problem, &solution).map_err(PlanError::InvalidPlan)?;
-        let bound = if self.proofs_hold {
+        let bound = if self.placed.is_empty() {
             self.bound
         } else {
             lower_bound
@@ -437,9 +433,14 @@ fn error_bound(err: &PlanError) -> Option<Bytes> {
     }
 }
 
-/// A part's failure, said of the whole problem: the capacity is the whole's, the bound the largest
-/// proven on any part, the best peak at least the part's.
-fn whole_error(err: PlanError, state: &Parts, capacity: Bytes) -> PlanError {
+/// A part's failure, said of the whole problem: the capacity and the max load are the whole's, the
+/// bound the largest proven on any part, the best peak at least the part's.
+fn whole_error(
+    err: PlanError,
+    state: &Parts,
+    capacity: Bytes,
+    whole_lower_bound: Bytes,
+) -> PlanError {
     let bound = state.bound.max(error_bound(&err).unwrap_or(Bytes::ZERO));
     let best_of_others = state
         .reports
@@ -464,14 +465,7 @@ fn whole_error(err: PlanError, state: &Parts, capacity: Bytes) -> PlanError {
         } => PlanError::NoPlanWithinCapacity {
             capacity,
             best_peak: best_peak.max(best_of_others),
-            lower_bound: lower_bound.max(
-                state
-                    .parts
-                    .iter()
-                    .map(|p| p.max_load)
-                    .max()
-                    .unwrap_or_default(),
-            ),
+            lower_bound: lower_bound.max(whole_lower_bound),
         },
         other => other,
     }
@@ -494,29 +488,27 @@ struct Memo(Mutex<HashMap<(PartKey, Option<Bytes>), Answer>>);
 /// What planning one part ended with.
 type Answer = Result<PlanReport, PlanError>;
 
-impl Part {
-    fn key(&self) -> PartKey {
-        let first = self
-            .problem
-            .buffers
-            .iter()
-            .map(|b| b.lifetime.start)
-            .min()
-            .unwrap_or(0);
-        self.problem
-            .buffers
-            .iter()
-            .map(|b| {
-                (
-                    b.lifetime.start - first,
-                    b.lifetime.end - first,
-                    b.size.0,
-                    b.alignment.0,
-                    b.fixed_offset.map(|f| f.0),
-                )
-            })
-            .collect()
-    }
+/// The shape of a part's problem, up to its place in time.
+fn key_of(problem: &Problem) -> PartKey {
+    let first = problem
+        .buffers
+        .iter()
+        .map(|b| b.lifetime.start)
+        .min()
+        .unwrap_or(0);
+    problem
+        .buffers
+        .iter()
+        .map(|b| {
+            (
+                b.lifetime.start - first,
+                b.lifetime.end - first,
+                b.size.0,
+                b.alignment.0,
+                b.fixed_offset.map(|f| f.0),
+            )
+        })
+        .collect()
 }
 
 /// Plans part `i` with the given capacity (`None`: minimize) and time limit, or takes the answer
@@ -531,7 +523,7 @@ fn plan_one(
     i: usize,
 ) -> Result<PlanReport, PlanError> {
     let progress = progress.map(|c| Combined::for_part(c, i));
-    let key = (part.key(), capacity);
+    let key = (part.key.clone(), capacity);
     let known = memo
         .0
         .lock()
@@ -577,7 +569,7 @@ fn fit_all(
 ) -> Vec<(usize, Result<PlanReport, PlanError>)> {
     let mut seen = std::collections::HashSet::new();
     let (distinct, copies): (Vec<usize>, Vec<usize>) =
-        (0..state.parts.len()).partition(|&i| seen.insert(state.parts[i].key()));
+        (0..state.parts.len()).partition(|&i| seen.insert(&state.parts[i].key));
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)

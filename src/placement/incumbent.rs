@@ -39,6 +39,13 @@ impl fmt::Display for Progress {
 /// Called from the planning thread whenever the incumbent or the bound improves.
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// `started + time_limit`; a limit too large for the clock means no limit (a year).
+pub(crate) fn deadline_after(started: Instant, time_limit: Duration) -> Instant {
+    started
+        .checked_add(time_limit)
+        .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
+}
+
 pub(crate) struct Anytime<'p> {
     pub problem: &'p Problem,
     started: Instant,
@@ -69,10 +76,7 @@ impl<'p> Anytime<'p> {
         Anytime {
             problem,
             started,
-            // A limit too large for the clock means no limit.
-            deadline: started
-                .checked_add(time_limit)
-                .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600)),
+            deadline: deadline_after(started, time_limit),
             best: None,
             bound,
             progress,

@@ -293,24 +293,25 @@ fn plan_spine_then_whole(
     };
     let whole = plan_whole(problem, &rest, lower_bound, Instant::now());
     match (around, whole) {
-        (Ok(a), Ok(mut w)) => {
-            w.proven_bound = w.proven_bound.max(a.proven_bound);
-            w.elapsed = started.elapsed();
-            if a.solution.peak < w.solution.peak {
-                let mut a = a;
-                a.proven_bound = w.proven_bound.min(a.solution.peak);
-                let closed = a.solution.peak <= a.proven_bound;
-                // The whole's run is what could have improved it last.
-                a.stopped_by = w.stopped_by.filter(|_| !closed);
-                a.status = status_of(closed, a.stopped_by);
-                a.elapsed = w.elapsed;
-                a.search_nodes += w.search_nodes;
-                a.improve_tries += w.improve_tries;
-                return Ok(a);
-            }
-            w.search_nodes += a.search_nodes;
-            w.improve_tries += a.improve_tries;
-            Ok(w)
+        (Ok(a), Ok(w)) => {
+            let bound = w.proven_bound.max(a.proven_bound);
+            let search_nodes = a.search_nodes + w.search_nodes;
+            let improve_tries = a.improve_tries + w.improve_tries;
+            // The whole's run is what could have improved either plan last.
+            let stopped_by = w.stopped_by;
+            let mut best = if a.solution.peak < w.solution.peak {
+                a
+            } else {
+                w
+            };
+            best.proven_bound = bound.min(best.solution.peak);
+            let closed = best.solution.peak <= best.proven_bound;
+            best.stopped_by = stopped_by.filter(|_| !closed);
+            best.status = status_of(closed, best.stopped_by);
+            best.elapsed = started.elapsed();
+            best.search_nodes = search_nodes;
+            best.improve_tries = improve_tries;
+            Ok(best)
         }
         (Ok(a), Err(e)) => match e {
             // A plan around the spine stands whatever stopped the whole, unless that was a bug.

@@ -52,3 +52,15 @@ pub fn problem_of(triples: &[(u64, u64, u64)]) -> Problem {
             .collect(),
     )
 }
+
+/// Seven buffers `(start, end, size)` whose optimum is one above their max load: the shapes cannot
+/// interlock without a gap (found by a random search; `placement_exact` checks it by brute force).
+pub const FRAGMENTED: [(u64, u64, u64); 7] = [
+    (4, 7, 5),
+    (7, 9, 6),
+    (1, 4, 6),
+    (6, 8, 6),
+    (1, 2, 6),
+    (3, 5, 4),
+    (2, 7, 3),
+];

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -47,19 +46,6 @@ ENV_SETTINGS = (
 )
 
 
-@pytest.fixture(scope="module")
-def stub_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = os.environ.get("CC") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("a C compiler (cc) is needed to build the stub CUDA driver")
-    out = tmp_path_factory.mktemp("stub") / "stub_libcuda.so"
-    src = ROOT / "tests" / "runtime_support" / "stub_libcuda.c"
-    subprocess.run(
-        [cc, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so", "-o", str(out), str(src)], check=True
-    )
-    return out
-
-
 def run_case(stub: Path, code: str, install: bool = True, **env: str) -> dict[str, Any]:
     environ = {k: v for k, v in os.environ.items() if k not in ENV_SETTINGS}
     environ.update(MODEL_OPT_LIBCUDA=str(stub), **env)
@@ -72,9 +58,9 @@ def run_case(stub: Path, code: str, install: bool = True, **env: str) -> dict[st
     return result
 
 
-def test_patched_functions_answer_the_runtimes_numbers(stub_driver: Path) -> None:
+def test_patched_functions_answer_the_runtimes_numbers(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         out = {"start": torch.cuda.memory_allocated(0)}
         a = cuda_alloc(1000, 0, None)
@@ -143,11 +129,11 @@ def test_patched_functions_answer_the_runtimes_numbers(stub_driver: Path) -> Non
     assert r["unused_device"] == [0, 0]
 
 
-def test_a_function_imported_before_the_patch_reaches_the_runtime(stub_driver: Path) -> None:
+def test_a_function_imported_before_the_patch_reaches_the_runtime(stub_libcuda: Path) -> None:
     # PyTorch's own reset_peak_memory_stats and memory_stats_as_nested_dict, bound by name before
     # allocator() patched anything, call the torch._C bindings, which are patched too.
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         from torch.cuda.memory import reset_peak_memory_stats as early_reset
         torch.cuda.memory.change_current_allocator(model_opt.allocator())
@@ -166,9 +152,9 @@ def test_a_function_imported_before_the_patch_reaches_the_runtime(stub_driver: P
     assert r["accelerator_binding"] == {"current": 4096, "peak": 4096}
 
 
-def test_two_devices_are_refused_except_reserved_bytes(stub_driver: Path) -> None:
+def test_two_devices_are_refused_except_reserved_bytes(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         a = cuda_alloc(1000, 0, None)
         b = cuda_alloc(3000, 1, None)
@@ -201,9 +187,9 @@ def test_two_devices_are_refused_except_reserved_bytes(stub_driver: Path) -> Non
     assert all(b is not None and "CUDA device" in b for b in r["bad"]), r["bad"]
 
 
-def test_unpatching_puts_pytorchs_functions_back(stub_driver: Path) -> None:
+def test_unpatching_puts_pytorchs_functions_back(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         places = [(torch.cuda.memory, n) for n in memory_api._CUDA_FUNCTIONS]
         places += [(torch.cuda, n) for n in memory_api._CUDA_FUNCTIONS]
@@ -242,9 +228,9 @@ def test_unpatching_puts_pytorchs_functions_back(stub_driver: Path) -> None:
     assert r["repatched"] is True
 
 
-def test_an_allocator_never_installed_leaves_pytorchs_answers(stub_driver: Path) -> None:
+def test_an_allocator_never_installed_leaves_pytorchs_answers(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         a = model_opt.allocator()
         p = cuda_alloc(4096, 0, None)
@@ -262,9 +248,9 @@ def test_an_allocator_never_installed_leaves_pytorchs_answers(stub_driver: Path)
     assert r["after"] == 4096
 
 
-def test_patch_memory_api_false_keeps_pytorchs_functions(stub_driver: Path) -> None:
+def test_patch_memory_api_false_keeps_pytorchs_functions(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         original = torch.cuda.memory_allocated
         torch.cuda.memory.change_current_allocator(model_opt.allocator(patch_memory_api=False))
@@ -278,9 +264,9 @@ def test_patch_memory_api_false_keeps_pytorchs_functions(stub_driver: Path) -> N
     assert r == {"same": True, "patched": False, "benchmark": False}
 
 
-def test_cudnn_benchmark_is_switched_off_with_a_warning(stub_driver: Path) -> None:
+def test_cudnn_benchmark_is_switched_off_with_a_warning(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         torch.backends.cudnn.benchmark = True
         with warnings.catch_warnings(record=True) as caught:
@@ -308,9 +294,9 @@ def test_cudnn_benchmark_is_switched_off_with_a_warning(stub_driver: Path) -> No
     assert r["in_flags"] is False and r["flags_warned"] == 1
 
 
-def test_allocator_warns_about_alloc_conf_and_switches_off_the_nccl_hook(stub_driver: Path) -> None:
+def test_allocator_warns_about_alloc_conf_and_switches_off_the_nccl_hook(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         libc = ctypes.CDLL(None)
         libc.getenv.restype = ctypes.c_char_p
@@ -344,9 +330,9 @@ def test_allocator_warns_about_alloc_conf_and_switches_off_the_nccl_hook(stub_dr
     assert r["again"] == [] and r["again_warnings"] == 0
 
 
-def test_allocator_without_settings_warns_nothing(stub_driver: Path) -> None:
+def test_allocator_without_settings_warns_nothing(stub_libcuda: Path) -> None:
     r = run_case(
-        stub_driver,
+        stub_libcuda,
         """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
