@@ -17,7 +17,7 @@ from model_opt._native import (
     simulate_order,
     validate_csv,
 )
-from model_opt.errors import ArgumentError
+from model_opt.errors import ArgumentError, MemoryBudgetError
 from model_opt.runtime import (
     allocator,
     install_cpu_allocator,
@@ -40,6 +40,7 @@ __all__ = [
     "SCHEDULE_METHODS",
     "CapacityError",
     "InputError",
+    "MemoryBudgetError",
     "ModelOptError",
     "__version__",
     "allocator",

@@ -4,7 +4,9 @@
 the lowest peak of live bytes, rewrites the FX graph in that order, and returns a callable that runs
 the rewritten step on the real model and optimizer. The reordered step computes exactly what the
 captured one computes — only the order of independent operators changes — so losses and updated
-parameters match eager.
+parameters match eager. With ``allow=("reorder", "remat")`` and a memory budget, the step may also
+recompute activations (`model_opt.step_plan`, `model_opt.remat`): only deterministic operators, so it
+still computes bit for bit what eager computes.
 """
 
 from __future__ import annotations
@@ -19,73 +21,24 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from model_opt._native import schedule_graph, simulate_order
-from model_opt.capture.dataflow import DataflowGraph, Tensors, storage_bytes
+from model_opt.capture.dataflow import Tensors, storage_bytes
 from model_opt.capture.discover import state_of
 from model_opt.capture.guards import Context, context_of, describe_change
 from model_opt.capture.step import CapturedStep, StepState, capture_step, forward_step, model_step
 from model_opt.errors import ArgumentError
+from model_opt.step_plan import PlanOptions, peak_of_order, plan_captured, reorder_graph, schedule_captured
 
-
-def reorder_graph(gm: fx.GraphModule, dataflow: DataflowGraph, order: Sequence[int]) -> fx.GraphModule:
-    """A copy of ``gm`` whose operators run in ``order`` (indices into ``dataflow.ops``); each operator's
-    tuple unpacking follows it directly; placeholders and constants stay first, the output last. FX's
-    code generator drops each value after its last use, so the new order's lifetimes are the ones the
-    scheduler simulated."""
-    ops = dataflow.ops
-    if sorted(order) != list(range(len(ops))):
-        raise ArgumentError("the order must be a permutation of the graph's operators")
-    new_graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    output_node = None
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
-            env[node] = new_graph.node_copy(node, lambda n: env[n])
-        elif node.op == "output":
-            output_node = node
-    for i in order:
-        for node in [ops[i], *dataflow.unpacks.get(i, [])]:
-            try:
-                env[node] = new_graph.node_copy(node, lambda n: env[n])
-            except KeyError as e:
-                raise ArgumentError(f"the order runs {node.name} before its input {e.args[0]}") from None
-    if output_node is not None:
-        new_graph.node_copy(output_node, lambda n: env[n])
-    new_graph.lint()
-    return fx.GraphModule(gm, new_graph)
-
-
-def schedule_captured(
-    captured: CapturedStep, method: str = "auto", time_limit: float = 10.0, gap: float = 0.0
-) -> tuple[fx.GraphModule, dict[str, Any]]:
-    """Schedules a captured step and returns the reordered graph module and the scheduler's report
-    (eager_peak_bytes, peak_bytes, lower_bound_bytes, solve_seconds, method, status, num_ops, ...)."""
-    df = captured.dataflow
-    num_ops, tensors, edges, resident = df.native_args()
-    result = schedule_graph(num_ops, tensors, edges, resident, method=method, time_limit=time_limit, gap=gap)
-    order = result["order"]
-    gm = reorder_graph(captured.graph_module, df, order)
-    report: dict[str, Any] = {
-        "eager_peak_bytes": result["eager_peak_bytes"],
-        "peak_bytes": result["peak_bytes"],
-        "lower_bound_bytes": result["lower_bound_bytes"],
-        "solve_seconds": result["seconds"],
-        "method": result["method"],
-        "status": result["status"],
-        # Relative distance to the lower bound: 0 means proven optimal.
-        "gap": (result["peak_bytes"] - result["lower_bound_bytes"]) / max(result["peak_bytes"], 1),
-        "num_ops": num_ops,
-        "num_tensors": len(tensors),
-        "resident_bytes": resident,
-        "order": order,
-    }
-    return gm, report
-
-
-def peak_of_order(captured: CapturedStep, order: Sequence[int]) -> int:
-    """Simulated peak live bytes of running the captured step in ``order``."""
-    num_ops, tensors, edges, resident = captured.dataflow.native_args()
-    return max(simulate_order(num_ops, tensors, edges, list(order), resident), default=resident)
+__all__ = [
+    "OptimizedStep",
+    "PlanOptions",
+    "measure_peak_bytes",
+    "optimize",
+    "optimize_inference",
+    "optimizer_state_bytes",
+    "peak_of_order",
+    "reorder_graph",
+    "schedule_captured",
+]
 
 
 @dataclass
@@ -109,7 +62,8 @@ class OptimizedStep:
     another context.
 
     ``report`` is the latest schedule's report (eager_peak_bytes, peak_bytes, lower_bound_bytes,
-    solve_seconds, method, status, capture_seconds, num_ops, resident_bytes, order) plus the counters
+    solve_seconds, method, status, capture_seconds, num_ops, resident_bytes, order, memory_budget,
+    remat: see `model_opt.step_plan.plan_captured`) plus the counters
     ``calls``, ``captures``, ``eager_calls`` and ``recaptures`` (one entry per capture after the first:
     what changed, and the seconds it took), and ``optimizer_state_bytes``: the optimizers' state now.
     The optimizer's state is its own, outside the graph (its ``step()`` runs as an operator and creates
@@ -127,13 +81,14 @@ class OptimizedStep:
         method: str = "auto",
         gap: float = 0.0,
         max_captures: int = 8,
+        options: PlanOptions | None = None,
     ) -> None:
         if max_captures < 1:
             raise ArgumentError(f"max_captures must be at least 1, got {max_captures}")
         self.fn = fn
         self.modules = list(modules)
         self.optimizers = list(optimizers)
-        self.time_limit, self.method, self.gap = time_limit, method, gap
+        self.options = options or PlanOptions.of(method=method, time_limit=time_limit, gap=gap)
         self.max_captures = max_captures
         self._schedules: dict[Context, _Schedule] = {}
         self._latest: _Schedule | None = None
@@ -180,7 +135,7 @@ class OptimizedStep:
         started = time.perf_counter()
         captured = capture_step(self.fn, args, kwargs, state)
         capture_seconds = time.perf_counter() - started
-        gm, report = schedule_captured(captured, method=self.method, time_limit=self.time_limit, gap=self.gap)
+        captured, gm, report = plan_captured(captured, self.options)
         report["capture_seconds"] = capture_seconds
         if self._last_context is not None:
             self._counters["recaptures"].append(
@@ -238,6 +193,9 @@ def optimize(
     modules: Sequence[nn.Module] | None = None,
     optimizers: Sequence[torch.optim.Optimizer] | None = None,
     max_captures: int = 8,
+    memory_budget: int | str | None = None,
+    allow: Sequence[str] | str = ("reorder",),
+    max_recompute: float | None = 0.2,
     **example_kwargs: Any,
 ) -> OptimizedStep:
     """Captures a training step, schedules it for the lowest memory peak, and returns the step.
@@ -264,6 +222,15 @@ def optimize(
             (`model_opt.capture.discover.find_state`: its closure, the globals it names, bound objects).
         max_captures: contexts (input shapes, autocast, train/eval ...) captured at most; further new
             contexts run eagerly.
+        memory_budget: bytes (or ``"12GiB"``) the step's simulated peak must fit in: parameters,
+            buffers, inputs, activations and gradients; the optimizer's state is outside the step (see
+            `OptimizedStep`). None: the least peak that ``allow`` and ``max_recompute`` reach.
+        allow: what may be done to meet it: ``"reorder"`` (the order of independent operators) and
+            ``"remat"`` (free activations live at the peak, recompute them before their later uses:
+            `model_opt.remat`; only deterministic ``aten`` operators, never random ones).
+            ``"spill"`` (to host memory) is not implemented yet and is refused.
+        max_recompute: with ``"remat"``, recomputed operations at most this fraction of the step's
+            (None: no limit).
 
     Returns:
         An `OptimizedStep`.
@@ -272,7 +239,18 @@ def optimize(
         CaptureError: the step cannot be captured faithfully (a data-parallel wrapper, ``.item()`` or
             other data-dependent Python, reseeding, an optimizer step with a closure ...); the message
             says what and why.
+        MemoryBudgetError: no plan allowed brings the peak under ``memory_budget``; the message gives
+            the least peak found and what holds it.
+        ArgumentError: an unknown or unimplemented ``allow``, a bad budget.
     """
+    options = PlanOptions.of(
+        method=method,
+        time_limit=time_limit,
+        gap=gap,
+        memory_budget=memory_budget,
+        allow=allow,
+        max_recompute=max_recompute,
+    )
     if isinstance(fn, nn.Module):
         if len(example_args) != 4 or example_kwargs:
             raise TypeError(
@@ -289,9 +267,7 @@ def optimize(
             raise TypeError(f"optimize() takes a step function or a model, got {type(fn).__name__}")
         step_fn = fn
         modules, optimizers = state_of(fn, modules, optimizers)
-    step = OptimizedStep(
-        step_fn, modules, optimizers, time_limit=time_limit, method=method, gap=gap, max_captures=max_captures
-    )
+    step = OptimizedStep(step_fn, modules, optimizers, max_captures=max_captures, options=options)
     step._latest = step.capture(*example_args, **example_kwargs)
     return step
 

@@ -98,8 +98,10 @@ def run_faithful(
     around_call: Callable[[], Any] | None = None,
     between: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     method: str = "auto",
+    **options: Any,
 ) -> dict[str, Any]:
-    """Runs both copies (see the module doc) and returns the optimized step's report."""
+    """Runs both copies (see the module doc) and returns the optimized step's report; ``options`` go to
+    ``optimize`` (``allow``, ``memory_budget``...)."""
     torch.manual_seed(0)
     eager_model = make_model()
     our_model = copy.deepcopy(eager_model)
@@ -107,7 +109,7 @@ def run_faithful(
     schedules = [make_schedule(o) for o in (eager_opt, our_opt)] if make_schedule else []
     batches = batches or _batches()
     eager_step = make_step(eager_model, eager_opt)
-    step = optimize(make_step(our_model, our_opt), *batches[0], method=method, time_limit=0.5)
+    step = optimize(make_step(our_model, our_opt), *batches[0], method=method, time_limit=0.5, **options)
     for i, batch in enumerate(batches):
         results = []
         for fn, model, opt in ((eager_step, eager_model, eager_opt), (step, our_model, our_opt)):

@@ -54,6 +54,8 @@ class DataflowGraph:
     #: scheduled on their own: they run right after their operator, so the tuple (which keeps every
     #: element alive) is dropped at once and each element lives exactly as long as simulated.
     unpacks: dict[int, list[fx.Node]] = field(default_factory=dict)
+    #: The storage of each tensor, in the order of ``tensors``.
+    tensor_keys: list[StorageWeakRef] = field(default_factory=list)
 
     def native_args(self) -> tuple[int, list[TensorTuple], list[tuple[int, int]], int]:
         """``(num_ops, tensors, edges, resident)`` for `schedule_graph` / `simulate_order`."""
@@ -73,7 +75,20 @@ def _storages(value: Any) -> list[tuple[StorageWeakRef, int]]:
     return out
 
 
-def _written_args(node: fx.Node) -> list[fx.Node]:
+#: Where `node_storages` keeps a node's storages (its traced value never changes).
+_STORAGES_META = "model_opt_storages"
+
+
+def node_storages(node: fx.Node) -> list[tuple[StorageWeakRef, int]]:
+    """The strided storages under a node's traced value (``meta['val']``) and their bytes, in order;
+    computed once per node (graph rewrites look them up many times)."""
+    found = node.meta.get(_STORAGES_META)
+    if found is None:
+        found = node.meta[_STORAGES_META] = _storages(node.meta.get("val"))
+    return found
+
+
+def written_args(node: fx.Node) -> list[fx.Node]:
     """The argument nodes an operator writes in place (schema alias info ``(a!)``)."""
     target = node.target
     schema = getattr(target, "_schema", None)
@@ -101,9 +116,6 @@ def build_dataflow(gm: fx.GraphModule) -> DataflowGraph:
     resident_detail = {"input": 0, "constant": 0}
     last_random: int | None = None
     unpacks: dict[int, list[fx.Node]] = {}
-
-    def node_storages(n: fx.Node) -> list[tuple[StorageWeakRef, int]]:
-        return _storages(n.meta.get("val"))
 
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
@@ -143,7 +155,7 @@ def build_dataflow(gm: fx.GraphModule) -> DataflowGraph:
             if inp in index:
                 edges.add((index[inp], i))
         read = [s for inp in node.all_input_nodes for s in node_storages(inp)]
-        written = {key for w in _written_args(node) for key, _ in node_storages(w)}
+        written = {key for w in written_args(node) for key, _ in node_storages(w)}
         for key, size in node_storages(node):
             if key not in info:
                 info[key] = [size, i, [], False]
@@ -172,6 +184,7 @@ def build_dataflow(gm: fx.GraphModule) -> DataflowGraph:
             reads_since[key] = []
 
     tensors: list[TensorTuple] = []
+    tensor_keys: list[StorageWeakRef] = []
     resident = 0
     for key in order:
         size, producer, consumers, output = info[key]
@@ -179,7 +192,8 @@ def build_dataflow(gm: fx.GraphModule) -> DataflowGraph:
             resident += size
         else:
             tensors.append((size, producer, consumers, output))
-    return DataflowGraph(ops, tensors, sorted(edges), resident, resident_detail, unpacks)
+            tensor_keys.append(key)
+    return DataflowGraph(ops, tensors, sorted(edges), resident, resident_detail, unpacks, tensor_keys)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""Past the order's bound: the training step's simulated peak under eager order, the best order,
+recomputation plus order (`model_opt.remat`), and hand activation checkpointing of every block.
+
+    .venv/bin/python benches/remat.py [--models resnet50 vit_b_16 bert gpt2] [--batch 32]
+        [--max-recompute 0.2 none] [--time-limit 10]
+
+Each model is captured under fake tensors (random weights, nothing runs, SGD) as in
+`model_opt.apps.bench_reorder`. Peaks are the simulated live bytes of the step (parameters, inputs,
+activations, gradients; SGD without momentum has no state). "extra" is the recomputed operations over
+the step's (`model_opt.remat.cost`): for hand checkpointing, the operations of the checkpointed step's
+graph over the plain one's. "remat s" is the recomputation search's time; the order's solve time is in
+the reorder table. Prints a markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model_opt.apps import models
+from model_opt.apps.bench_reorder import OPTIMIZERS
+from model_opt.capture.step import CapturedStep, capture_training_step
+from model_opt.remat.cost import total_flops
+from model_opt.step_plan import PlanOptions, peak_of_order, plan_captured
+
+GB = 1e9
+HEADER = [
+    "model",
+    "batch",
+    "ops",
+    "eager (GB)",
+    "order (GB)",
+    "order bound (GB)",
+    "max_recompute",
+    "remat + order (GB)",
+    "vs order",
+    "extra",
+    "recomputed",
+    "remat s",
+    "stopped",
+    "checkpoint every block (GB)",
+    "its extra",
+]
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks a user would checkpoint by hand."""
+    if hasattr(model, "layer1"):  # torchvision ResNet
+        return [b for name in ("layer1", "layer2", "layer3", "layer4") for b in getattr(model, name)]
+    if hasattr(model, "encoder") and hasattr(model.encoder, "layers"):  # torchvision ViT
+        return list(model.encoder.layers)
+    for attr in ("h", "layer", "layers"):  # Hugging Face: GPT-2 .transformer.h, BERT .encoder.layer
+        for module in model.modules():
+            found = getattr(module, attr, None)
+            if isinstance(found, nn.ModuleList):
+                return list(found)
+    raise ValueError(f"no blocks known for {type(model).__name__}")
+
+
+def _checkpointed(model: nn.Module) -> nn.Module:
+    for block in _blocks(model):
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
+    return model
+
+
+def _capture(name: str, batch: int, hand: bool) -> CapturedStep:
+    torch.manual_seed(0)
+    model, inputs, targets = models.example(name, batch)
+    model.train()
+    if hand:
+        _checkpointed(model)
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    return capture_training_step(model, opt, models.loss_for(name), inputs, targets)
+
+
+def _eager_peak(captured: CapturedStep) -> int:
+    return peak_of_order(captured, range(len(captured.dataflow.ops)))
+
+
+def rows(name: str, batch: int, allowances: list[float | None], time_limit: float) -> list[list[str]]:
+    captured = _capture(name, batch, hand=False)
+    hand = _capture(name, batch, hand=True)
+    base_flops = total_flops(captured.graph_module.graph.nodes)
+    hand_extra = total_flops(hand.graph_module.graph.nodes) / max(base_flops, 1) - 1
+    order_only = plan_captured(captured, PlanOptions.of(time_limit=time_limit))[2]
+    out = []
+    for allowance in allowances:
+        options = PlanOptions.of(time_limit=time_limit, allow=("reorder", "remat"), max_recompute=allowance)
+        _, _, r = plan_captured(captured, options)
+        remat: dict[str, Any] = r["remat"] or {}
+        out.append(
+            [
+                name,
+                str(batch),
+                str(order_only["num_ops"]),
+                f"{order_only['eager_peak_bytes'] / GB:.3f}",
+                f"{order_only['peak_bytes'] / GB:.3f}",
+                f"{order_only['lower_bound_bytes'] / GB:.3f}",
+                "none" if allowance is None else f"{allowance:g}",
+                f"{r['peak_bytes'] / GB:.3f}",
+                f"{100 * (r['peak_bytes'] / order_only['peak_bytes'] - 1):+.1f}%",
+                f"{100 * remat.get('extra_compute', 0):.2f}%",
+                str(len(remat.get("recomputed", []))),
+                f"{remat.get('seconds', 0):.1f}",
+                remat.get("stopped", ""),
+                f"{_eager_peak(hand) / GB:.3f}",
+                f"{100 * hand_extra:.1f}%",
+            ]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vit_b_16", "bert", "gpt2"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-recompute", nargs="+", default=["0.2", "none"])
+    parser.add_argument("--time-limit", type=float, default=10.0)
+    args = parser.parse_args()
+    allowances = [None if a == "none" else float(a) for a in args.max_recompute]
+    torch.set_num_threads(1)
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "|".join("---" for _ in HEADER) + "|", flush=True)
+    for name in args.models:
+        for row in rows(name, args.batch, allowances, args.time_limit):
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Which operators of a captured step can be recomputed faithfully, and what a recomputation replays.
+
+A recomputation must compute bit for bit what the original computed, and change nothing else. So an
+operator is recomputed only when
+
+* it is an ``aten`` (or ``prims``) operator: the model's own custom operators, the optimizer's step and
+  the RNG state operators (`model_opt.capture.ops`) have effects a second call would repeat;
+* it draws no random numbers (``nondeterministic_seeded``: dropout, ``rand``...; recomputing them with
+  the generator where it is now would draw different numbers) and is not tagged
+  ``nondeterministic_bitwise`` (its results may differ between two calls);
+* it writes none of its arguments — except ``native_batch_norm``, whose schema hides the update of the
+  running statistics: it is recomputed without them (``running_mean``/``running_var`` ``None``), which
+  computes the same output (the statistics are only written, never read, in training), and the
+  update happens once, as in eager;
+* it does not read uninitialised memory (``empty``...), nor is it one of the operators that resize or
+  swap storages.
+
+A *unit* is what is recomputed to rebuild the storages an operator produced: the operator, the
+``getitem`` nodes that unpack its tuple, and every in-place writer of those storages that ran before the
+point where the storage is dropped (``relu_`` after a batch norm, the residual ``add_``). Its values
+are the same at the recomputation only if no input it reads was written in between (checked).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from model_opt.capture.dataflow import node_storages, written_args
+
+#: Substrings of operator names that are never recomputed, whatever their schema says.
+_REFUSED_NAMES = (
+    "dropout",
+    "rand",
+    "bernoulli",
+    "normal",
+    "uniform",
+    "multinomial",
+    "exponential",
+    "geometric",
+    "cauchy",
+    "poisson",
+    "seed",
+    "rng",
+    "empty",
+    "set_",
+    "resize",
+    "_local_scalar_dense",
+)
+
+#: Operators whose schema does not mark the arguments they write.
+_HIDDEN_WRITES = ("native_batch_norm", "batch_norm", "_batch_norm")
+
+
+def storages_of(node: fx.Node) -> list[StorageWeakRef]:
+    """The strided storages under a node's traced value (``meta['val']``), in order."""
+    return [key for key, _ in node_storages(node)]
+
+
+def _plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
+    """The node's operator if it is an ``aten``/``prims`` operator with no random or refused name."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return None
+    if target.namespace not in ("aten", "prims"):
+        return None
+    tags = target.tags
+    if torch.Tag.nondeterministic_seeded in tags or torch.Tag.nondeterministic_bitwise in tags:
+        return None
+    name = target.name()
+    if any(part in name for part in _REFUSED_NAMES):
+        return None
+    return target
+
+
+def recompute_call(node: fx.Node) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    """``(target, args, kwargs)`` that recompute ``node``'s output without side effects, or None when
+    ``node`` cannot be recomputed faithfully (see the module doc)."""
+    target = _plain_aten(node)
+    if target is None:
+        return None
+    if target is torch.ops.aten.native_batch_norm.default:
+        args = list(node.args)
+        if len(args) != 8 or node.kwargs:
+            return None
+        if args[5] is True:  # training: drop the running statistics, written only
+            args[3] = args[4] = None
+        return target, tuple(args), {}
+    if any(part in target.name() for part in _HIDDEN_WRITES):
+        return None
+    if target._schema.is_mutable:
+        return None
+    return target, tuple(node.args), dict(node.kwargs)
+
+
+def replayable_writer(node: fx.Node, storages: set[StorageWeakRef]) -> bool:
+    """Whether ``node`` is an in-place operator that writes only its first argument, one of
+    ``storages``, and can be replayed on a recomputed copy (``relu_``, ``add_``...)."""
+    target = _plain_aten(node)
+    if target is None or any(part in target.name() for part in _HIDDEN_WRITES):
+        return False
+    written = written_args(node)
+    if len(written) != 1 or not node.args or node.args[0] is not written[0]:
+        return False
+    return bool(set(storages_of(written[0])) & storages)
+
+
+def is_view_of(node: fx.Node, base: fx.Node) -> bool:
+    """Whether ``node`` is a non-writing aten operator whose first argument is ``base`` and whose value
+    shares ``base``'s storage (``view``, ``t``, ``alias``, ``expand``...)."""
+    if _plain_aten(node) is None or not node.args or node.args[0] is not base:
+        return False
+    if node.target._schema.is_mutable:  # type: ignore[union-attr]
+        return False
+    mine, theirs = storages_of(node), storages_of(base)
+    return len(mine) == 1 and bool(theirs) and mine[0] == theirs[0]
+
+
+@dataclass
+class Unit:
+    """What is recomputed to rebuild the storages one operator produced (see the module doc)."""
+
+    #: The operator, then its ``getitem`` nodes, then the in-place writers, in graph order.
+    nodes: list[fx.Node]
+    #: The storages the operator produced.
+    storages: set[StorageWeakRef]
+    #: The in-place writers among ``nodes``, in graph order.
+    writers: list[fx.Node] = field(default_factory=list)
+    #: Nodes read by the unit that it does not compute itself, in first-use order.
+    inputs: list[fx.Node] = field(default_factory=list)
+
+    @property
+    def producer(self) -> fx.Node:
+        return self.nodes[0]
+
+
+def unit_of(producer: fx.Node, writers: list[fx.Node]) -> Unit | None:
+    """The unit rebuilding ``producer``'s storages, replaying ``writers`` (the in-place writes of those
+    storages, in graph order), or None when something in it cannot be replayed faithfully."""
+    if recompute_call(producer) is None:
+        return None
+    storages = set(storages_of(producer))
+    if not storages:
+        return None
+    # A view or an in-place op produces nothing of its own.
+    for inp in producer.all_input_nodes:
+        if storages & set(storages_of(inp)):
+            return None
+    getitems = [u for u in producer.users if u.target is operator.getitem]
+    if isinstance(producer.meta.get("val"), (tuple, list)) and len(getitems) != len(producer.users):
+        return None
+    if not all(replayable_writer(w, storages) for w in writers):
+        return None
+    nodes = [producer, *getitems, *writers]
+    members = set(nodes)
+    inputs: list[fx.Node] = []
+    for n in nodes:
+        for inp in n.all_input_nodes:
+            if inp not in members and inp not in inputs and not _aliases_member(inp, members):
+                inputs.append(inp)
+    return Unit(nodes, storages, list(writers), inputs)
+
+
+def _aliases_member(node: fx.Node, members: set[fx.Node]) -> bool:
+    """Whether ``node`` is a member, or a chain of views over one (a writer may read a view of the
+    storage it writes; the view is rebuilt on the copy)."""
+    while node not in members:
+        if not node.args or not isinstance(node.args[0], fx.Node) or not is_view_of(node, node.args[0]):
+            return False
+        node = node.args[0]
+    return True

@@ -1,0 +1,248 @@
+"""Rewriting a captured graph so that a unit is recomputed before its late uses.
+
+The graph's node order is its execution order (FX drops each value after its last use), so freeing a
+storage between its early and late uses means: the late uses read a copy, recomputed right before the
+first of them, and the original dies after its last early use. The copy's inputs are the original's when
+they are still live there; an input that was itself recomputed earlier in the search is read from its
+copy, moved up if it comes later (*hoisted*, with whatever it reads); otherwise the original input is
+kept alive until the copy (the search prices that in).
+
+Every node a rewrite adds carries ``meta["model_opt_recompute"]``: the name of the node it copies and the
+number of its group (one group per recomputation), so later rewrites and reports can find them.
+
+Rewrites happen in place and record how to undo themselves (`UndoLog`): the search tries a rewrite,
+simulates it, and takes it back when it does not help, without copying the graph. The graph module is
+recompiled once, at the end of the search.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+from torch._guards import detect_fake_mode
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree as pytree
+
+from model_opt.capture.dataflow import written_args
+from model_opt.remat.recompute import Unit, is_view_of, recompute_call, storages_of
+
+META = "model_opt_recompute"
+
+
+class RewriteRefused(Exception):
+    """The unit cannot be recomputed for these uses (a use reaches its storage by a path that cannot be
+    rebuilt on the copy); what the rewrite did so far is in its `UndoLog`."""
+
+
+@dataclass
+class UndoLog:
+    """How to take back graph edits, newest last."""
+
+    steps: list[Callable[[], None]] = field(default_factory=list)
+
+    def mark(self) -> int:
+        return len(self.steps)
+
+    def undo(self, to: int = 0) -> None:
+        """Takes back the edits made since ``mark()`` returned ``to``, newest first."""
+        while len(self.steps) > to:
+            self.steps.pop()()
+
+
+@dataclass
+class GraphFacts:
+    """Positions and storage lifetimes of one graph, in its node order."""
+
+    #: The graph's nodes in order, and each node's position.
+    nodes: list[fx.Node]
+    pos: dict[fx.Node, int]
+    #: Last position at which each storage is read (resident storages and outputs: past the end).
+    last_use: dict[StorageWeakRef, int]
+    #: Positions of the nodes that write each storage in place, in order.
+    writes: dict[StorageWeakRef, list[int]]
+    #: Per original node name: its copies, in graph order.
+    copies: dict[str, list[fx.Node]]
+    #: The nodes that read each storage (directly or through a view), in graph order; the output node
+    #: included.
+    readers: dict[StorageWeakRef, list[fx.Node]]
+
+    @classmethod
+    def of(cls, graph: fx.Graph) -> GraphFacts:
+        nodes = list(graph.nodes)
+        pos: dict[fx.Node, int] = {}
+        last_use: dict[StorageWeakRef, int] = {}
+        writes: dict[StorageWeakRef, list[int]] = {}
+        copies: dict[str, list[fx.Node]] = {}
+        readers: dict[StorageWeakRef, list[fx.Node]] = {}
+        end = len(nodes) + 1
+        for i, node in enumerate(nodes):
+            pos[node] = i
+            if node.op in ("placeholder", "get_attr"):
+                for key in storages_of(node):
+                    last_use[key] = end
+                continue
+            at = end if node.op == "output" else i
+            for inp in node.all_input_nodes:
+                for key in storages_of(inp):
+                    last_use[key] = max(last_use.get(key, at), at)
+                    found = readers.setdefault(key, [])
+                    if not found or found[-1] is not node:
+                        found.append(node)
+            for w in written_args(node) + _hidden_writes(node):
+                for key in storages_of(w):
+                    writes.setdefault(key, []).append(i)
+            info = node.meta.get(META)
+            if info is not None:
+                copies.setdefault(info[0], []).append(node)
+        return cls(nodes, pos, last_use, writes, copies, readers)
+
+    def live_at(self, node: fx.Node, at: int) -> bool:
+        """Whether ``node``'s storages are all still read at or after position ``at``."""
+        keys = storages_of(node)
+        return bool(keys) and all(self.last_use.get(k, -1) >= at for k in keys)
+
+    def written_between(self, node: fx.Node, start: int, end: int) -> bool:
+        """Whether any storage of ``node`` is written at a position in ``(start, end)``."""
+        return any(start < w < end for k in storages_of(node) for w in self.writes.get(k, ()))
+
+
+def _hidden_writes(node: fx.Node) -> list[fx.Node]:
+    """Arguments written without a schema mark: batch norm's running statistics in training."""
+    if node.target is torch.ops.aten.native_batch_norm.default and len(node.args) == 8 and node.args[5]:
+        return [a for a in node.args[3:5] if isinstance(a, fx.Node)]
+    return []
+
+
+def copy_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[fx.Node, fx.Node]]:
+    """A copy of ``gm`` sharing its attributes, and the map from its nodes to the copy's."""
+    graph = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    out = graph.graph_copy(gm.graph, val_map)
+    graph.output(out)
+    return fx.GraphModule(gm, graph), val_map
+
+
+def _fake_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The traced value of ``target(*args, **kwargs)`` on the nodes' traced values (fresh storages)."""
+    vals = pytree.tree_map(lambda a: a.meta["val"] if isinstance(a, fx.Node) else a, (args, kwargs))
+    mode = detect_fake_mode([v for v in pytree.tree_leaves(vals) if isinstance(v, torch.Tensor)])
+    if mode is None:
+        raise RewriteRefused("no fake tensor mode to trace the copy in")
+    try:
+        with mode:
+            return target(*vals[0], **vals[1])
+    except Exception as e:  # an operator the fake mode cannot run on these values: not recomputed
+        raise RewriteRefused(f"{target} cannot be traced on the copy's inputs: {e}") from e
+
+
+class _Copier:
+    """Builds one group of copies before ``before``."""
+
+    def __init__(
+        self, graph: fx.Graph, facts: GraphFacts, unit: Unit, before: fx.Node, group: int, log: UndoLog
+    ) -> None:
+        self.graph, self.facts, self.unit, self.before, self.group = graph, facts, unit, before, group
+        self.log = log
+        self.clones: dict[fx.Node, fx.Node] = {}
+        self.hoisted: set[fx.Node] = set()
+        self.at = facts.pos[before]
+
+    def _insert(
+        self, original: fx.Node, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> fx.Node:
+        with self.graph.inserting_before(self.before):
+            node = self.graph.call_function(target, args, kwargs)
+        self.log.steps.append(lambda: self.graph.erase_node(node))
+        if target is operator.getitem:
+            node.meta["val"] = args[0].meta["val"][args[1]]
+        else:
+            node.meta["val"] = _fake_value(target, args, kwargs)
+        node.meta[META] = (original.name, self.group)
+        self.clones[original] = node
+        return node
+
+    def external(self, x: fx.Node) -> fx.Node:
+        """The node a copy reads in place of the unit's input ``x`` (see the module doc)."""
+        if x.op in ("placeholder", "get_attr") or self.facts.live_at(x, self.at):
+            return x
+        copies = self.facts.copies.get(x.name, [])
+        for copy in copies:
+            if copy in self.hoisted or (self.facts.pos[copy] < self.at and self.facts.live_at(copy, self.at)):
+                return copy
+        for copy in copies:
+            if self.facts.pos[copy] >= self.at:
+                self._hoist(copy)
+                return copy
+        return x
+
+    def _hoist(self, copy: fx.Node) -> None:
+        """Moves ``copy``'s whole group (and the later copies it reads) right before ``before``."""
+        group = copy.meta[META][1]
+        members = [n for n in self.graph.nodes if n.meta.get(META, (None, None))[1] == group]
+        for n in members:
+            for inp in n.all_input_nodes:
+                if inp not in members and inp.meta.get(META) and inp not in self.hoisted:
+                    if self.facts.pos[inp] >= self.at:
+                        self._hoist(inp)
+        for n in members:
+            # Undone newest first, each node goes back after the node that preceded it when it left.
+            self.log.steps.append(lambda n=n, prev=n.prev: prev.append(n))
+            self.before.prepend(n)
+            self.hoisted.add(n)
+
+    def rebuild(self, x: fx.Node) -> fx.Node:
+        """The copy of a member of the unit, or of a chain of views over one."""
+        if x in self.clones:
+            return self.clones[x]
+        if x.args and isinstance(x.args[0], fx.Node) and is_view_of(x, x.args[0]):
+            base = self.rebuild(x.args[0])
+            return self._insert(x, x.target, (base, *x.args[1:]), dict(x.kwargs))
+        raise RewriteRefused(f"{x.name} reaches the recomputed storage by a path that cannot be rebuilt")
+
+    def copy_unit(self, unit: Unit) -> None:
+        """Copies ``unit``'s nodes; inputs that are (views of) nodes copied before read the copies."""
+        call = recompute_call(unit.producer)
+        assert call is not None
+        target, args, kwargs = call
+
+        def arg_map(n: fx.Node) -> fx.Node:
+            try:  # a member, or a view of one, is rebuilt on the copy
+                return self.rebuild(n)
+            except RewriteRefused:
+                return self.external(n)
+
+        args, kwargs = fx.node.map_arg((args, kwargs), arg_map)  # type: ignore[assignment]
+        self._insert(unit.producer, target, args, kwargs)
+        for node in unit.nodes[1:]:
+            a, k = fx.node.map_arg((node.args, node.kwargs), arg_map)
+            self._insert(node, node.target, a, k)  # type: ignore[arg-type]
+
+
+def recompute_unit(
+    gm: fx.GraphModule,
+    facts: GraphFacts,
+    unit: Unit,
+    late: Sequence[fx.Node],
+    group: int,
+    log: UndoLog,
+    chain: Sequence[Unit] = (),
+) -> None:
+    """Rewrites ``gm``'s graph in place: ``unit`` is recomputed right before the first of ``late`` (its
+    uses after the boundary, in graph order), and they read the copy; every edit goes to ``log``.
+    ``chain``: units whose storages are dead by then and that the copy reads, recomputed first (inputs
+    first), as a checkpointed segment is. The graph module is not recompiled. Raises `RewriteRefused`."""
+    copier = _Copier(gm.graph, facts, unit, late[0], group, log)
+    for link in chain:
+        copier.copy_unit(link)
+    copier.copy_unit(unit)
+    for consumer in late:
+        for x in list(consumer.all_input_nodes):
+            if set(storages_of(x)) & unit.storages:
+                copy = copier.rebuild(x)
+                consumer.replace_input_with(x, copy)
+                log.steps.append(lambda c=consumer, x=x, copy=copy: c.replace_input_with(copy, x))

@@ -1,0 +1,308 @@
+"""The greedy choice of what to recompute: at the peak, the storage freed for the least compute.
+
+One round: simulate the graph in its order, find the step where the most bytes are live, and list the
+storages live there that could be dropped and rebuilt later — produced before the peak, read again only
+after it, by a unit that can be recomputed faithfully (`model_opt.remat.recompute`) from inputs left
+unchanged. Each candidate is priced: the bytes it frees at the peak, less the inputs it would keep alive
+across the peak, per recomputed operation (`model_opt.remat.cost`). The best are applied to the graph in
+place (a batch of them: doubled after a round that lowered the peak, or the number of steps at it;
+halved after one that did not), the graph is re-simulated, and the batch is kept or undone. Rounds go on
+until the budget is met, the recompute allowance is spent, no candidate helps, or the time is up.
+
+Two phases: the first recomputes single units, whose inputs must be kept alive if they are dead by
+then; once nothing more helps, the second also recomputes such inputs first (a *segment*, as a
+checkpointed block is recomputed from its input), up to `CHAIN_DEPTH` producers back.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx
+
+from model_opt._native import simulate_order
+from model_opt.capture.dataflow import DataflowGraph, build_dataflow
+from model_opt.remat.cost import node_flops, total_flops
+from model_opt.remat.recompute import Unit, is_view_of, storages_of, unit_of
+from model_opt.remat.rewrite import META, GraphFacts, RewriteRefused, UndoLog, copy_graph, recompute_unit
+
+#: The most candidates applied together in one round (see `rematerialize`).
+MAX_BATCH = 64
+
+
+@dataclass
+class RematResult:
+    """What `rematerialize` did."""
+
+    graph_module: fx.GraphModule
+    dataflow: DataflowGraph
+    #: Simulated peak (bytes) of the graph it started from, and of the result, in graph order.
+    start_peak_bytes: int
+    peak_bytes: int
+    #: The operators recomputed (their names in the starting graph), in the order chosen.
+    recomputed: list[str] = field(default_factory=list)
+    #: Operators recomputed too, before those, because they read them and they were dead by then
+    #: (a checkpointed segment's inner operators).
+    chained: list[str] = field(default_factory=list)
+    #: Operations of the recomputations, and of the whole step before them (`model_opt.remat.cost`).
+    recompute_flops: int = 0
+    step_flops: int = 0
+    #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
+    stopped: str = ""
+    #: When the peak could not go lower: what holds it (a sentence).
+    held_by: str = ""
+    seconds: float = 0.0
+
+    @property
+    def extra_compute(self) -> float:
+        """Recomputed operations as a fraction of the step's."""
+        return self.recompute_flops / max(self.step_flops, 1)
+
+
+def _profile(df: DataflowGraph) -> list[int]:
+    num_ops, tensors, edges, resident = df.native_args()
+    if num_ops == 0:
+        return [resident]
+    return list(simulate_order(num_ops, tensors, edges, list(range(num_ops)), resident))
+
+
+def _score(profile: list[int]) -> tuple[int, int]:
+    peak = max(profile)
+    return peak, sum(1 for x in profile if x == peak)
+
+
+@dataclass
+class _Candidate:
+    unit: Unit
+    late: list[fx.Node]
+    cost: int
+    net: int
+    #: Units recomputed first because the unit reads them and they are dead by then (inputs first).
+    chain: list[Unit] = field(default_factory=list)
+
+
+#: How many producers back a recomputed segment may reach for inputs that are dead at the peak, in the
+#: search's second phase (the first recomputes single units only: segments chosen early can block
+#: cheaper single recomputations later, and leave a higher peak).
+CHAIN_DEPTH = 3
+
+
+def _base(x: fx.Node) -> fx.Node:
+    """The node that produced ``x``'s storage: views followed back, a tuple's ``getitem`` to the tuple."""
+    while x.args and isinstance(x.args[0], fx.Node) and is_view_of(x, x.args[0]):
+        x = x.args[0]
+    if x.target is operator.getitem and isinstance(x.args[0], fx.Node):
+        return x.args[0]
+    return x
+
+
+def _unit_at(node: fx.Node, facts: GraphFacts, at: int, until: int) -> Unit | None:
+    """``node``'s unit, with every in-place write of its storages (all before the peak ``at``)
+    replayed, if it can be recomputed at ``until`` with the values it had: no outside input written in
+    between."""
+    if node.op != "call_function" or META in node.meta:
+        return None
+    storages = set(storages_of(node))
+    writer_pos = sorted({w for k in storages for w in facts.writes.get(k, ())})
+    if any(w >= at for w in writer_pos):
+        return None
+    unit = unit_of(node, [facts.nodes[w] for w in writer_pos])
+    # The unit's own storages are written by its writers (replayed); an outside input written after
+    # the unit began would give the copy another value.
+    if unit is None or any(facts.written_between(x, facts.pos[node], until) for x in unit.inputs):
+        return None
+    return unit
+
+
+def _segment(
+    unit: Unit, facts: GraphFacts, sizes: dict[Any, int], at: int, first: int, depth: int, chain: list[Unit]
+) -> tuple[int, int]:
+    """Bytes that recomputing ``unit`` at ``first`` keeps alive across the peak ``at`` (its inputs dead
+    by then), and the operations it adds, after recomputing such inputs too (appended to ``chain``,
+    inputs first) wherever that keeps fewer bytes, up to ``depth`` producers back."""
+    kept = cost = 0
+    for x in unit.inputs:
+        if x.op in ("placeholder", "get_attr") or facts.live_at(x, first):
+            continue
+        size = sum(sizes.get(k, 0) for k in storages_of(x) if facts.last_use.get(k, -1) < at)
+        if size == 0:
+            continue  # live at the peak anyway
+        base = _base(x)
+        if any(link.producer is base for link in chain):
+            continue
+        sub = _unit_at(base, facts, at, first) if depth > 0 else None
+        if sub is not None:
+            mark = len(chain)
+            sub_kept, sub_cost = _segment(sub, facts, sizes, at, first, depth - 1, chain)
+            if sub_kept < size:
+                chain.append(sub)
+                kept += sub_kept
+                cost += sub_cost + sum(node_flops(n) for n in sub.nodes)
+                continue
+            del chain[mark:]
+        kept += size
+    return kept, cost
+
+
+def _candidates(
+    gm: fx.GraphModule, df: DataflowGraph, facts: GraphFacts, peak_op: int, tried: set[str], depth: int
+) -> list[_Candidate]:
+    """Units that could free bytes at ``peak_op`` (see the module doc), best priced first."""
+    peak_node = df.ops[peak_op]
+    at = facts.pos[peak_node]
+    sizes = {key: t[0] for key, t in zip(df.tensor_keys, df.tensors)}
+    seen: set[fx.Node] = set()
+    found: list[_Candidate] = []
+    for _size, producer, consumers, output in df.tensors:
+        if output or producer >= peak_op or peak_op in consumers or max(consumers, default=-1) <= peak_op:
+            continue
+        node = df.ops[producer]
+        if node in seen or node.name in tried:
+            continue
+        seen.add(node)
+        storages = set(storages_of(node))
+        readers = sorted({r for k in storages for r in facts.readers.get(k, ())}, key=facts.pos.__getitem__)
+        late = [r for r in readers if facts.pos[r] > at]
+        if not late or any(r.op == "output" for r in late):
+            continue
+        first = facts.pos[late[0]]
+        unit = _unit_at(node, facts, at, first) if facts.pos[node] < at else None
+        if unit is None:
+            continue
+        freed = sum(sizes.get(k, 0) for k in storages if facts.last_use.get(k, -1) > at)
+        chain: list[Unit] = []
+        kept, chain_cost = _segment(unit, facts, sizes, at, first, depth, chain)
+        if freed - kept <= 0:
+            continue
+        cost = chain_cost + sum(node_flops(n) for n in unit.nodes)
+        found.append(_Candidate(unit, late, cost, freed - kept, chain))
+    found.sort(key=lambda c: c.net / max(c.cost, 1), reverse=True)
+    return found
+
+
+def _apply(gm: fx.GraphModule, cand: _Candidate, peak_node: fx.Node, group: int, log: UndoLog) -> bool:
+    """Rewrites ``gm`` in place with ``cand`` recomputed, its late uses taken afresh (earlier rewrites of
+    a batch may have added readers); False, with nothing changed, when the rewrite is refused."""
+    facts = GraphFacts.of(gm.graph)
+    unit = cand.unit
+    at = facts.pos[peak_node]
+    readers = {r for k in unit.storages for r in facts.readers.get(k, ())}
+    late = sorted((r for r in readers if facts.pos[r] > at), key=facts.pos.__getitem__)
+    if not late or any(r.op == "output" for r in late):
+        return False
+    mark = log.mark()
+    try:
+        recompute_unit(gm, facts, unit, late, group, log, cand.chain)
+    except RewriteRefused:
+        log.undo(mark)
+        return False
+    return True
+
+
+def _held_by(df: DataflowGraph, profile: list[int]) -> str:
+    """A sentence on what holds the peak: resident bytes, bytes the peak operator reads or writes, and
+    the rest (live across it, but with no faithful recomputation that frees them)."""
+    peak_op = max(range(len(profile)), key=profile.__getitem__)
+    used = rest = 0
+    for size, producer, consumers, output in df.tensors:
+        last = max([producer, *consumers]) if not output else len(profile)
+        if producer <= peak_op <= last:
+            if producer == peak_op or peak_op in consumers:
+                used += size
+            else:
+                rest += size
+    node = df.ops[peak_op]
+    return (
+        f"the peak is at {node.target} ({node.name}, step {peak_op + 1} of {len(profile)}): "
+        f"{df.resident_bytes} bytes resident (parameters, buffers, inputs), {used} bytes it reads or "
+        f"writes, {rest} bytes live across it that no faithful recomputation frees"
+    )
+
+
+def rematerialize(
+    gm: fx.GraphModule,
+    *,
+    budget: int | None = None,
+    max_recompute: float | None = 0.2,
+    time_limit: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> RematResult:
+    """Chooses recomputations for ``gm`` (a captured step, in its order) as the module doc says, and
+    returns the rewritten copy. ``budget``: stop once the simulated peak is at most this many bytes
+    (None: go as low as the allowance lets). ``max_recompute``: recomputed operations at most this
+    fraction of the step's (None: no limit). ``progress(round, peak_bytes)`` is called after each
+    kept recomputation."""
+    started = time.perf_counter()
+    work, _ = copy_graph(gm)
+    df = build_dataflow(work)
+    profile = _profile(df)
+    result = RematResult(work, df, max(profile), max(profile), step_flops=total_flops(work.graph.nodes))
+    allowance = None if max_recompute is None else max_recompute * result.step_flops
+    tried: set[str] = set()  # refused at the current peak; cleared when the peak moves
+    group = 0
+    batch = 1  # candidates applied together: doubled when a batch helps, halved when not
+    depth = 0  # segments' depth: none in the first phase
+    while True:
+        score = _score(profile)
+        if budget is not None and score[0] <= budget:
+            result.stopped = "budget met"
+            break
+        if time.perf_counter() - started > time_limit:
+            result.stopped = "time limit"
+            break
+        peak_op = max(range(len(profile)), key=profile.__getitem__)
+        peak_node = df.ops[peak_op]
+        found = _candidates(work, df, GraphFacts.of(work.graph), peak_op, tried, depth)
+        cands = [c for c in found if allowance is None or result.recompute_flops + c.cost <= allowance]
+        if not cands and depth == 0:
+            depth, batch = CHAIN_DEPTH, 1  # second phase: segments
+            tried.clear()
+            continue
+        if not cands:
+            result.stopped = "allowance spent" if found else "no candidate"
+            break
+        # Within the allowance as a batch, too.
+        chosen: list[_Candidate] = []
+        spent = result.recompute_flops
+        for cand in cands:
+            if len(chosen) == batch:
+                break
+            if allowance is None or spent + cand.cost <= allowance:
+                chosen.append(cand)
+                spent += cand.cost
+        log = UndoLog()
+        applied = [c for i, c in enumerate(chosen) if _apply(work, c, peak_node, group + i, log)]
+        refused = [c for c in chosen if c not in applied]
+        tried.update(c.unit.producer.name for c in refused)
+        if not applied:
+            continue
+        new_df = build_dataflow(work)
+        new_profile = _profile(new_df)
+        if _score(new_profile) < score:
+            df, profile = new_df, new_profile
+            for cand in applied:
+                result.recomputed.append(cand.unit.producer.name)
+                result.chained.extend(link.producer.name for link in cand.chain)
+                result.recompute_flops += cand.cost
+            group += len(chosen)
+            tried.clear()
+            batch = min(2 * batch, MAX_BATCH)
+            if progress is not None:
+                progress(len(result.recomputed), max(profile))
+            continue
+        log.undo()
+        if len(applied) == 1:
+            tried.add(applied[0].unit.producer.name)
+        batch = max(1, batch // 2)
+    work.graph.lint()
+    work.recompile()
+    result.graph_module, result.dataflow = work, build_dataflow(work)
+    result.peak_bytes = max(profile)
+    if result.stopped != "budget met":
+        result.held_by = _held_by(df, profile)
+    result.seconds = time.perf_counter() - started
+    return result
