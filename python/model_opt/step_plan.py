@@ -125,9 +125,13 @@ class PlanOptions:
                 "allow: 'spill' (copying activations to host memory) is not implemented yet; "
                 "use allow=('reorder', 'remat')"
             )
-        if max_recompute is not None and not max_recompute >= 0:
+        if max_recompute is not None and (
+            isinstance(max_recompute, bool)
+            or not isinstance(max_recompute, (int, float))
+            or not max_recompute >= 0
+        ):
             raise ArgumentError(
-                f"max_recompute must be a fraction of at least 0, or None; got {max_recompute}"
+                f"max_recompute must be a fraction of at least 0 (0.2 = 20%), or None; got {max_recompute!r}"
             )
         if not time_limit >= 0:
             raise ArgumentError(f"time_limit must be at least 0 seconds, got {time_limit}")
@@ -193,6 +197,10 @@ def plan_captured(
             report2["eager_peak_bytes"] = eager_peak
             report2["memory_budget"] = budget
             report = report2
+        if result.stopped != "budget met":  # the final order's peak, which the message describes
+            from model_opt.remat.search import held_by
+
+            result.held_by = held_by(captured.dataflow, list(report["order"]))
         report["remat"] = {
             "recomputed": result.recomputed,
             "chained": result.chained,
@@ -226,5 +234,5 @@ def _budget_message(budget: int, report: dict[str, Any], options: PlanOptions) -
     elif remat and remat["stopped"] == "time limit":
         hint = f"; the search ran out of time (time_limit={options.time_limit}): raise it"
     else:
-        hint = ""
+        hint = ", and no faithful recomputation frees more of them"
     return f"{said}, {why}{hint}"

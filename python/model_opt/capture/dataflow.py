@@ -88,17 +88,28 @@ def node_storages(node: fx.Node) -> list[tuple[StorageWeakRef, int]]:
     return found
 
 
+#: Per operator: its written arguments' ``(position, name, keyword-only)``, from its schema.
+_WRITTEN: dict[Any, tuple[tuple[int, str, bool], ...]] = {}
+
+
 def written_args(node: fx.Node) -> list[fx.Node]:
     """The argument nodes an operator writes in place (schema alias info ``(a!)``)."""
     target = node.target
-    schema = getattr(target, "_schema", None)
-    if schema is None:
-        return []
+    found = _WRITTEN.get(target)
+    if found is None:
+        schema = getattr(target, "_schema", None)
+        found = tuple(
+            (i, arg.name, arg.kwarg_only)
+            for i, arg in enumerate(schema.arguments if schema is not None else ())
+            if arg.alias_info is not None and arg.alias_info.is_write
+        )
+        try:
+            _WRITTEN[target] = found
+        except TypeError:  # an unhashable target: not cached
+            pass
     written: list[fx.Node] = []
-    for i, arg in enumerate(schema.arguments):
-        if arg.alias_info is None or not arg.alias_info.is_write:
-            continue
-        value = node.kwargs.get(arg.name) if (arg.kwarg_only or i >= len(node.args)) else node.args[i]
+    for i, name, kwarg_only in found:
+        value = node.kwargs.get(name) if (kwarg_only or i >= len(node.args)) else node.args[i]
         written.extend(n for n in pytree.tree_leaves(value) if isinstance(n, fx.Node))
     return written
 

@@ -5,9 +5,12 @@ operator is recomputed only when
 
 * it is an ``aten`` (or ``prims``) operator: the model's own custom operators, the optimizer's step and
   the RNG state operators (`model_opt.capture.ops`) have effects a second call would repeat;
-* it draws no random numbers (``nondeterministic_seeded``: dropout, ``rand``...; recomputing them with
-  the generator where it is now would draw different numbers) and is not tagged
-  ``nondeterministic_bitwise`` (its results may differ between two calls);
+* it draws no random numbers (``nondeterministic_seeded``: ``rand``...; recomputing them with the
+  generator where it is now would draw different numbers) and is not tagged
+  ``nondeterministic_bitwise`` (its results may differ between two calls) — except dropout's mask: an
+  uninitialised allocation overwritten whole by ``bernoulli_`` (`random_fill`) is redrawn from the
+  generator state saved right before the original draw, as activation checkpointing does
+  (`model_opt.remat.rewrite`);
 * it writes none of its arguments — except ``native_batch_norm``, whose schema hides the update of the
   running statistics: it is recomputed without them (``running_mean``/``running_var`` ``None``), which
   computes the same output (the statistics are only written, never read, in training), and the
@@ -29,7 +32,6 @@ from typing import Any
 
 import torch
 from torch import fx
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from model_opt.capture.dataflow import node_storages, written_args
 
@@ -57,9 +59,21 @@ _REFUSED_NAMES = (
 _HIDDEN_WRITES = ("native_batch_norm", "batch_norm", "_batch_norm")
 
 
-def storages_of(node: fx.Node) -> list[StorageWeakRef]:
-    """The strided storages under a node's traced value (``meta['val']``), in order."""
-    return [key for key, _ in node_storages(node)]
+#: A storage's identity: ``StorageWeakRef.cdata``, unique while the traced values that hold the storage
+#: live (the graph's ``meta['val']``); plain ints, because the search looks them up millions of times.
+StorageId = int
+
+
+def storages_of(node: fx.Node) -> list[StorageId]:
+    """The strided storages under a node's traced value (``meta['val']``), in order (kept in the
+    node's meta)."""
+    found = node.meta.get(_KEYS_META)
+    if found is None:
+        found = node.meta[_KEYS_META] = [key.cdata for key, _ in node_storages(node)]
+    return found
+
+
+_KEYS_META = "model_opt_storage_keys"
 
 
 def _plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
@@ -78,9 +92,31 @@ def _plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
     return target
 
 
-def recompute_call(node: fx.Node) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+#: Uninitialised allocations: recomputed (as ``empty_strided`` of the same layout, reading nothing) only
+#: when a random writer of the unit overwrites every element before anything reads them.
+_EMPTY = ("aten::empty_like", "aten::empty", "aten::empty_strided")
+
+#: Random in-place operators that overwrite every element of their first argument (dropout's mask is
+#: ``empty_like`` then ``bernoulli_``): replayed with the generator state they drew from.
+_RANDOM_FILLS = ("aten::bernoulli_",)
+
+
+def _empty_call(node: fx.Node) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.layout != torch.strided:
+        return None
+    kwargs = {"dtype": val.dtype, "layout": val.layout, "device": val.device, "pin_memory": False}
+    return torch.ops.aten.empty_strided.default, (list(val.shape), list(val.stride())), kwargs
+
+
+def recompute_call(
+    node: fx.Node, overwritten: bool = False
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
     """``(target, args, kwargs)`` that recompute ``node``'s output without side effects, or None when
-    ``node`` cannot be recomputed faithfully (see the module doc)."""
+    ``node`` cannot be recomputed faithfully (see the module doc). ``overwritten``: a random fill of the
+    unit overwrites the output first, so an uninitialised allocation may be recomputed."""
+    if overwritten and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name in _EMPTY:
+        return _empty_call(node)
     target = _plain_aten(node)
     if target is None:
         return None
@@ -98,7 +134,7 @@ def recompute_call(node: fx.Node) -> tuple[Any, tuple[Any, ...], dict[str, Any]]
     return target, tuple(node.args), dict(node.kwargs)
 
 
-def replayable_writer(node: fx.Node, storages: set[StorageWeakRef]) -> bool:
+def replayable_writer(node: fx.Node, storages: set[StorageId]) -> bool:
     """Whether ``node`` is an in-place operator that writes only its first argument, one of
     ``storages``, and can be replayed on a recomputed copy (``relu_``, ``add_``...)."""
     target = _plain_aten(node)
@@ -108,6 +144,18 @@ def replayable_writer(node: fx.Node, storages: set[StorageWeakRef]) -> bool:
     if len(written) != 1 or not node.args or node.args[0] is not written[0]:
         return False
     return bool(set(storages_of(written[0])) & storages)
+
+
+def random_fill(node: fx.Node, storages: set[StorageId]) -> bool:
+    """Whether ``node`` is a random fill (`_RANDOM_FILLS`) of one of ``storages``, whole: replayable
+    with the generator state it drew from."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return False
+    if target._schema.name not in _RANDOM_FILLS or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    keys = storages_of(node.args[0])
+    return len(keys) == 1 and keys[0] in storages and written_args(node) == [node.args[0]]
 
 
 def is_view_of(node: fx.Node, base: fx.Node) -> bool:
@@ -128,11 +176,15 @@ class Unit:
     #: The operator, then its ``getitem`` nodes, then the in-place writers, in graph order.
     nodes: list[fx.Node]
     #: The storages the operator produced.
-    storages: set[StorageWeakRef]
+    storages: set[StorageId]
     #: The in-place writers among ``nodes``, in graph order.
     writers: list[fx.Node] = field(default_factory=list)
     #: Nodes read by the unit that it does not compute itself, in first-use order.
     inputs: list[fx.Node] = field(default_factory=list)
+    #: The random fills among ``writers``: replayed from the generator state saved before each.
+    random: list[fx.Node] = field(default_factory=list)
+    #: Whether the producer is an uninitialised allocation the first random fill overwrites.
+    overwritten: bool = False
 
     @property
     def producer(self) -> fx.Node:
@@ -142,10 +194,14 @@ class Unit:
 def unit_of(producer: fx.Node, writers: list[fx.Node]) -> Unit | None:
     """The unit rebuilding ``producer``'s storages, replaying ``writers`` (the in-place writes of those
     storages, in graph order), or None when something in it cannot be replayed faithfully."""
-    if recompute_call(producer) is None:
-        return None
     storages = set(storages_of(producer))
     if not storages:
+        return None
+    random = [w for w in writers if random_fill(w, storages)]
+    # An uninitialised allocation only if a random fill overwrites it before anything else touches it.
+    overwritten = bool(writers) and writers[0] in random and writers[0].args[0] is producer
+    call = recompute_call(producer, overwritten)
+    if call is None:
         return None
     # A view or an in-place op produces nothing of its own.
     for inp in producer.all_input_nodes:
@@ -154,16 +210,23 @@ def unit_of(producer: fx.Node, writers: list[fx.Node]) -> Unit | None:
     getitems = [u for u in producer.users if u.target is operator.getitem]
     if isinstance(producer.meta.get("val"), (tuple, list)) and len(getitems) != len(producer.users):
         return None
-    if not all(replayable_writer(w, storages) for w in writers):
+    if not all(w in random or replayable_writer(w, storages) for w in writers):
         return None
     nodes = [producer, *getitems, *writers]
     members = set(nodes)
     inputs: list[fx.Node] = []
-    for n in nodes:
-        for inp in n.all_input_nodes:
+    read = [call[1:], *((n.args, n.kwargs) for n in nodes[1:])]  # what the copies will read
+    for args in read:
+        for inp in _nodes_in(args):
             if inp not in members and inp not in inputs and not _aliases_member(inp, members):
                 inputs.append(inp)
-    return Unit(nodes, storages, list(writers), inputs)
+    return Unit(nodes, storages, list(writers), inputs, random, overwritten)
+
+
+def _nodes_in(args: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(args, found.append)
+    return found
 
 
 def _aliases_member(node: fx.Node, members: set[fx.Node]) -> bool:

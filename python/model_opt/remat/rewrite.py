@@ -10,6 +10,10 @@ kept alive until the copy (the search prices that in).
 Every node a rewrite adds carries ``meta["model_opt_recompute"]``: the name of the node it copies and the
 number of its group (one group per recomputation), so later rewrites and reports can find them.
 
+A random fill (dropout's ``bernoulli_``) is replayed as activation checkpointing replays it: a
+``get_rng_state`` inserted right before the original draw saves the generator's state; the copy reads
+the state the generator has then, sets the saved one, draws, and sets the generator back.
+
 Rewrites happen in place and record how to undo themselves (`UndoLog`): the search tries a rewrite,
 simulates it, and takes it back when it does not help, without copying the graph. The graph module is
 recompiled once, at the end of the search.
@@ -25,13 +29,17 @@ from typing import Any
 import torch
 from torch import fx
 from torch._guards import detect_fake_mode
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
+import model_opt.capture.ops  # noqa: F401  (defines the model_opt operators used below)
 from model_opt.capture.dataflow import written_args
-from model_opt.remat.recompute import Unit, is_view_of, recompute_call, storages_of
+from model_opt.remat.recompute import StorageId, Unit, is_view_of, recompute_call, storages_of
 
 META = "model_opt_recompute"
+_GET_RNG = torch.ops.model_opt.get_rng_state.default
+_SET_RNG = torch.ops.model_opt.set_rng_state.default
+#: On a ``get_rng_state`` node a rewrite inserted: the name of the random fill whose state it saves.
+_RNG_OF = "model_opt_rng_of"
 
 
 class RewriteRefused(Exception):
@@ -62,23 +70,23 @@ class GraphFacts:
     nodes: list[fx.Node]
     pos: dict[fx.Node, int]
     #: Last position at which each storage is read (resident storages and outputs: past the end).
-    last_use: dict[StorageWeakRef, int]
+    last_use: dict[StorageId, int]
     #: Positions of the nodes that write each storage in place, in order.
-    writes: dict[StorageWeakRef, list[int]]
+    writes: dict[StorageId, list[int]]
     #: Per original node name: its copies, in graph order.
     copies: dict[str, list[fx.Node]]
     #: The nodes that read each storage (directly or through a view), in graph order; the output node
     #: included.
-    readers: dict[StorageWeakRef, list[fx.Node]]
+    readers: dict[StorageId, list[fx.Node]]
 
     @classmethod
     def of(cls, graph: fx.Graph) -> GraphFacts:
         nodes = list(graph.nodes)
         pos: dict[fx.Node, int] = {}
-        last_use: dict[StorageWeakRef, int] = {}
-        writes: dict[StorageWeakRef, list[int]] = {}
+        last_use: dict[StorageId, int] = {}
+        writes: dict[StorageId, list[int]] = {}
         copies: dict[str, list[fx.Node]] = {}
-        readers: dict[StorageWeakRef, list[fx.Node]] = {}
+        readers: dict[StorageId, list[fx.Node]] = {}
         end = len(nodes) + 1
         for i, node in enumerate(nodes):
             pos[node] = i
@@ -127,10 +135,11 @@ def copy_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[fx.Node, fx.Nod
     return fx.GraphModule(gm, graph), val_map
 
 
-def _fake_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The traced value of ``target(*args, **kwargs)`` on the nodes' traced values (fresh storages)."""
+def _fake_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], like: Any = None) -> Any:
+    """The traced value of ``target(*args, **kwargs)`` on the nodes' traced values (fresh storages), in
+    their fake mode (or ``like``'s, when no argument is a tensor)."""
     vals = pytree.tree_map(lambda a: a.meta["val"] if isinstance(a, fx.Node) else a, (args, kwargs))
-    mode = detect_fake_mode([v for v in pytree.tree_leaves(vals) if isinstance(v, torch.Tensor)])
+    mode = detect_fake_mode([v for v in [*pytree.tree_leaves(vals), like] if isinstance(v, torch.Tensor)])
     if mode is None:
         raise RewriteRefused("no fake tensor mode to trace the copy in")
     try:
@@ -161,7 +170,8 @@ class _Copier:
         if target is operator.getitem:
             node.meta["val"] = args[0].meta["val"][args[1]]
         else:
-            node.meta["val"] = _fake_value(target, args, kwargs)
+            like = next(iter(pytree.tree_leaves(original.meta.get("val"))), None)
+            node.meta["val"] = _fake_value(target, args, kwargs, like=like)
         node.meta[META] = (original.name, self.group)
         self.clones[original] = node
         return node
@@ -204,11 +214,37 @@ class _Copier:
             return self._insert(x, x.target, (base, *x.args[1:]), dict(x.kwargs))
         raise RewriteRefused(f"{x.name} reaches the recomputed storage by a path that cannot be rebuilt")
 
+    def _saved_state(self, fill: fx.Node) -> fx.Node:
+        """The generator state ``fill`` drew from: read right before it in the original graph (once)."""
+        before = fill.prev
+        if before.meta.get(_RNG_OF) == fill.name:
+            return before
+        device = str(fill.meta["val"].device)
+        with self.graph.inserting_before(fill):
+            node = self.graph.call_function(_GET_RNG, (device,))
+        self.log.steps.append(lambda: self.graph.erase_node(node))
+        node.meta["val"] = _fake_value(_GET_RNG, (device,), {}, like=fill.meta["val"])
+        node.meta[_RNG_OF] = fill.name
+        return node
+
+    def _call(self, fill: fx.Node, target: Any, args: tuple[Any, ...]) -> fx.Node:
+        """A node of the copy that copies nothing (generator state moves), marked so it is never taken
+        for the copy of an original node."""
+        with self.graph.inserting_before(self.before):
+            node = self.graph.call_function(target, args)
+        self.log.steps.append(lambda: self.graph.erase_node(node))
+        node.meta["val"] = _fake_value(target, args, {}, like=fill.meta["val"])
+        node.meta[META] = (f"{fill.name}:rng", self.group)
+        return node
+
     def copy_unit(self, unit: Unit) -> None:
-        """Copies ``unit``'s nodes; inputs that are (views of) nodes copied before read the copies."""
-        call = recompute_call(unit.producer)
+        """Copies ``unit``'s nodes; inputs that are (views of) nodes copied before read the copies. A
+        random fill is replayed from the generator state it drew from, and the generator is put back
+        as it was, so every later draw is the one eager makes."""
+        call = recompute_call(unit.producer, unit.overwritten)
         assert call is not None
         target, args, kwargs = call
+        saved = {fill: self._saved_state(fill) for fill in unit.random}
 
         def arg_map(n: fx.Node) -> fx.Node:
             try:  # a member, or a view of one, is rebuilt on the copy
@@ -220,7 +256,14 @@ class _Copier:
         self._insert(unit.producer, target, args, kwargs)
         for node in unit.nodes[1:]:
             a, k = fx.node.map_arg((node.args, node.kwargs), arg_map)
-            self._insert(node, node.target, a, k)  # type: ignore[arg-type]
+            if node in saved:
+                device = str(node.meta["val"].device)
+                now = self._call(node, _GET_RNG, (device,))
+                self._call(node, _SET_RNG, (device, saved[node]))
+                self._insert(node, node.target, a, k)  # type: ignore[arg-type]
+                self._call(node, _SET_RNG, (device, now))
+            else:
+                self._insert(node, node.target, a, k)  # type: ignore[arg-type]
 
 
 def recompute_unit(

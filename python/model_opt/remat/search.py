@@ -53,7 +53,7 @@ class RematResult:
     step_flops: int = 0
     #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
     stopped: str = ""
-    #: When the peak could not go lower: what holds it (a sentence).
+    #: When the budget was not met: what holds the peak in the result's own order (a sentence).
     held_by: str = ""
     seconds: float = 0.0
 
@@ -84,6 +84,9 @@ class _Candidate:
     #: Units recomputed first because the unit reads them and they are dead by then (inputs first).
     chain: list[Unit] = field(default_factory=list)
 
+
+#: The least share of the peak a candidate must free to be tried.
+MIN_NET = 1e-4
 
 #: How many producers back a recomputed segment may reach for inputs that are dead at the peak, in the
 #: search's second phase (the first recomputes single units only: segments chosen early can block
@@ -151,10 +154,12 @@ def _segment(
 def _candidates(
     gm: fx.GraphModule, df: DataflowGraph, facts: GraphFacts, peak_op: int, tried: set[str], depth: int
 ) -> list[_Candidate]:
-    """Units that could free bytes at ``peak_op`` (see the module doc), best priced first."""
+    """Units that could free bytes at ``peak_op`` (see the module doc), best priced first; those that
+    would free less than `MIN_NET` of the peak are left out (a recomputation for nothing)."""
+    min_net = max(1, int(MIN_NET * max(_profile(df))))
     peak_node = df.ops[peak_op]
     at = facts.pos[peak_node]
-    sizes = {key: t[0] for key, t in zip(df.tensor_keys, df.tensors)}
+    sizes = {key.cdata: t[0] for key, t in zip(df.tensor_keys, df.tensors)}
     seen: set[fx.Node] = set()
     found: list[_Candidate] = []
     for _size, producer, consumers, output in df.tensors:
@@ -176,7 +181,7 @@ def _candidates(
         freed = sum(sizes.get(k, 0) for k in storages if facts.last_use.get(k, -1) > at)
         chain: list[Unit] = []
         kept, chain_cost = _segment(unit, facts, sizes, at, first, depth, chain)
-        if freed - kept <= 0:
+        if freed - kept < min_net:
             continue
         cost = chain_cost + sum(node_flops(n) for n in unit.nodes)
         found.append(_Candidate(unit, late, cost, freed - kept, chain))
@@ -203,23 +208,28 @@ def _apply(gm: fx.GraphModule, cand: _Candidate, peak_node: fx.Node, group: int,
     return True
 
 
-def _held_by(df: DataflowGraph, profile: list[int]) -> str:
-    """A sentence on what holds the peak: resident bytes, bytes the peak operator reads or writes, and
-    the rest (live across it, but with no faithful recomputation that frees them)."""
-    peak_op = max(range(len(profile)), key=profile.__getitem__)
+def held_by(df: DataflowGraph, order: list[int]) -> str:
+    """A sentence on what holds the peak of ``df`` run in ``order``: where it is, the resident bytes,
+    the bytes the operator there reads or writes, and the bytes of other tensors live across it."""
+    profile = list(simulate_order(*df.native_args()[:3], order, df.resident_bytes)) if order else [0]
+    step = max(range(len(profile)), key=profile.__getitem__)
+    pos = {op: i for i, op in enumerate(order)}
     used = rest = 0
     for size, producer, consumers, output in df.tensors:
-        last = max([producer, *consumers]) if not output else len(profile)
-        if producer <= peak_op <= last:
-            if producer == peak_op or peak_op in consumers:
+        start = pos[producer]
+        last = len(order) if output else max([start, *(pos[c] for c in consumers)])
+        if start <= step <= last:
+            if start == step or order[step] in consumers:
                 used += size
             else:
                 rest += size
-    node = df.ops[peak_op]
+    node = df.ops[order[step]] if order else None
+    where = (
+        f"{node.target} ({node.name}, step {step + 1} of {len(order)})" if node is not None else "the start"
+    )
     return (
-        f"the peak is at {node.target} ({node.name}, step {peak_op + 1} of {len(profile)}): "
-        f"{df.resident_bytes} bytes resident (parameters, buffers, inputs), {used} bytes it reads or "
-        f"writes, {rest} bytes live across it that no faithful recomputation frees"
+        f"the peak is at {where}: {df.resident_bytes} bytes resident (parameters, buffers, inputs), "
+        f"{used} bytes it reads or writes, {rest} bytes of other tensors live across it"
     )
 
 
@@ -303,6 +313,6 @@ def rematerialize(
     result.graph_module, result.dataflow = work, build_dataflow(work)
     result.peak_bytes = max(profile)
     if result.stopped != "budget met":
-        result.held_by = _held_by(df, profile)
+        result.held_by = held_by(df, list(range(len(df.ops))))
     result.seconds = time.perf_counter() - started
     return result
