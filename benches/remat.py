@@ -2,7 +2,7 @@
 recomputation plus order (`model_opt.remat`), and hand activation checkpointing of every block.
 
     .venv/bin/python benches/remat.py [--models resnet50 vit_b_16 bert gpt2] [--batch 32]
-        [--max-recompute 0.2 none] [--time-limit 10]
+        [--max-recompute 0.2 none] [--time-limit 10] [--no-dropout]
 
 Each model is captured under fake tensors (random weights, nothing runs, SGD) as in
 `model_opt.apps.bench_reorder`. Peaks are the simulated live bytes of the step (parameters, inputs,
@@ -68,10 +68,22 @@ def _checkpointed(model: nn.Module) -> nn.Module:
     return model
 
 
-def _capture(name: str, batch: int, hand: bool) -> CapturedStep:
+def _without_dropout(model: nn.Module) -> None:
+    """Every dropout probability set to 0 (modules, and attention modules' own probabilities)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("dropout_prob", "attn_dropout", "dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
+def _capture(name: str, batch: int, hand: bool, dropout: bool = True) -> CapturedStep:
     torch.manual_seed(0)
     model, inputs, targets = models.example(name, batch)
     model.train()
+    if not dropout:
+        _without_dropout(model)
     if hand:
         _checkpointed(model)
     opt = OPTIMIZERS["sgd"](model.parameters())
@@ -82,9 +94,11 @@ def _eager_peak(captured: CapturedStep) -> int:
     return peak_of_order(captured, range(len(captured.dataflow.ops)))
 
 
-def rows(name: str, batch: int, allowances: list[float | None], time_limit: float) -> list[list[str]]:
-    captured = _capture(name, batch, hand=False)
-    hand = _capture(name, batch, hand=True)
+def rows(
+    name: str, batch: int, allowances: list[float | None], time_limit: float, dropout: bool = True
+) -> list[list[str]]:
+    captured = _capture(name, batch, hand=False, dropout=dropout)
+    hand = _capture(name, batch, hand=True, dropout=dropout)
     base_flops = total_flops(captured.graph_module.graph.nodes)
     hand_extra = total_flops(hand.graph_module.graph.nodes) / max(base_flops, 1) - 1
     order_only = plan_captured(captured, PlanOptions.of(time_limit=time_limit))[2]
@@ -121,13 +135,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-recompute", nargs="+", default=["0.2", "none"])
     parser.add_argument("--time-limit", type=float, default=10.0)
+    parser.add_argument("--no-dropout", action="store_true", help="every dropout probability set to 0")
     args = parser.parse_args()
     allowances = [None if a == "none" else float(a) for a in args.max_recompute]
     torch.set_num_threads(1)
     print("| " + " | ".join(HEADER) + " |")
     print("|" + "|".join("---" for _ in HEADER) + "|", flush=True)
     for name in args.models:
-        for row in rows(name, args.batch, allowances, args.time_limit):
+        for row in rows(name, args.batch, allowances, args.time_limit, dropout=not args.no_dropout):
             print("| " + " | ".join(row) + " |", flush=True)
 
 

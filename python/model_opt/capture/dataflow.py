@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
@@ -75,16 +76,17 @@ def _storages(value: Any) -> list[tuple[StorageWeakRef, int]]:
     return out
 
 
-#: Where `node_storages` keeps a node's storages (its traced value never changes).
-_STORAGES_META = "model_opt_storages"
+#: `node_storages` per node, computed once (a node's traced value never changes). Kept beside the node,
+#: not in its meta: a copied graph (``copy.deepcopy``) has new storages.
+_STORAGES: weakref.WeakKeyDictionary[fx.Node, list[tuple[StorageWeakRef, int]]] = weakref.WeakKeyDictionary()
 
 
 def node_storages(node: fx.Node) -> list[tuple[StorageWeakRef, int]]:
     """The strided storages under a node's traced value (``meta['val']``) and their bytes, in order;
     computed once per node (graph rewrites look them up many times)."""
-    found = node.meta.get(_STORAGES_META)
+    found = _STORAGES.get(node)
     if found is None:
-        found = node.meta[_STORAGES_META] = _storages(node.meta.get("val"))
+        found = _STORAGES[node] = _storages(node.meta.get("val"))
     return found
 
 

@@ -27,6 +27,7 @@ are the same at the recomputation only if no input it reads was written in betwe
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,15 +66,15 @@ StorageId = int
 
 
 def storages_of(node: fx.Node) -> list[StorageId]:
-    """The strided storages under a node's traced value (``meta['val']``), in order (kept in the
-    node's meta)."""
-    found = node.meta.get(_KEYS_META)
+    """The strided storages under a node's traced value (``meta['val']``), in order (computed once per
+    node, kept beside it as `model_opt.capture.dataflow.node_storages` keeps its own)."""
+    found = _KEYS.get(node)
     if found is None:
-        found = node.meta[_KEYS_META] = [key.cdata for key, _ in node_storages(node)]
+        found = _KEYS[node] = [key.cdata for key, _ in node_storages(node)]
     return found
 
 
-_KEYS_META = "model_opt_storage_keys"
+_KEYS: weakref.WeakKeyDictionary[fx.Node, list[StorageId]] = weakref.WeakKeyDictionary()
 
 
 def _plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
