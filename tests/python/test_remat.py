@@ -21,6 +21,7 @@ from model_opt import MemoryBudgetError, optimize
 from model_opt.errors import ArgumentError
 from model_opt.remat.recompute import recompute_call
 from model_opt.remat.rewrite import META
+from model_opt.reorder import measure_peak_bytes
 
 torch.set_num_threads(1)
 
@@ -98,6 +99,17 @@ def test_hugging_face_models_recompute_bit_identically(kind: str):
         **REMAT,
     )
     _assert_lowered(report)  # layer norms, GELUs, products; GPT-2's dropouts (p=0.1) draw as eager
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_the_simulated_peak_is_what_the_rewritten_step_allocates(kind: str):
+    torch.manual_seed(0)
+    model = _hf_model(kind)
+    batch = _hf_batches(n=1, length=16)[0]
+    step = optimize(_hf_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3)), *batch, **REMAT)
+    step(*batch)  # the optimizer's state exists (outside the peak, as in the simulation)
+    assert step.report["remat"]["recomputed"]
+    assert measure_peak_bytes(step.graph_module, step.captured, *batch) == step.report["peak_bytes"]
 
 
 def test_dropout_masks_are_redrawn_from_the_saved_generator_state_as_eager_drew_them():
