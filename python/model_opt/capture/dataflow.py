@@ -94,6 +94,11 @@ def node_storages(node: fx.Node) -> list[tuple[StorageWeakRef, int]]:
 _WRITTEN: dict[Any, tuple[tuple[int, str, bool], ...]] = {}
 
 
+def forget_storages(node: fx.Node) -> None:
+    """Drops `node_storages`' record of ``node`` (a rewrite gave it a new traced value)."""
+    _STORAGES.pop(node, None)
+
+
 def written_args(node: fx.Node) -> list[fx.Node]:
     """The argument nodes an operator writes in place (schema alias info ``(a!)``)."""
     target = node.target

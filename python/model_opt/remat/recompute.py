@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from model_opt.capture.dataflow import node_storages, written_args
+from model_opt.capture.dataflow import forget_storages, node_storages, written_args
 
 #: Substrings of operator names that are never recomputed, whatever their schema says.
 _REFUSED_NAMES = (
@@ -77,7 +77,13 @@ def storages_of(node: fx.Node) -> list[StorageId]:
 _KEYS: weakref.WeakKeyDictionary[fx.Node, list[StorageId]] = weakref.WeakKeyDictionary()
 
 
-def _plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
+def forget(node: fx.Node) -> None:
+    """Drops what is recorded of ``node``'s storages (a rewrite gave it a new traced value)."""
+    _KEYS.pop(node, None)
+    forget_storages(node)
+
+
+def plain_aten(node: fx.Node) -> torch._ops.OpOverload | None:
     """The node's operator if it is an ``aten``/``prims`` operator with no random or refused name."""
     target = node.target
     if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
@@ -118,7 +124,7 @@ def recompute_call(
     unit overwrites the output first, so an uninitialised allocation may be recomputed."""
     if overwritten and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name in _EMPTY:
         return _empty_call(node)
-    target = _plain_aten(node)
+    target = plain_aten(node)
     if target is None:
         return None
     if target is torch.ops.aten.native_batch_norm.default:
@@ -138,7 +144,7 @@ def recompute_call(
 def replayable_writer(node: fx.Node, storages: set[StorageId]) -> bool:
     """Whether ``node`` is an in-place operator that writes only its first argument, one of
     ``storages``, and can be replayed on a recomputed copy (``relu_``, ``add_``...)."""
-    target = _plain_aten(node)
+    target = plain_aten(node)
     if target is None or any(part in target.name() for part in _HIDDEN_WRITES):
         return False
     written = written_args(node)
@@ -162,7 +168,7 @@ def random_fill(node: fx.Node, storages: set[StorageId]) -> bool:
 def is_view_of(node: fx.Node, base: fx.Node) -> bool:
     """Whether ``node`` is a non-writing aten operator whose first argument is ``base`` and whose value
     shares ``base``'s storage (``view``, ``t``, ``alias``, ``expand``...)."""
-    if _plain_aten(node) is None or not node.args or node.args[0] is not base:
+    if plain_aten(node) is None or not node.args or node.args[0] is not base:
         return False
     if node.target._schema.is_mutable:  # type: ignore[union-attr]
         return False

@@ -33,7 +33,15 @@ from torch.utils import _pytree as pytree
 
 import model_opt.capture.ops  # noqa: F401  (defines the model_opt operators used below)
 from model_opt.capture.dataflow import written_args
-from model_opt.remat.recompute import StorageId, Unit, is_view_of, recompute_call, storages_of
+from model_opt.remat.recompute import (
+    StorageId,
+    Unit,
+    forget,
+    is_view_of,
+    plain_aten,
+    recompute_call,
+    storages_of,
+)
 
 META = "model_opt_recompute"
 _GET_RNG = torch.ops.model_opt.get_rng_state.default
@@ -284,8 +292,33 @@ def recompute_unit(
         copier.copy_unit(link)
     copier.copy_unit(unit)
     for consumer in late:
+        rewired = False
         for x in list(consumer.all_input_nodes):
             if set(storages_of(x)) & unit.storages:
                 copy = copier.rebuild(x)
                 consumer.replace_input_with(x, copy)
                 log.steps.append(lambda c=consumer, x=x, copy=copy: c.replace_input_with(copy, x))
+                rewired = True
+        if rewired and set(storages_of(consumer)) & unit.storages:
+            _retrace(consumer, log)
+
+
+def _retrace(view: fx.Node, log: UndoLog) -> None:
+    """Gives ``view``, a late view of the recomputed storage now reading the copy, a traced value on
+    the copy's storage (and so the late views of it, in turn): the lifetimes the search simulates
+    and the views later rewrites rebuild follow the storage the view really aliases."""
+    if plain_aten(view) is None or view.target._schema.is_mutable:  # type: ignore[union-attr]
+        raise RewriteRefused(f"{view.name} aliases the recomputed storage and is not a view")
+    old = view.meta["val"]
+    old_keys = storages_of(view)
+    views = [u for u in view.users if u.args and u.args[0] is view and storages_of(u) == old_keys]
+    view.meta["val"] = _fake_value(view.target, view.args, view.kwargs, like=old)
+    forget(view)
+
+    def undo() -> None:
+        view.meta["val"] = old
+        forget(view)
+
+    log.steps.append(undo)
+    for user in views:
+        _retrace(user, log)
