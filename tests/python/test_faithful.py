@@ -109,7 +109,13 @@ def run_faithful(
     schedules = [make_schedule(o) for o in (eager_opt, our_opt)] if make_schedule else []
     batches = batches or _batches()
     eager_step = make_step(eager_model, eager_opt)
-    step = optimize(make_step(our_model, our_opt), *batches[0], method=method, time_limit=0.5, **options)
+    step = optimize(
+        make_step(our_model, our_opt),
+        *batches[0],
+        method=options.pop("method", method),
+        time_limit=options.pop("time_limit", 0.5),
+        **options,
+    )
     for i, batch in enumerate(batches):
         results = []
         for fn, model, opt in ((eager_step, eager_model, eager_opt), (step, our_model, our_opt)):
