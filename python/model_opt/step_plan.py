@@ -180,7 +180,7 @@ def plan_captured(
     report["remat"] = None
     over = budget is not None and report["peak_bytes"] > budget
     if "remat" in options.allow and (budget is None or over):
-        from model_opt.remat import rematerialize
+        from model_opt.remat.search import held_by, rematerialize
 
         result = rematerialize(
             gm,
@@ -197,10 +197,6 @@ def plan_captured(
             report2["eager_peak_bytes"] = eager_peak
             report2["memory_budget"] = budget
             report = report2
-        if result.stopped != "budget met":  # the final order's peak, which the message describes
-            from model_opt.remat.search import held_by
-
-            result.held_by = held_by(captured.dataflow, list(report["order"]))
         report["remat"] = {
             "recomputed": result.recomputed,
             "chained": result.chained,
@@ -209,7 +205,8 @@ def plan_captured(
             "step_flops": result.step_flops,
             "start_peak_bytes": result.start_peak_bytes,
             "stopped": result.stopped,
-            "held_by": result.held_by,
+            # What holds the peak of the order that runs (the message describes it).
+            "held_by": "" if result.stopped == "budget met" else held_by(captured.dataflow, report["order"]),
             "seconds": result.seconds,
         }
     if budget is not None and report["peak_bytes"] > budget:

@@ -65,6 +65,13 @@ _HIDDEN_WRITES = ("native_batch_norm", "batch_norm", "_batch_norm")
 StorageId = int
 
 
+def hidden_writes(node: fx.Node) -> list[fx.Node]:
+    """Arguments written without a schema mark: batch norm's running statistics in training."""
+    if node.target is torch.ops.aten.native_batch_norm.default and len(node.args) == 8 and node.args[5]:
+        return [a for a in node.args[3:5] if isinstance(a, fx.Node)]
+    return []
+
+
 def storages_of(node: fx.Node) -> list[StorageId]:
     """The strided storages under a node's traced value (``meta['val']``), in order (computed once per
     node, kept beside it as `model_opt.capture.dataflow.node_storages` keeps its own)."""
@@ -225,7 +232,8 @@ def unit_of(producer: fx.Node, writers: list[fx.Node]) -> Unit | None:
     read = [call[1:], *((n.args, n.kwargs) for n in nodes[1:])]  # what the copies will read
     for args in read:
         for inp in _nodes_in(args):
-            if inp not in members and inp not in inputs and not _aliases_member(inp, members):
+            # A view of a member (a writer may read one of the storage it writes) is rebuilt on the copy.
+            if inp not in inputs and view_root(inp) not in members:
                 inputs.append(inp)
     return Unit(nodes, storages, list(writers), inputs, random, overwritten)
 
@@ -236,11 +244,8 @@ def _nodes_in(args: Any) -> list[fx.Node]:
     return found
 
 
-def _aliases_member(node: fx.Node, members: set[fx.Node]) -> bool:
-    """Whether ``node`` is a member, or a chain of views over one (a writer may read a view of the
-    storage it writes; the view is rebuilt on the copy)."""
-    while node not in members:
-        if not node.args or not isinstance(node.args[0], fx.Node) or not is_view_of(node, node.args[0]):
-            return False
+def view_root(node: fx.Node) -> fx.Node:
+    """``node`` with its chain of views followed back (`is_view_of`) to the node they view."""
+    while node.args and isinstance(node.args[0], fx.Node) and is_view_of(node, node.args[0]):
         node = node.args[0]
-    return True
+    return node

@@ -37,6 +37,7 @@ from model_opt.remat.recompute import (
     StorageId,
     Unit,
     forget,
+    hidden_writes,
     is_view_of,
     plain_aten,
     recompute_call,
@@ -109,7 +110,7 @@ class GraphFacts:
                     found = readers.setdefault(key, [])
                     if not found or found[-1] is not node:
                         found.append(node)
-            for w in written_args(node) + _hidden_writes(node):
+            for w in written_args(node) + hidden_writes(node):
                 for key in storages_of(w):
                     writes.setdefault(key, []).append(i)
             info = node.meta.get(META)
@@ -125,13 +126,6 @@ class GraphFacts:
     def written_between(self, node: fx.Node, start: int, end: int) -> bool:
         """Whether any storage of ``node`` is written at a position in ``(start, end)``."""
         return any(start < w < end for k in storages_of(node) for w in self.writes.get(k, ()))
-
-
-def _hidden_writes(node: fx.Node) -> list[fx.Node]:
-    """Arguments written without a schema mark: batch norm's running statistics in training."""
-    if node.target is torch.ops.aten.native_batch_norm.default and len(node.args) == 8 and node.args[5]:
-        return [a for a in node.args[3:5] if isinstance(a, fx.Node)]
-    return []
 
 
 def copy_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[fx.Node, fx.Node]]:

@@ -27,7 +27,7 @@ from torch import fx
 from model_opt._native import simulate_order
 from model_opt.capture.dataflow import DataflowGraph, build_dataflow
 from model_opt.remat.cost import node_flops, total_flops
-from model_opt.remat.recompute import Unit, is_view_of, storages_of, unit_of
+from model_opt.remat.recompute import Unit, storages_of, unit_of, view_root
 from model_opt.remat.rewrite import META, GraphFacts, RewriteRefused, UndoLog, copy_graph, recompute_unit
 
 #: The most candidates applied together in one round (see `rematerialize`).
@@ -53,8 +53,6 @@ class RematResult:
     step_flops: int = 0
     #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
     stopped: str = ""
-    #: When the budget was not met: what holds the peak in the result's own order (a sentence).
-    held_by: str = ""
     seconds: float = 0.0
 
     @property
@@ -78,7 +76,6 @@ def _score(profile: list[int]) -> tuple[int, int]:
 @dataclass
 class _Candidate:
     unit: Unit
-    late: list[fx.Node]
     cost: int
     net: int
     #: Units recomputed first because the unit reads them and they are dead by then (inputs first).
@@ -96,8 +93,7 @@ CHAIN_DEPTH = 3
 
 def _base(x: fx.Node) -> fx.Node:
     """The node that produced ``x``'s storage: views followed back, a tuple's ``getitem`` to the tuple."""
-    while x.args and isinstance(x.args[0], fx.Node) and is_view_of(x, x.args[0]):
-        x = x.args[0]
+    x = view_root(x)
     if x.target is operator.getitem and isinstance(x.args[0], fx.Node):
         return x.args[0]
     return x
@@ -152,11 +148,12 @@ def _segment(
 
 
 def _candidates(
-    gm: fx.GraphModule, df: DataflowGraph, facts: GraphFacts, peak_op: int, tried: set[str], depth: int
+    df: DataflowGraph, facts: GraphFacts, peak_op: int, peak: int, tried: set[str], depth: int
 ) -> list[_Candidate]:
-    """Units that could free bytes at ``peak_op`` (see the module doc), best priced first; those that
-    would free less than `MIN_NET` of the peak are left out (a recomputation for nothing)."""
-    min_net = max(1, int(MIN_NET * max(_profile(df))))
+    """Units that could free bytes at ``peak_op``, where ``peak`` bytes are live (see the module doc),
+    best priced first; those that would free less than `MIN_NET` of the peak are left out (a
+    recomputation for nothing)."""
+    min_net = max(1, int(MIN_NET * peak))
     peak_node = df.ops[peak_op]
     at = facts.pos[peak_node]
     sizes = {key.cdata: t[0] for key, t in zip(df.tensor_keys, df.tensors)}
@@ -184,7 +181,7 @@ def _candidates(
         if freed - kept < min_net:
             continue
         cost = chain_cost + sum(node_flops(n) for n in unit.nodes)
-        found.append(_Candidate(unit, late, cost, freed - kept, chain))
+        found.append(_Candidate(unit, cost, freed - kept, chain))
     found.sort(key=lambda c: c.net / max(c.cost, 1), reverse=True)
     return found
 
@@ -266,7 +263,7 @@ def rematerialize(
             break
         peak_op = max(range(len(profile)), key=profile.__getitem__)
         peak_node = df.ops[peak_op]
-        found = _candidates(work, df, GraphFacts.of(work.graph), peak_op, tried, depth)
+        found = _candidates(df, GraphFacts.of(work.graph), peak_op, score[0], tried, depth)
         cands = [c for c in found if allowance is None or result.recompute_flops + c.cost <= allowance]
         if not cands and depth == 0:
             depth, batch = CHAIN_DEPTH, 1  # second phase: segments
@@ -312,7 +309,5 @@ def rematerialize(
     work.recompile()
     result.graph_module, result.dataflow = work, build_dataflow(work)
     result.peak_bytes = max(profile)
-    if result.stopped != "budget met":
-        result.held_by = held_by(df, list(range(len(df.ops))))
     result.seconds = time.perf_counter() - started
     return result
