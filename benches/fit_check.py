@@ -3,7 +3,8 @@
     .venv/bin/python benches/fit_check.py [--models mlp resnet18] [--memory 64MiB 1GiB]
 
 Per model and budget (`model_opt.apps.fit_check.check`): the predicted arena against the arena the
-runtime planned from the real trace at the predicted batch, and the predicted largest batch against
+runtime planned from the real trace at the predicted batch, the predicted total (arena, and the pool
+with the resident tensors) against what the runtime holds, and the predicted largest batch against
 the largest batch whose real run fits the budget (bisection over fresh processes), with the limit set
 from the first step and with the limit set once the plan is made. Prints a markdown table.
 """
@@ -22,6 +23,9 @@ HEADER = [
     "predicted: PyTorch / arena",
     "arena predicted (MiB)",
     "arena measured (MiB)",
+    "error",
+    "total predicted (MiB)",
+    "total measured (MiB)",
     "error",
     "largest real, limit from the start",
     "largest real, limit from the plan",
@@ -47,6 +51,9 @@ def main() -> None:
             f"{r['arena_predicted_bytes'] / MIB:.1f}",
             f"{r['arena_measured_bytes'] / MIB:.1f}",
             f"{100 * r['arena_error']:+.1f}%",
+            f"{r['total_predicted_bytes'] / MIB:.1f}",
+            f"{r['total_measured_bytes'] / MIB:.1f}",
+            f"{100 * r['total_error']:+.1f}%",
             r["largest_real_limit_from_start"],
             r["largest_real_limit_from_plan"],
             f"{time.perf_counter() - started:.0f}",

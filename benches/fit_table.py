@@ -2,9 +2,11 @@
 device of that size), the model_opt arena, and the arena with the reordered step, at each budget.
 
     .venv/bin/python benches/fit_table.py [--models resnet18 gpt2 ...] [--memory 16GiB 80GiB]
+                                          [--precision fp32 bf16 amp]
 
-Each model is captured once (`model_opt.fit.prepare_model`: four captures with fake tensors, AdamW)
-and every budget is answered from the same estimates. Prints a markdown table for BENCHMARKS.md, one
+Each model is captured once per precision (`model_opt.fit.prepare_model`: built and captured with fake
+tensors, AdamW; ``fp32``, ``bf16`` parameters, or ``amp``: float32 parameters under autocast to
+bfloat16) and every budget is answered from the same estimates. Prints a markdown table for BENCHMARKS.md, one
 row per model and budget, with Hugging Face accelerate's `estimate-memory` figure for training with Adam
 (4x the weights, no activations) beside it.
 """
@@ -24,6 +26,7 @@ GIB = 2**30
 MODELS = [m for m in BENCH_MODELS if m not in ("googlenet", "squeezenet")]
 HEADER = [
     "model",
+    "precision",
     "budget",
     "PyTorch",
     "model_opt arena",
@@ -43,13 +46,17 @@ def main() -> None:
     parser.add_argument("--memory", nargs="+", default=["16GiB", "80GiB"])
     parser.add_argument("--time-limit", type=float, default=1.0)
     parser.add_argument("--max-batch", type=int, default=16384)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "amp"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| " + " | ".join(HEADER) + " |")
     print("|" + "|".join("---" for _ in HEADER) + "|", flush=True)
-    for name in args.models:
+    for name, precision in ((m, p) for m in args.models for p in args.precision):
         started = time.perf_counter()
-        fitting = prepare_model(name, sizes=(1, args.max_batch), time_limit=args.time_limit)
+        dtype, amp = ("fp32", True) if precision == "amp" else (precision, False)
+        fitting = prepare_model(
+            name, sizes=(1, args.max_batch), time_limit=args.time_limit, dtype=dtype, amp=amp
+        )
         for memory in args.memory:
             r = fitting.report(memory)
             n = r["largest"]
@@ -61,6 +68,7 @@ def main() -> None:
 
             row = [
                 name,
+                precision,
                 f"{parse_memory(memory) / GIB:.0f} GiB",
                 n["pytorch"],
                 n["arena"],

@@ -205,6 +205,9 @@ class FitEstimate(TypedDict):
     resident_bytes: int
     #: The optimizer's state (outside the graph; the same in all three).
     optimizer_state_bytes: int
+    #: What the resident tensors and the optimizer's state take in the caching allocator's segments
+    #: on their own (under model_opt: the fallback pool, beside the arena).
+    residents_reserved_bytes: int
 
 
 class FitReport(TypedDict):
@@ -212,6 +215,10 @@ class FitReport(TypedDict):
 
     #: The registry's model name (``fit_model``), or None for a step function.
     model: str | None
+    #: The registry model's parameter type (``fp32``, ``bf16``, ``fp16``) and whether its forward pass
+    #: ran under autocast to bfloat16; None for a step function (its own code decides).
+    dtype: str | None
+    amp: bool | None
     #: What the size is: ``batch_size`` or ``seq_len``.
     variable: str
     memory_bytes: int

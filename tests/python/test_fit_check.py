@@ -10,12 +10,12 @@ MIB = 2**20
 
 
 def test_the_predicted_arena_is_the_planned_one_within_fifteen_percent() -> None:
-    r = check(MLP, "32MiB", max_size=16384, bisect=False)
+    r = check(MLP, "64MiB", max_size=16384, bisect=False)
     n = r["predicted"]["arena"]
     assert n is not None and n > 100
     # Measured: the real trace's buffers need about 6% more than the captured step's (BENCHMARKS.md).
     assert abs(r["arena_error"]) < 0.15, r
     # The budget is enforced on the real run: twice the predicted batch does not fit it.
-    over = run_real(MLP, 2 * n, limit=32 * MIB)
+    over = run_real(MLP, 2 * n, limit=64 * MIB)
     assert not over["ok"] and "out of memory" in over["error"], over
-    assert over["held"] <= 32 * MIB
+    assert over["held"] <= 64 * MIB

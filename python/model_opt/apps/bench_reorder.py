@@ -25,6 +25,7 @@ from model_opt.reorder import measure_peak_bytes, optimizer_state_bytes, schedul
 #: Optimizers a training row can use (``--optimizer``).
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-4),
     "adamw": lambda params: torch.optim.AdamW(params, lr=1e-4),
 }
 
@@ -62,7 +63,7 @@ class Row:
     error: str = ""
 
 
-def _create_state(optimizer: torch.optim.Optimizer) -> None:
+def create_state(optimizer: torch.optim.Optimizer) -> None:
     """Creates the optimizer's state as its first step would, without changing a parameter: one step on
     zero gradients at learning rate 0 (the state's values do not matter to a memory benchmark)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -89,7 +90,7 @@ def training_setup(
     model, inputs, targets = models.example(name, batch)
     model.train()
     opt = OPTIMIZERS[optimizer](model.parameters())
-    _create_state(opt)
+    create_state(opt)
     return model, opt, inputs, targets
 
 

@@ -5,8 +5,9 @@ For a model, a budget, and the size `fit` predicts for the arena, each real run 
 profiled step, `plan()`, then planned steps. It reports whether the run stayed within the limit and
 what the runtime held. `check` compares:
 
-* the predicted arena (the step's buffers; resident bytes and optimizer state left out) with the arena
-  the runtime planned from the real trace, at the predicted size, without a limit;
+* the predicted arena (the step's buffers; the resident tensors and optimizer state left out) with the
+  arena the runtime planned from the real trace, at the predicted size, without a limit, and the
+  predicted total (the arena, and the pool holding the resident tensors) with what the runtime holds;
 * the predicted largest size with the largest size whose run fits the budget, found by bisection on
   real runs: with the limit set from the first step (the profiled step is served by the fallback pool,
   a caching allocator like PyTorch's, so it must fit too), and with the limit set once the plan is
@@ -92,6 +93,10 @@ except (torch.OutOfMemoryError, model_opt.ModelOptError) as e:
 s = model_opt.stats()
 out["stats"] = {k: s[k] for k in ("arena_bytes", "reserved_bytes", "peak_reserved_bytes", "divergences")}
 out["held"] = model_opt.memory_limit()[0]
+# What the planned steps keep: the arena and the pool's segments that hold something (the resident
+# tensors), once the cache the warm-up and profiled steps left is given back.
+model_opt.runtime.empty_cache()
+out["steady_bytes"] = model_opt.stats()["reserved_bytes"]
 print(json.dumps(out))
 """
 
@@ -122,12 +127,14 @@ def check(
     if predicted is None:
         return out
     e = fitting.at(predicted)
-    outside = e["resident_bytes"] + e["optimizer_state_bytes"]
     real = run_real(name, predicted, time_limit=time_limit)
-    out["arena_predicted_bytes"] = e["arena_bytes"] - outside
+    out["arena_predicted_bytes"] = e["arena_bytes"] - e["residents_reserved_bytes"]
     out["arena_measured_bytes"] = real["stats"]["arena_bytes"]
     out["arena_error"] = out["arena_predicted_bytes"] / max(out["arena_measured_bytes"], 1) - 1
+    # Everything the planned steps hold: the arena, and the pool's segments with the resident tensors.
     out["total_predicted_bytes"] = e["arena_bytes"]
+    out["total_measured_bytes"] = real["steady_bytes"]
+    out["total_error"] = out["total_predicted_bytes"] / max(out["total_measured_bytes"], 1) - 1
     out["peak_reserved_measured_bytes"] = real["stats"]["peak_reserved_bytes"]
     if not bisect:
         return out

@@ -3,7 +3,9 @@
 * `DEMO_MODELS`: torchvision classifiers the demo trains (`classifier`, 10 classes);
 * `BENCH_MODELS`: the MODel model set, in its paper's order, and a Llama-style decoder, as training or
   inference examples at a batch size (`example`: the model, its inputs, its targets) with their loss
-  (`loss_for`). BERT, GPT-2 and Llama need `transformers`.
+  (`loss_for`). BERT, GPT-2 and Llama need `transformers`;
+* `LARGE_MODELS`: GPT-2 medium and a 1.1B-parameter Llama-style decoder, for `fit` (built under fake
+  tensors there).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ BENCH_MODELS = [
     "llama",
 ]
 
+#: Larger token models that `fit` builds under fake tensors (no memory of their size is used; see
+#: `model_opt.fit.prepare_model`): GPT-2 medium (355M parameters) and a Llama-style decoder of 1.1B
+#: parameters (TinyLlama's shape: 22 layers of width 2048, grouped-query attention with 4 key/value
+#: heads). Building one for real needs its weights' memory (4.4 GB for the 1.1B in float32).
+LARGE_MODELS = ["gpt2_medium", "llama_1b"]
+
+#: Every model `example` builds.
+ALL_MODELS = BENCH_MODELS + LARGE_MODELS
+
 
 def _image_batch(batch: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     return (torch.randn(batch, 3, 224, 224),), torch.randint(0, 1000, (batch,))
@@ -96,7 +107,7 @@ def _transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch
 
 
 #: The vocabulary sizes of the configs `_hf_model` builds (transformers' defaults; Llama's below).
-_VOCAB = {"bert": 30522, "gpt2": 50257, "llama": 32000}
+_VOCAB = {"bert": 30522, "gpt2": 50257, "llama": 32000, "gpt2_medium": 50257, "llama_1b": 32000}
 
 
 def _token_batch(name: str, batch: int, seq: int = 128) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -122,6 +133,20 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
         elif name == "gpt2":
             config = transformers.GPT2Config()
             inner = transformers.GPT2LMHeadModel(config)
+        elif name == "gpt2_medium":
+            config = transformers.GPT2Config(n_embd=1024, n_layer=24, n_head=16)
+            inner = transformers.GPT2LMHeadModel(config)
+        elif name == "llama_1b":
+            config = transformers.LlamaConfig(
+                hidden_size=2048,
+                intermediate_size=5632,
+                num_hidden_layers=22,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+                vocab_size=32000,
+                max_position_embeddings=2048,
+            )
+            inner = transformers.LlamaForCausalLM(config)
         else:  # Llama's architecture (RMSNorm, rotary, SwiGLU, untied head) at GPT-2-small's size
             config = transformers.LlamaConfig(
                 hidden_size=768,
@@ -142,7 +167,7 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
 def example_factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
     if name == "transformer":
         return _transformer
-    if name in ("bert", "gpt2", "llama"):
+    if name in _VOCAB:
         return _hf_model(name)
     return _vision(name)
 
@@ -150,23 +175,23 @@ def example_factory(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.T
 def loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     if name == "transformer":
         return nn.functional.mse_loss
-    if name in ("bert", "gpt2", "llama"):
+    if name in _VOCAB:
         return lambda logits, ids: nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     return nn.functional.cross_entropy
 
 
 #: The longest sequence each token model's config takes (its position embeddings).
-MAX_SEQ_LEN = {"bert": 512, "gpt2": 1024, "llama": 512}
+MAX_SEQ_LEN = {"bert": 512, "gpt2": 1024, "llama": 512, "gpt2_medium": 1024, "llama_1b": 2048}
 
 
 def batch_of(
     name: str, batch: int, seq_len: int | None = None
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Inputs and targets of one batch of `batch` for model `name` of `BENCH_MODELS`, without building
+    """Inputs and targets of one batch of `batch` for model `name` of `ALL_MODELS`, without building
     the model (what `example` returns with it). `seq_len` (token models only: `MAX_SEQ_LEN`) replaces
     their default of 128 tokens."""
-    if name not in BENCH_MODELS:
-        raise ArgumentError(f"unknown model {name!r}; use one of {BENCH_MODELS}")
+    if name not in ALL_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {ALL_MODELS}")
     if name in _VOCAB:
         if seq_len is not None and not 1 <= seq_len <= MAX_SEQ_LEN[name]:
             raise ArgumentError(f"{name} takes sequences of 1 to {MAX_SEQ_LEN[name]} tokens, not {seq_len}")
@@ -179,7 +204,7 @@ def batch_of(
 
 
 def example(name: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
-    """Model `name` of `BENCH_MODELS` with inputs and targets of one batch of `batch`."""
-    if name not in BENCH_MODELS:
-        raise ArgumentError(f"unknown model {name!r}; use one of {BENCH_MODELS}")
+    """Model `name` of `ALL_MODELS` with inputs and targets of one batch of `batch`."""
+    if name not in ALL_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {ALL_MODELS}")
     return example_factory(name)(batch)

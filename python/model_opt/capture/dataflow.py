@@ -232,12 +232,18 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return math.prod(t.shape) * t.element_size()
 
 
-def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the storages under `tensors` (strided ones), each storage counted once (views and
-    tied weights share one)."""
-    seen: dict[tuple[str, int], int] = {}
+def storage_sizes(tensors: Iterable[torch.Tensor]) -> list[int]:
+    """Bytes of each storage under `tensors` (strided ones), each storage once (views and tied
+    weights share one), in the order first seen."""
+    seen: dict[int, int] = {}
     for t in tensors:
         if t.layout == torch.strided:
+            # By the storage's identity, not its address: fake tensors' storages have none.
             storage = t.untyped_storage()
-            seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
+            seen[storage._cdata] = storage.nbytes()
+    return list(seen.values())
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages under `tensors` (strided ones), each storage counted once."""
+    return sum(storage_sizes(tensors))

@@ -31,7 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the memory holds at each.",
     )
     what = f.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", metavar="NAME", help="a model of the benchmark registry (see bench-reorder)")
+    what.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a model of the benchmark registry (see bench-reorder), or gpt2_medium or llama_1b (1.1B "
+        "parameters); built with fake tensors, so no memory of its size is used",
+    )
     what.add_argument(
         "--script",
         metavar="FILE:FUNCTION",
@@ -50,6 +55,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="with --seq-len-range (1)")
     f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw", help="with --model")
+    f.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="with --model: the parameters' type (bf16, fp16: pure low-precision training; fp32)",
+    )
+    f.add_argument(
+        "--amp",
+        action="store_true",
+        help="with --model: forward and loss under torch.autocast to bfloat16 (mixed precision)",
+    )
     f.add_argument("--time-limit", type=seconds, default=1.0, metavar="SECONDS", help="per solve, per size")
     f.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     f.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -83,6 +99,8 @@ def _size(n: int | None) -> str:
 def format_report(r: dict[str, Any]) -> str:
     """The report as the few lines a person reads."""
     what = r["model"] or "the step"
+    if r.get("dtype") is not None:
+        what += f" ({r['dtype']}{', autocast bf16' if r.get('amp') else ''})"
     lo, hi = r["sizes"]
     how = "fitted from" if r["fitted"] else "captured at every size,"
     variable = r["variable"].replace("_", " ").replace("seq len", "sequence length")
@@ -140,21 +158,28 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
         if args.model is not None:
-            from model_opt.apps.bench_reorder import resolve_models
+            from model_opt.apps.models import ALL_MODELS
 
             if args.model == "all":
                 raise ArgumentError("--model takes one model")
-            (name,) = resolve_models([args.model])
+            if args.model not in ALL_MODELS:
+                raise ArgumentError(f"unknown model {args.model!r}; use one of {ALL_MODELS}")
+            precision = dict(optimizer=args.optimizer, dtype=args.dtype, amp=args.amp)
             if args.seq_len_range is not None:
                 if args.seq_len is not None:
                     raise ArgumentError("--seq-len and --seq-len-range exclude each other")
                 options["sizes"] = args.seq_len_range
                 report = fit_model(
-                    name, optimizer=args.optimizer, variable="seq_len", batch_size=args.batch_size, **options
+                    args.model, variable="seq_len", batch_size=args.batch_size, **precision, **options
                 )
             else:
-                report = fit_model(name, optimizer=args.optimizer, seq_len=args.seq_len, **options)
+                report = fit_model(args.model, seq_len=args.seq_len, **precision, **options)
         else:
+            if args.dtype != "fp32" or args.amp:
+                raise ArgumentError(
+                    "--dtype and --amp go with --model; a --script step sets its own precision "
+                    "(its parameters' dtype, torch.autocast in the step)"
+                )
             step, make_args = _load_script(args.script)
             report = fit(step, make_args, **options)
     except (ArgumentError, CaptureError) as e:

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     b.add_argument(
         "--optimizer",
-        choices=["sgd", "adamw"],
+        choices=["sgd", "adam", "adamw"],
         default="sgd",
         help="the training step's optimizer (its state is created first and counted as resident)",
     )

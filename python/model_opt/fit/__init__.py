@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_opt.capture.dataflow import DataflowGraph, storage_bytes
+from model_opt.capture.dataflow import DataflowGraph, storage_bytes, storage_sizes
 from model_opt.capture.discover import state_of
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
 from model_opt.fit import optimizer
-from model_opt.fit.estimate import estimate
+from model_opt.fit.estimate import Residents, estimate
 from model_opt.fit.family import StepFamily
 from model_opt.fit.search import largest_fitting
 from model_opt.reports import FIT_WAYS, FitEstimate, FitReport
@@ -79,6 +79,8 @@ class Fitting:
         self.sizes, self.variable = (lo, hi), variable
         self.time_limit, self.method, self.progress = time_limit, method, progress
         self.model: str | None = None
+        self.dtype: str | None = None
+        self.amp: bool | None = None
         started = time.perf_counter()
         probes = [optimizer.probe(o) for o in self.optimizers]
         per_byte = max((temporaries for _, temporaries in probes), default=0.0)
@@ -89,8 +91,13 @@ class Fitting:
             return optimizer.add_step_temporaries(df, per_byte)
 
         self.family = StepFamily.of(capture)
-        self.state_bytes = optimizer.state_bytes(self.optimizers, probes)
         params = [p for m in self.modules for p in m.parameters()]
+        buffers = [b for m in self.modules for b in m.buffers()]
+        self.residents = Residents(
+            tuple(n for n in storage_sizes([*params, *buffers]) if n > 0),
+            tuple(optimizer.state_sizes(self.optimizers, probes)),
+        )
+        self.state_bytes = sum(self.residents.optimizer_state)
         self.weights_bytes = storage_bytes(params)
         largest = max((p.numel() * p.element_size() for p in params if p.requires_grad), default=0)
         self.step_temporaries_bytes = int(per_byte * largest)
@@ -102,7 +109,7 @@ class Fitting:
         if size not in self.estimates:
             started = time.perf_counter()
             graph = self.family.at(size)
-            self.estimates[size] = estimate(graph, size, self.state_bytes, self.time_limit, self.method)
+            self.estimates[size] = estimate(graph, size, self.residents, self.time_limit, self.method)
             self.seconds += time.perf_counter() - started
             if self.progress is not None:
                 self.progress(self.estimates[size])
@@ -123,6 +130,8 @@ class Fitting:
 
         return {
             "model": self.model,
+            "dtype": self.dtype,
+            "amp": self.amp,
             "variable": self.variable,
             "memory_bytes": budget,
             "sizes": [lo, hi],
@@ -175,6 +184,8 @@ def prepare_model(
     *,
     sizes: tuple[int, int] = (1, 4096),
     optimizer: str = "adamw",
+    dtype: str = "fp32",
+    amp: bool = False,
     variable: str = "batch_size",
     batch_size: int = 1,
     seq_len: int | None = None,
@@ -182,19 +193,22 @@ def prepare_model(
     method: str = "auto",
     progress: Callable[[FitEstimate], None] | None = None,
 ) -> Fitting:
-    """A `Fitting` of a model of the benchmark registry (`model_opt.apps.models.BENCH_MODELS`): its
-    training step with `optimizer` (``sgd``, ``adam`` or ``adamw``). The model is built once (random
-    weights), its optimizer's state created as its first step would.
+    """A `Fitting` of a model of the benchmark registry (`model_opt.apps.models.ALL_MODELS`, among
+    them ``gpt2_medium`` and the 1.1B-parameter ``llama_1b``): its training step with `optimizer`
+    (``sgd``, ``adam`` or ``adamw``). The model is built with fake tensors (random initialisation, no
+    memory of its size), its optimizer's state created as its first step would (`fit.registry`).
+
+    `dtype` is the parameters' type (``fp32``, ``bf16``, ``fp16``), which the floating-point inputs
+    follow; `amp` runs the forward pass and the loss under autocast to bfloat16.
 
     ``variable="batch_size"`` searches the batch size (token models at `seq_len` tokens, 128 by
     default); ``variable="seq_len"`` searches the sequence length of a token model at `batch_size`
     (`sizes` is clipped to the model's longest sequence)."""
     from model_opt.apps import models
-    from model_opt.apps.bench_reorder import OPTIMIZERS, training_setup
     from model_opt.capture.step import model_step
+    from model_opt.fit.registry import autocast_step, build_fake, cast_floats, parse_dtype
 
-    if optimizer not in OPTIMIZERS:  # checked before the model is built
-        raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    param_dtype = parse_dtype(dtype)
     if variable == "seq_len":
         if name not in models.MAX_SEQ_LEN:
             token_models = sorted(models.MAX_SEQ_LEN)
@@ -202,19 +216,20 @@ def prepare_model(
         sizes = (min(sizes[0], models.MAX_SEQ_LEN[name]), min(sizes[1], models.MAX_SEQ_LEN[name]))
 
         def make_args(n: int) -> tuple[Any, ...]:
-            return models.batch_of(name, batch_size, n)
+            return cast_floats(models.batch_of(name, batch_size, n), param_dtype)
     elif variable == "batch_size":
         models.batch_of(name, 1, seq_len)  # a bad sequence length fails here, before the model is built
 
         def make_args(n: int) -> tuple[Any, ...]:
-            return models.batch_of(name, n, seq_len)
+            return cast_floats(models.batch_of(name, n, seq_len), param_dtype)
     else:
         raise ArgumentError(f"variable must be 'batch_size' or 'seq_len', not {variable!r}")
-    model, opt, _, _ = training_setup(name, 1, optimizer)
+    model, opt = build_fake(name, optimizer, param_dtype)
     loss_fn = models.loss_for(name)
+    step = (autocast_step if amp else model_step)(model, opt, loss_fn)
 
     fitting = Fitting(
-        model_step(model, opt, loss_fn),
+        step,
         make_args,
         sizes=sizes,
         modules=[model, *([loss_fn] if isinstance(loss_fn, nn.Module) else [])],
@@ -224,5 +239,5 @@ def prepare_model(
         method=method,
         progress=progress,
     )
-    fitting.model = name
+    fitting.model, fitting.dtype, fitting.amp = name, dtype, amp
     return fitting

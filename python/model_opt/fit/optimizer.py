@@ -48,19 +48,27 @@ def probe(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     return sum(t.numel() * t.element_size() for t in state) / nbytes, live.peak / nbytes
 
 
-def state_bytes(optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]) -> int:
-    """The bytes of the optimizers' state after their first step: what they hold when they have
-    stepped, else `probes`' state per parameter byte times their parameters' bytes."""
-    from model_opt.reorder import optimizer_state_bytes
+def state_sizes(
+    optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]
+) -> list[int]:
+    """The bytes of each tensor of the optimizers' state after their first step: what an optimizer
+    holds when it has stepped (each storage once), else, per parameter, `probes`' state per parameter
+    byte as whole parameter-sized tensors (Adam: two), and one for a fraction left over."""
+    from model_opt.capture.dataflow import storage_sizes
 
-    held = optimizer_state_bytes(optimizers)
-    if held:
-        return held
-    total = 0.0
+    out: list[int] = []
     for opt, (per_byte, _) in zip(optimizers, probes):
-        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-        total += per_byte * sum(p.numel() * p.element_size() for p in params)
-    return int(total)
+        held = storage_sizes(
+            v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+        )
+        if held:
+            out += held
+            continue
+        whole, fraction = divmod(per_byte, 1.0)
+        for p in (p for g in opt.param_groups for p in g["params"] if p.requires_grad):
+            nbytes = p.numel() * p.element_size()
+            out += [nbytes] * int(whole) + ([int(fraction * nbytes)] if fraction > 1e-3 else [])
+    return [n for n in out if n > 0]
 
 
 def _is_optimizer_step(node: Any) -> bool:

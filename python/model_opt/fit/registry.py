@@ -1,0 +1,90 @@
+"""The benchmark registry's models as `fit` builds them: under fake tensors, so that a model costs no
+memory of its size (a 1.1B-parameter decoder with AdamW would need 18 GB to build for real), in the
+training precision asked for.
+
+* ``dtype``: the parameters' type (``fp32``, ``bf16``, ``fp16``: pure low-precision training); the
+  floating-point inputs follow it.
+* ``amp``: the forward pass and the loss under ``torch.autocast`` to bfloat16, the parameters as they
+  are (mixed precision). The step is captured on the CPU, so the casts are CPU autocast's: the
+  matrix products and convolutions run in bfloat16 as on CUDA, but a few operators that CUDA's
+  autocast runs in float32 (softmax, layer norm) keep their input's type on the CPU. float16
+  autocast is not offered: its training step needs a ``GradScaler``, whose ``step`` reads a tensor
+  in Python (``.item()``), which a captured step cannot replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from model_opt.errors import ArgumentError
+
+#: ``--dtype`` names and the parameters' type each gives.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The type ``amp`` computes in.
+AMP_DTYPE = torch.bfloat16
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """The parameters' type named `name` (a key of `DTYPES`); raises `ArgumentError`."""
+    if name not in DTYPES:
+        raise ArgumentError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def cast_floats(tree: Any, dtype: torch.dtype) -> Any:
+    """`tree` (tensors in tuples) with its floating-point tensors in `dtype`; integer tensors (token
+    ids, class labels) are left as they are."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(dtype) if tree.is_floating_point() else tree
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(cast_floats(x, dtype) for x in tree)
+    return tree
+
+
+def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Model `name` (`model_opt.apps.models.ALL_MODELS`) in train mode, its parameters fake tensors of
+    `dtype`, and `optimizer` over them with its state created as its first step would (fake too)."""
+    from model_opt.apps import models
+    from model_opt.apps.bench_reorder import OPTIMIZERS, create_state
+
+    if optimizer not in OPTIMIZERS:  # checked before the model is built
+        raise ArgumentError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    # Non-fake inputs (the batches of `make_args`) are taken into the same fake mode when traced. The
+    # model is built in `dtype` (the default type while it is built): a fake parameter cannot be
+    # converted in place by ``model.to``.
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with mode:
+            model, _, _ = models.example(name, 1)
+    finally:
+        torch.set_default_dtype(default)
+    with mode:
+        model.train()
+        opt = OPTIMIZERS[optimizer](model.parameters())
+        create_state(opt)
+    return model, opt
+
+
+def autocast_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor]
+) -> Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
+    """`model_opt.capture.step.model_step` with the forward pass and the loss under autocast to
+    `AMP_DTYPE` on the inputs' device, as the PyTorch AMP recipe writes it (bfloat16: no scaler)."""
+
+    def train_step(inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(inputs[0].device.type, dtype=AMP_DTYPE):
+            loss = loss_fn(model(*inputs), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train_step
