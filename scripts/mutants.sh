@@ -39,7 +39,11 @@ if [ ${#FILES[@]} -eq 0 ]; then
         src/runtime/trace.rs src/runtime/state.rs src/runtime/signatures.rs src/placement/occupancy.rs)
 fi
 
-mkdir -p mutants.out
+mkdir -p mutants.out/tmp
+# cargo-mutants tests a scratch copy made under $TMPDIR; the placement tests read ../shared/data from
+# the crate root, so the scratch copies get a ../shared beside them.
+export TMPDIR="$ROOT/mutants.out/tmp"
+[ -e "$ROOT/../shared" ] && ln -sfn "$(cd "$ROOT/../shared" && pwd)" "$TMPDIR/shared"
 # Files that share their tests are mutated in one cargo-mutants run (one scratch build each).
 declare -A GROUP_FILES=()
 for f in "${FILES[@]}"; do

@@ -14,7 +14,8 @@ training precision asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +47,22 @@ def cast_floats(tree: Any, dtype: torch.dtype) -> Any:
     return tree
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """``torch.nn.init``'s in-place initialisers made to leave their tensor as it is: a fake tensor
+    has no values to initialise, and some initialisers read one (``trunc_normal_`` on a fake
+    tensor raises)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Model `name` (`model_opt.apps.models.ALL_MODELS`) in train mode, its parameters fake tensors of
     `dtype`, and `optimizer` over them with its state created as its first step would (fake too)."""
@@ -61,7 +78,7 @@ def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module
     default = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype)
-        with mode:
+        with mode, _no_init():
             model, _, _ = models.example(name, 1)
     finally:
         torch.set_default_dtype(default)
