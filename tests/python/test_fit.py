@@ -14,6 +14,7 @@ from torch import nn
 
 import model_opt
 from model_opt import _native
+from model_opt.apps.models import ALL_MODELS
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
 from model_opt.fit import Fitting, fit, parse_memory
@@ -282,6 +283,18 @@ def test_registry_models_are_built_with_fake_tensors_in_their_dtype() -> None:
     state = opt.state[params[0]]
     assert isinstance(state["exp_avg"], FakeTensor) and state["exp_avg"].dtype == torch.bfloat16
     assert state["exp_avg"].shape == params[0].shape
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_registry_model_builds_with_fake_tensors(name: str) -> None:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from model_opt.fit.registry import build_fake
+
+    model, opt = build_fake(name, "sgd", torch.float32)
+    params = list(model.parameters())
+    assert params and all(isinstance(p, FakeTensor) for p in params)
+    assert torch.nn.init.trunc_normal_.__name__ == "trunc_normal_", "the initialisers are given back"
 
 
 def test_precision_changes_what_the_step_holds() -> None:
