@@ -8,8 +8,11 @@ Each model is captured under fake tensors (random weights, nothing runs, SGD) as
 `model_opt.apps.bench_reorder`. Peaks are the simulated live bytes of the step (parameters, inputs,
 activations, gradients; SGD without momentum has no state). "extra" is the recomputed operations over
 the step's (`model_opt.remat.cost`): for hand checkpointing, the operations of the checkpointed step's
-graph over the plain one's. "remat s" is the recomputation search's time; the order's solve time is in
-the reorder table. Prints a markdown table for BENCHMARKS.md.
+graph over the plain one's. The AOTAutograd columns are the peak of the loss's forward and backward
+graphs as ``torch.compile``'s partitioners split them (`benches/aot_partition.py`: "default" saves what
+autograd saves, "min-cut" recomputes cheap operators by a min cut, without a budget), counted the same
+way (the SGD update, in place, is left out). "remat s" is the recomputation search's time; the order's
+solve time is in the reorder table. Prints a markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import functools
 from typing import Any
 
+import aot_partition
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -45,6 +49,8 @@ HEADER = [
     "stopped",
     "checkpoint every block (GB)",
     "its extra",
+    "AOTAutograd default (GB)",
+    "AOTAutograd min-cut (GB)",
 ]
 
 
@@ -90,6 +96,15 @@ def _capture(name: str, batch: int, hand: bool, dropout: bool = True) -> Capture
     return capture_training_step(model, opt, models.loss_for(name), inputs, targets)
 
 
+def _aot_peaks(name: str, batch: int, dropout: bool) -> dict[str, int]:
+    torch.manual_seed(0)
+    model, inputs, targets = models.example(name, batch)
+    model.train()
+    if not dropout:
+        _without_dropout(model)
+    return aot_partition.peaks(model, models.loss_for(name), inputs, targets)
+
+
 def _eager_peak(captured: CapturedStep) -> int:
     return peak_of_order(captured, range(len(captured.dataflow.ops)))
 
@@ -102,6 +117,7 @@ def rows(
     base_flops = total_flops(captured.graph_module.graph.nodes)
     hand_extra = total_flops(hand.graph_module.graph.nodes) / max(base_flops, 1) - 1
     order_only = plan_captured(captured, PlanOptions.of(time_limit=time_limit))[2]
+    aot = _aot_peaks(name, batch, dropout)
     out = []
     for allowance in allowances:
         options = PlanOptions.of(time_limit=time_limit, allow=("reorder", "remat"), max_recompute=allowance)
@@ -124,6 +140,8 @@ def rows(
                 remat.get("stopped", ""),
                 f"{_eager_peak(hand) / GB:.3f}",
                 f"{100 * hand_extra:.1f}%",
+                f"{aot['default'] / GB:.3f}",
+                f"{aot['min_cut'] / GB:.3f}",
             ]
         )
     return out

@@ -294,6 +294,8 @@ def test_every_registry_model_builds_with_fake_tensors(name: str) -> None:
     model, opt = build_fake(name, "sgd", torch.float32)
     params = list(model.parameters())
     assert params and all(isinstance(p, FakeTensor) for p in params)
+    # One fake mode for all (a trace takes one; nn.Transformer deep-copies its layers).
+    assert len({id(t.fake_mode) for t in [*params, *model.buffers()]}) == 1
     assert torch.nn.init.trunc_normal_.__name__ == "trunc_normal_", "the initialisers are given back"
 
 

@@ -63,6 +63,23 @@ def _no_init() -> Iterator[None]:
             setattr(torch.nn.init, n, f)
 
 
+def _into(mode: FakeTensorMode, model: nn.Module) -> None:
+    """Every parameter and buffer of `model` a fake tensor of `mode`: ``copy.deepcopy`` of a fake
+    tensor (``nn.Transformer`` clones its layers so) makes it one of a mode of its own, and a trace
+    takes one mode. Shared tensors (tied weights) stay shared."""
+    moved: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table, as_param in ((module._parameters, True), (module._buffers, False)):
+            for name, t in list(table.items()):
+                if t is None or getattr(t, "fake_mode", None) is mode:
+                    continue
+                if id(t) not in moved:
+                    with mode:
+                        new = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                    moved[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if as_param else new
+                table[name] = moved[id(t)]
+
+
 def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Model `name` (`model_opt.apps.models.ALL_MODELS`) in train mode, its parameters fake tensors of
     `dtype`, and `optimizer` over them with its state created as its first step would (fake too)."""
@@ -82,6 +99,7 @@ def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module
             model, _, _ = models.example(name, 1)
     finally:
         torch.set_default_dtype(default)
+    _into(mode, model)
     with mode:
         model.train()
         opt = OPTIMIZERS[optimizer](model.parameters())
