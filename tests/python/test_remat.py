@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -277,46 +277,13 @@ def test_batch_norm_is_recomputed_without_updating_its_running_statistics():
 # --------------------------------------------------------------------------------------------------
 # The runtime serves a rematerialized step like any other.
 
-WORKER = """
-import json, sys, torch, torchvision, model_opt
-from torch import nn
-from model_opt.reorder import optimize
 
-torch.set_num_threads(1)
-assert model_opt.install_cpu_allocator() is True
-remat = sys.argv[1] == "remat"
-options = {"allow": ("reorder", "remat"), "max_recompute": None} if remat else {}
-torch.manual_seed(0)
-model = torchvision.models.resnet18(num_classes=10)
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-batches = [(torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))) for _ in range(4)]
-step = optimize(
-    model, opt, nn.functional.cross_entropy, *batches[0], method="heuristic", time_limit=60.0, **options
-)
-losses = [float(step(*batches[0]))]
-with model_opt.profile():
-    losses.append(float(step(*batches[1])))
-plan = model_opt.plan(time_limit=2.0)
-divergences = 0
-for b in batches[2:]:
-    with model_opt.step():
-        losses.append(float(step(*b)))
-    divergences += model_opt.stats()["last_step"].get("divergences", 0)
-print(json.dumps(dict(
-    losses=losses,
-    arena=plan["arena_bytes"],
-    simulated_peak=step.report["peak_bytes"],
-    divergences=divergences,
-    recomputed=len((step.report["remat"] or {}).get("recomputed", [])),
-    params=[float(p.double().sum()) for p in model.parameters()],
-)))
-"""
-
-
-def _served(kind: str) -> dict[str, Any]:
+def _served(options: dict[str, Any]) -> dict[str, Any]:
     """One process per step: an installed allocator keeps one arena for the whole process."""
+    spec = {"batch": 16, "image": 64, "momentum": 0.0, "optimize": options}
+    worker = Path(__file__).parent / "served_step_worker.py"
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(WORKER), kind], capture_output=True, text=True, timeout=600
+        [sys.executable, str(worker), json.dumps(spec)], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -324,7 +291,9 @@ def _served(kind: str) -> dict[str, Any]:
 
 def test_a_rematerialized_step_runs_on_the_planned_arena_with_a_smaller_arena() -> None:
     pytest.importorskip("torchvision")
-    order, remat = _served("order"), _served("remat")
+    searched = {"method": "heuristic", "time_limit": 60.0}
+    order = _served(searched)
+    remat = _served({**searched, "allow": ["reorder", "remat"], "max_recompute": None})
     assert remat["recomputed"] > 0
     assert remat["losses"] == order["losses"] and remat["params"] == order["params"]
     assert order["divergences"] == 0 and remat["divergences"] == 0
