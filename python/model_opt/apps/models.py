@@ -115,6 +115,12 @@ def _token_batch(name: str, batch: int, seq: int = 128) -> tuple[tuple[torch.Ten
     return (ids,), ids
 
 
+#: Llama-style decoders (RMSNorm, rotary, SwiGLU, untied head): hidden size, intermediate size, layers,
+#: attention heads, key/value heads, longest sequence. ``llama`` is at GPT-2-small's size; ``llama_1b``
+#: has TinyLlama's shape (1.1B parameters, grouped-query attention).
+_LLAMA_SHAPES = {"llama": (768, 3072, 12, 12, 12, 512), "llama_1b": (2048, 5632, 22, 32, 4, 2048)}
+
+
 def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]]:
     def make(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
         import transformers  # optional: random weights from a config, no download
@@ -136,26 +142,16 @@ def _hf_model(name: str) -> Callable[[int], tuple[nn.Module, tuple[torch.Tensor,
         elif name == "gpt2_medium":
             config = transformers.GPT2Config(n_embd=1024, n_layer=24, n_head=16)
             inner = transformers.GPT2LMHeadModel(config)
-        elif name == "llama_1b":
+        else:
+            hidden, intermediate, layers, heads, kv_heads, positions = _LLAMA_SHAPES[name]
             config = transformers.LlamaConfig(
-                hidden_size=2048,
-                intermediate_size=5632,
-                num_hidden_layers=22,
-                num_attention_heads=32,
-                num_key_value_heads=4,
-                vocab_size=32000,
-                max_position_embeddings=2048,
-            )
-            inner = transformers.LlamaForCausalLM(config)
-        else:  # Llama's architecture (RMSNorm, rotary, SwiGLU, untied head) at GPT-2-small's size
-            config = transformers.LlamaConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                num_key_value_heads=12,
-                vocab_size=32000,
-                max_position_embeddings=512,
+                hidden_size=hidden,
+                intermediate_size=intermediate,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=kv_heads,
+                vocab_size=_VOCAB[name],
+                max_position_embeddings=positions,
             )
             inner = transformers.LlamaForCausalLM(config)
         (ids,), targets = _token_batch(name, batch)
