@@ -323,8 +323,9 @@ def test_precision_changes_what_the_step_holds() -> None:
 def test_fit_refuses_precision_options_with_a_script(tmp_path: Path) -> None:
     script = tmp_path / "step.py"
     script.write_text(SCRIPT)
-    r = _cli("--script", f"{script}:setup", "--memory", "1GiB", "--dtype", "bf16")
-    assert r.returncode == 2 and "--dtype and --amp go with --model" in r.stderr, r.stderr
+    for option in (["--dtype", "bf16"], ["--amp"], ["--optimizer", "sgd"]):
+        r = _cli("--script", f"{script}:setup", "--memory", "1GiB", *option)
+        assert r.returncode == 2 and "--optimizer, --dtype and --amp go with --model" in r.stderr, r.stderr
 
 
 def _llama_1b_params() -> int:

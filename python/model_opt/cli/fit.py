@@ -54,7 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="token models: search the sequence length instead, at --batch-size",
     )
     f.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="with --seq-len-range (1)")
-    f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw", help="with --model")
+    f.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        help="with --model: the training step's optimizer (adamw)",
+    )
     f.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ArgumentError("--model takes one model")
             if args.model not in ALL_MODELS:
                 raise ArgumentError(f"unknown model {args.model!r}; use one of {ALL_MODELS}")
-            precision = dict(optimizer=args.optimizer, dtype=args.dtype, amp=args.amp)
+            precision = dict(optimizer=args.optimizer or "adamw", dtype=args.dtype, amp=args.amp)
             if args.seq_len_range is not None:
                 if args.seq_len is not None:
                     raise ArgumentError("--seq-len and --seq-len-range exclude each other")
@@ -175,10 +179,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 report = fit_model(args.model, seq_len=args.seq_len, **precision, **options)
         else:
-            if args.dtype != "fp32" or args.amp:
+            if args.dtype != "fp32" or args.amp or args.optimizer is not None:
                 raise ArgumentError(
-                    "--dtype and --amp go with --model; a --script step sets its own precision "
-                    "(its parameters' dtype, torch.autocast in the step)"
+                    "--optimizer, --dtype and --amp go with --model; a --script step sets its own "
+                    "(its optimizer, its parameters' dtype, torch.autocast in the step)"
                 )
             step, make_args = _load_script(args.script)
             report = fit(step, make_args, **options)
