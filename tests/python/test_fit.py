@@ -17,8 +17,8 @@ from model_opt import _native
 from model_opt.apps.models import ALL_MODELS
 from model_opt.capture.step import StepState, capture_step
 from model_opt.errors import ArgumentError
-from model_opt.fit import Fitting, fit, parse_memory
-from model_opt.fit.estimate import buffers_of_order
+from model_opt.fit import Fitting, fit, optimizer, parse_memory
+from model_opt.fit.estimate import buffers_of_order, kept_segments
 from model_opt.fit.family import StepFamily
 from model_opt.fit.optimizer import add_step_temporaries
 from model_opt.fit.search import largest_fitting
@@ -358,6 +358,26 @@ def test_a_billion_parameter_model_fits_without_its_memory() -> None:
     # Built for real, its bfloat16 weights and state alone would be 6.6 GB; the run stayed far below.
     peak_rss = int(r.stderr.split("peak_rss ")[1].split()[0])
     assert peak_rss < 3 * 2**30, peak_rss
+
+
+def test_the_optimizer_state_is_made_at_the_first_optimizer_operator() -> None:
+    # torch.optim makes a step's missing state for every parameter before it updates any.
+    model, opt, step = _mlp_step()
+    df = _capture(model, opt, step, 16)
+    made = optimizer.state_made_by(df, 2.0)  # type: ignore[arg-type]
+    first = min(i for i, node in enumerate(df.ops) if "optimizer_step" in str(node.target))  # type: ignore[attr-defined]
+    assert {i for i, _ in made} == {first}
+    assert sorted(n for _, n in made) == sorted(2 * [p.numel() * 4 for p in model.parameters()])
+
+
+def test_kept_segments_are_those_holding_an_allocation_at_the_end(tmp_path: Path) -> None:
+    # A 12 MiB buffer kept (a segment of its own, 12 MiB), then a 3 MiB one (a 20 MiB segment) freed:
+    # only the kept one's segment stays once the cache is given back, with the 2 MiB segment of a small
+    # buffer kept beside them.
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"id,lower,upper,size\nb,0,9,{12 * MIB}\na,1,2,{3 * MIB}\nc,1,9,100\n")
+    assert kept_segments(trace, 9) == 12 * MIB + 2 * MIB
+    assert kept_segments(trace, 2) == 12 * MIB + 20 * MIB + 2 * MIB
 
 
 def test_resident_tensors_are_allocations_of_their_own() -> None:

@@ -15,6 +15,9 @@ def test_the_predicted_arena_is_the_planned_one_within_fifteen_percent() -> None
     assert n is not None and n > 100
     # Measured: the real trace's buffers need about 6% more than the captured step's (BENCHMARKS.md).
     assert abs(r["arena_error"]) < 0.15, r
+    # The whole the planned steps hold (the arena, and the pool's segments with the weights and the
+    # optimizer's state, made during the first step), predicted as closely (measured: -3%).
+    assert abs(r["total_error"]) < 0.15, r
     # The budget is enforced on the real run: twice the predicted batch does not fit it.
     over = run_real(MLP, 2 * n, limit=64 * MIB)
     assert not over["ok"] and "out of memory" in over["error"], over

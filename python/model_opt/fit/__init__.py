@@ -85,9 +85,14 @@ class Fitting:
         probes = [optimizer.probe(o) for o in self.optimizers]
         per_byte = max((temporaries for _, temporaries in probes), default=0.0)
 
+        state_per_byte = optimizer.state_per_byte(self.optimizers, probes)
+        state_at: list[tuple[int, int]] = []
+
         def capture(size: int) -> DataflowGraph:
             state = StepState.of(self.modules, self.optimizers)
             df = capture_step(step, make_args(size), {}, state).dataflow
+            if not state_at:  # the operators are the same at every size the family fits
+                state_at.extend(optimizer.state_made_by(df, state_per_byte))
             return optimizer.add_step_temporaries(df, per_byte)
 
         self.family = StepFamily.of(capture)
@@ -96,6 +101,7 @@ class Fitting:
         self.residents = Residents(
             tuple(n for n in storage_sizes([*params, *buffers]) if n > 0),
             tuple(optimizer.state_sizes(self.optimizers, probes)),
+            tuple(state_at),
         )
         self.state_bytes = sum(self.residents.optimizer_state)
         self.weights_bytes = storage_bytes(params)

@@ -18,12 +18,14 @@ PyTorch does, and the step in the arena.
 
 from __future__ import annotations
 
+import bisect
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_opt._native import (
     caching_allocator_peak,
+    caching_allocator_replay,
     caching_allocator_smallest_device,
     plan_csv,
     schedule_graph,
@@ -40,15 +42,21 @@ class Residents:
     """The tensors a step finds allocated, one allocation each: ``tensors``, the bytes of each parameter
     and buffer storage; ``optimizer_state``, of each optimizer state tensor (measured, or as probed:
     `model_opt.fit.optimizer`). The rest of a graph's resident bytes (its inputs, gradients kept from an
-    earlier call) is counted as one more allocation."""
+    earlier call) is counted as one more allocation.
+
+    ``state_at`` places the optimizer's state where a training run creates it: ``(operator, bytes)``,
+    the tensors the first step makes at its optimizer's first ``optimizer_step`` operator (empty when
+    the step has no such operator: then the state is allocated before it)."""
 
     tensors: tuple[int, ...]
     optimizer_state: tuple[int, ...]
+    state_at: tuple[tuple[int, int], ...] = ()
 
     def at(self, resident_bytes: int) -> list[int]:
-        """Every resident allocation of a step whose graph holds `resident_bytes`."""
+        """Every allocation held before the first step of a step whose graph holds `resident_bytes`."""
         rest = resident_bytes - sum(self.tensors)
-        return [*self.tensors, *self.optimizer_state, *([rest] if rest > 0 else [])]
+        before = () if self.state_at else self.optimizer_state
+        return [*self.tensors, *before, *([rest] if rest > 0 else [])]
 
 
 def buffers_of_order(
@@ -80,10 +88,48 @@ def _write_csv(path: Path, buffers: list[tuple[int, int, int]], slot: int = 1) -
     return path
 
 
-def with_residents(residents: list[int], buffers: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """`buffers` one time step later, after `residents` allocated first and live throughout."""
-    end = max((upper for _, upper, _ in buffers), default=0) + 1
-    return [*((0, end, size) for size in residents), *((lo + 1, up + 1, size) for lo, up, size in buffers)]
+def first_steps(
+    residents: list[int],
+    state_at: tuple[tuple[int, int], ...],
+    buffers: list[tuple[int, int, int]],
+    num_ops: int,
+) -> list[tuple[int, int, int]]:
+    """The first two steps of a training run, as the allocator sees them: `residents` allocated first and
+    live throughout; the step's `buffers` (positions 0..`num_ops`) twice, one step after the other; the
+    optimizer's state made by the first step's operators (`state_at`) and kept. The last time step
+    (`end_of`) frees what is left."""
+    span = num_ops + 1
+    end = end_of(num_ops)
+    out = [(0, end, size) for size in residents]
+    for first in (1, 1 + span):
+        out += [(lo + first, up + first, size) for lo, up, size in buffers]
+    out += [(1 + op, end, size) for op, size in state_at]
+    return out
+
+
+def end_of(num_ops: int) -> int:
+    """The time step at which `first_steps`' trace frees what it kept."""
+    return 1 + 2 * (num_ops + 1)
+
+
+def kept_segments(path: Path, end: int) -> int:
+    """Bytes of the caching allocator's segments that hold an allocation just before time `end`, once
+    the trace `path` has run: what stays reserved when the cache is given back."""
+    events = caching_allocator_replay(path)["events"]
+    segments: list[tuple[int, int]] = []
+    live: dict[int, int] = {}
+    for action, buffer, addr, size, _stream, time in events:
+        if action == "segment_alloc":
+            segments.append((addr, size))
+        elif time < end:
+            if action == "alloc":
+                live[buffer] = addr
+            else:
+                live.pop(buffer, None)
+    segments.sort()
+    starts = [a for a, _ in segments]
+    holding = {bisect.bisect_right(starts, addr) - 1 for addr in live.values()}
+    return sum(segments[i][1] for i in holding if i >= 0)
 
 
 def estimate(
@@ -99,13 +145,14 @@ def estimate(
     state = sum(residents.optimizer_state)
     with tempfile.TemporaryDirectory(prefix="model_opt_fit_") as tmp:
         folder = Path(tmp)
-        # PyTorch: the residents and the step through one caching allocator.
-        whole = _write_csv(folder / "eager.csv", with_residents(held, eager))
+        # PyTorch: the residents and the first two steps through one caching allocator (the first
+        # makes the optimizer's state, amid its own blocks).
+        whole = _write_csv(folder / "eager.csv", first_steps(held, residents.state_at, eager, num_ops))
         caching = caching_allocator_peak(whole)
         smallest = caching_allocator_smallest_device(whole)
-        # model_opt: the residents in the fallback pool (PyTorch's rounding), the step in the arena.
-        pool = caching_allocator_peak(_write_csv(folder / "residents.csv", with_residents(held, [])))
-        outside = pool["reserved_peak_bytes"]
+        # model_opt: the warm-up and profiled steps run in the fallback pool (PyTorch's rules); what it
+        # keeps once its cache is given back stays beside the arena, where the planned steps run.
+        outside = kept_segments(whole, end_of(num_ops))
         arena = plan_csv(_write_csv(folder / "eager.slots.csv", eager, SLOT_BYTES), time_limit=time_limit)
         moved = plan_csv(_write_csv(folder / "moved.slots.csv", reordered, SLOT_BYTES), time_limit=time_limit)
     return {

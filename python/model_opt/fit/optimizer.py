@@ -71,6 +71,40 @@ def state_sizes(
     return [n for n in out if n > 0]
 
 
+def state_per_byte(
+    optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]
+) -> float:
+    """The optimizers' state per parameter byte: what they hold over their parameters' bytes when they
+    have stepped, else the largest probed."""
+    sizes = state_sizes(optimizers, probes)
+    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.requires_grad]
+    held = any(opt.state for opt in optimizers)
+    if held and params:
+        return sum(sizes) / sum(p.numel() * p.element_size() for p in params)
+    return max((state for state, _ in probes), default=0.0)
+
+
+def state_made_by(df: DataflowGraph, per_byte: float) -> list[tuple[int, int]]:
+    """``(operator, bytes)`` of the optimizer state the first step of `df` makes: `per_byte` of each
+    parameter an ``optimizer_step`` operator updates, as whole parameter-sized tensors (Adam: two a
+    parameter), as `state_sizes` counts them, all made at the first of the operators of the same
+    optimizer (``torch.optim`` creates a step's missing state for every parameter before it updates
+    any)."""
+    whole, fraction = divmod(per_byte, 1.0)
+    first: dict[Any, int] = {}
+    out = []
+    for i, node in enumerate(df.ops):
+        if not _is_optimizer_step(node):
+            continue
+        at = first.setdefault(node.args[0], i)
+        for p in node.args[2]:
+            if "val" not in p.meta:
+                continue
+            nbytes = p.meta["val"].numel() * p.meta["val"].element_size()
+            out += [(at, nbytes)] * round(whole) + ([(at, int(fraction * nbytes))] if fraction > 1e-3 else [])
+    return [(i, n) for i, n in out if n > 0]
+
+
 def _is_optimizer_step(node: Any) -> bool:
     return node.op == "call_function" and node.target is torch.ops.model_opt.optimizer_step.default
 
