@@ -10,8 +10,8 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use model_opt::ffi::{
-    model_opt_free, model_opt_last_error, model_opt_set_memory_limit, model_opt_try_alloc,
-    ALLOC_OK, ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
+    model_opt_alloc, model_opt_free, model_opt_last_error, model_opt_set_memory_limit,
+    model_opt_try_alloc, ALLOC_OK, ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
 };
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::cuda::preload_driver;
@@ -337,6 +337,27 @@ fn a_sticky_error_fails_every_request_with_its_name_and_nothing_panics() {
     (s.set_sticky)(0);
     rt.empty_cache().unwrap();
     assert_eq!((s.device_of)(kept as u64), 0, "held memory was released");
+}
+
+#[test]
+fn the_plain_alloc_serves_device_memory_and_free_gives_it_back_for_reuse() {
+    // `model_opt_alloc` is what a raw CUDAPluggableAllocator calls: an address on the named device,
+    // NULL only on failure; `model_opt_free` returns it, so the same request is served from it again.
+    let _turn = stub();
+    let s = Stub::get();
+    let a = model_opt_alloc(1 << 20, 1, std::ptr::null_mut());
+    assert!(!a.is_null(), "{}", last_error());
+    assert_eq!((s.device_of)(a as u64), 1);
+    model_opt_free(a, 1 << 20, 1, std::ptr::null_mut());
+    let b = model_opt_alloc(1 << 20, 1, std::ptr::null_mut());
+    assert_eq!(b, a, "the freed block serves the same request");
+    let c = model_opt_alloc(1 << 20, 1, std::ptr::null_mut());
+    assert!(
+        !c.is_null() && c != b,
+        "a live block is never handed out twice"
+    );
+    model_opt_free(b, 1 << 20, 1, std::ptr::null_mut());
+    model_opt_free(c, 1 << 20, 1, std::ptr::null_mut());
 }
 
 #[test]
