@@ -323,6 +323,56 @@ mod tests {
         assert_eq!(p.reserved_bytes(), 0);
     }
 
+    /// Host memory whose next allocation fails with a driver error, not out of memory.
+    struct FailsOnce {
+        inner: HostBackend,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for FailsOnce {
+        fn name(&self) -> &'static str {
+            "host"
+        }
+        fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+            if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(BackendError::Driver {
+                    call: "cuMemAlloc_v2",
+                    code: "CUDA_ERROR_LAUNCH_FAILED".into(),
+                    device,
+                });
+            }
+            self.inner.alloc(device, size)
+        }
+        fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+            self.inner.free(device, addr, size)
+        }
+        fn synchronize(&self, device: i32) -> Result<(), BackendError> {
+            self.inner.synchronize(device)
+        }
+        fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
+            self.inner.mem_info(device)
+        }
+    }
+
+    #[test]
+    fn a_driver_error_keeps_the_cache_and_only_out_of_memory_gives_it_back() {
+        // Out of memory gives back the cached segments and retries; any other error is the caller's
+        // at once, and the cache stays (giving it back would cost the next steps their segments).
+        let b = FailsOnce {
+            inner: HostBackend::new(),
+            fail: false.into(),
+        };
+        let mut p = FallbackPool::new();
+        let a = p.alloc(&b, -1, 100, 0).unwrap();
+        p.free(a);
+        assert_eq!(p.reserved_bytes(), SMALL_SEGMENT, "a free segment, cached");
+        b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = p.alloc(&b, -1, 4 << 20, 0).unwrap_err();
+        assert!(matches!(err, BackendError::Driver { .. }), "{err}");
+        assert_eq!(p.reserved_bytes(), SMALL_SEGMENT, "the cache is kept");
+        p.release_cached(&b, -1);
+    }
+
     #[test]
     fn streams_do_not_share_blocks() {
         let b = HostBackend::new();
@@ -444,6 +494,7 @@ mod tests {
                                 "[{:#x}, +{}) overlaps live [{:#x}, +{})", addr, rounded, a, len);
                         }
                         prop_assert_eq!(p.requested(addr), Some(size));
+                        prop_assert!(p.owns(addr));
                         model.insert(addr, (rounded, size, stream));
                     }
                     PoolOp::Free { pick } => {
@@ -453,6 +504,7 @@ mod tests {
                         let addr = *model.keys().nth(pick % model.len()).unwrap();
                         let (_, requested, stream) = model.remove(&addr).unwrap();
                         prop_assert_eq!(p.free(addr), Some(Freed { requested, stream }));
+                        prop_assert!(!p.owns(addr));
                         prop_assert_eq!(p.free(addr), None, "double free");
                     }
                     PoolOp::FreeForeign { pick, delta } => {
