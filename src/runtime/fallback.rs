@@ -323,10 +323,22 @@ mod tests {
         assert_eq!(p.reserved_bytes(), 0);
     }
 
-    /// Host memory whose next allocation fails with a driver error, not out of memory.
+    /// Host memory whose next allocation fails with a driver error (not out of memory) when `fail` is
+    /// set, and that counts the bytes it has handed out and not had back.
     struct FailsOnce {
         inner: HostBackend,
         fail: std::sync::atomic::AtomicBool,
+        outstanding: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FailsOnce {
+        fn new() -> FailsOnce {
+            FailsOnce {
+                inner: HostBackend::new(),
+                fail: false.into(),
+                outstanding: 0.into(),
+            }
+        }
     }
 
     impl Backend for FailsOnce {
@@ -341,9 +353,14 @@ mod tests {
                     device,
                 });
             }
-            self.inner.alloc(device, size)
+            let addr = self.inner.alloc(device, size)?;
+            self.outstanding
+                .fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+            Ok(addr)
         }
         fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+            self.outstanding
+                .fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
             self.inner.free(device, addr, size)
         }
         fn synchronize(&self, device: i32) -> Result<(), BackendError> {
@@ -358,10 +375,7 @@ mod tests {
     fn a_driver_error_keeps_the_cache_and_only_out_of_memory_gives_it_back() {
         // Out of memory gives back the cached segments and retries; any other error is the caller's
         // at once, and the cache stays (giving it back would cost the next steps their segments).
-        let b = FailsOnce {
-            inner: HostBackend::new(),
-            fail: false.into(),
-        };
+        let b = FailsOnce::new();
         let mut p = FallbackPool::new();
         let a = p.alloc(&b, -1, 100, 0).unwrap();
         p.free(a);
@@ -371,6 +385,23 @@ mod tests {
         assert!(matches!(err, BackendError::Driver { .. }), "{err}");
         assert_eq!(p.reserved_bytes(), SMALL_SEGMENT, "the cache is kept");
         p.release_cached(&b, -1);
+    }
+
+    #[test]
+    fn release_all_gives_every_segment_back_used_or_not() {
+        // At shutdown: cached segments and segments still holding blocks all go back to the backend.
+        let b = FailsOnce::new();
+        let mut p = FallbackPool::new();
+        let small = p.alloc(&b, -1, 100, 0).unwrap();
+        let _medium = p.alloc(&b, -1, 3 << 20, 0).unwrap();
+        let _other_stream = p.alloc(&b, -1, 100, 7).unwrap();
+        p.free(small);
+        let held = b.outstanding.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(held, p.reserved_bytes());
+        assert_eq!(held, 2 * SMALL_SEGMENT + MEDIUM_SEGMENT);
+        p.release_all(&b, -1);
+        assert_eq!(b.outstanding.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!((p.reserved_bytes(), p.live_bytes()), (0, 0));
     }
 
     #[test]
