@@ -257,6 +257,26 @@ mod tests {
     }
 
     #[test]
+    fn the_combined_check_refuses_streams_laid_over_each_other() {
+        // The last check before a plan is served: the streams' plans side by side keep every buffer
+        // apart. The plan built here passes; moved over each other, the two streams' buffers (live at
+        // the same time) are refused.
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 100, 7);
+        t.record_free(1);
+        t.record_free(2);
+        t.finish();
+        let mut p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
+        assert!(check_combined(&t, 0, &p.entries, 512).is_ok());
+        p.entries[1].offset = p.entries[0].offset;
+        assert!(matches!(
+            check_combined(&t, 0, &p.entries, 512),
+            Err(PlanError::InvalidPlan(_))
+        ));
+    }
+
+    #[test]
     fn the_served_plan_reads_back_as_a_valid_solution_of_its_arena() {
         let mut t = Trace::new();
         t.record_alloc(1, 100, 0);
