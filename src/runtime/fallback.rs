@@ -323,17 +323,17 @@ mod tests {
         assert_eq!(p.reserved_bytes(), 0);
     }
 
-    /// Host memory whose next allocation fails with a driver error (not out of memory) when `fail` is
-    /// set, and that counts the bytes it has handed out and not had back.
-    struct FailsOnce {
+    /// Host memory that counts the bytes it has handed out and not had back, and whose next allocation
+    /// fails with a driver error (not out of memory) when `fail` is set.
+    struct WatchedHost {
         inner: HostBackend,
         fail: std::sync::atomic::AtomicBool,
         outstanding: std::sync::atomic::AtomicUsize,
     }
 
-    impl FailsOnce {
-        fn new() -> FailsOnce {
-            FailsOnce {
+    impl WatchedHost {
+        fn new() -> WatchedHost {
+            WatchedHost {
                 inner: HostBackend::new(),
                 fail: false.into(),
                 outstanding: 0.into(),
@@ -341,7 +341,7 @@ mod tests {
         }
     }
 
-    impl Backend for FailsOnce {
+    impl Backend for WatchedHost {
         fn name(&self) -> &'static str {
             "host"
         }
@@ -375,7 +375,7 @@ mod tests {
     fn a_driver_error_keeps_the_cache_and_only_out_of_memory_gives_it_back() {
         // Out of memory gives back the cached segments and retries; any other error is the caller's
         // at once, and the cache stays (giving it back would cost the next steps their segments).
-        let b = FailsOnce::new();
+        let b = WatchedHost::new();
         let mut p = FallbackPool::new();
         let a = p.alloc(&b, -1, 100, 0).unwrap();
         p.free(a);
@@ -390,7 +390,7 @@ mod tests {
     #[test]
     fn release_all_gives_every_segment_back_used_or_not() {
         // At shutdown: cached segments and segments still holding blocks all go back to the backend.
-        let b = FailsOnce::new();
+        let b = WatchedHost::new();
         let mut p = FallbackPool::new();
         let small = p.alloc(&b, -1, 100, 0).unwrap();
         let _medium = p.alloc(&b, -1, 3 << 20, 0).unwrap();

@@ -376,8 +376,9 @@ def test_kept_segments_are_those_holding_an_allocation_at_the_end(tmp_path: Path
     # buffer kept beside them.
     trace = tmp_path / "t.csv"
     trace.write_text(f"id,lower,upper,size\nb,0,9,{12 * MIB}\na,1,2,{3 * MIB}\nc,1,9,100\n")
-    assert kept_segments(trace, 9) == 12 * MIB + 2 * MIB
-    assert kept_segments(trace, 2) == 12 * MIB + 20 * MIB + 2 * MIB
+    events = _native.caching_allocator_replay(trace)["events"]
+    assert kept_segments(events, 9) == 12 * MIB + 2 * MIB
+    assert kept_segments(events, 2) == 12 * MIB + 20 * MIB + 2 * MIB
 
 
 def test_resident_tensors_are_allocations_of_their_own() -> None:

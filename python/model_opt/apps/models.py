@@ -180,14 +180,19 @@ def loss_for(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
 MAX_SEQ_LEN = {"bert": 512, "gpt2": 1024, "llama": 512, "gpt2_medium": 1024, "llama_1b": 2048}
 
 
+def check_name(name: str) -> None:
+    """Raises `ArgumentError` unless `name` is one of `ALL_MODELS`."""
+    if name not in ALL_MODELS:
+        raise ArgumentError(f"unknown model {name!r}; use one of {ALL_MODELS}")
+
+
 def batch_of(
     name: str, batch: int, seq_len: int | None = None
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Inputs and targets of one batch of `batch` for model `name` of `ALL_MODELS`, without building
     the model (what `example` returns with it). `seq_len` (token models only: `MAX_SEQ_LEN`) replaces
     their default of 128 tokens."""
-    if name not in ALL_MODELS:
-        raise ArgumentError(f"unknown model {name!r}; use one of {ALL_MODELS}")
+    check_name(name)
     if name in _VOCAB:
         if seq_len is not None and not 1 <= seq_len <= MAX_SEQ_LEN[name]:
             raise ArgumentError(f"{name} takes sequences of 1 to {MAX_SEQ_LEN[name]} tokens, not {seq_len}")
@@ -201,6 +206,5 @@ def batch_of(
 
 def example(name: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]:
     """Model `name` of `ALL_MODELS` with inputs and targets of one batch of `batch`."""
-    if name not in ALL_MODELS:
-        raise ArgumentError(f"unknown model {name!r}; use one of {ALL_MODELS}")
+    check_name(name)
     return example_factory(name)(batch)

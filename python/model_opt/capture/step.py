@@ -262,15 +262,22 @@ def capture_step(
 
 
 def model_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    autocast: torch.dtype | None = None,
 ) -> Callable[[Tensors, Tensors], torch.Tensor]:
     """The step function of ``optimize(model, optimizer, loss_fn, inputs, targets)``: zero_grad, forward,
-    loss, backward, ``optimizer.step()``, zero_grad; it returns the loss, detached."""
+    loss, backward, ``optimizer.step()``, zero_grad; it returns the loss, detached. With `autocast`, the
+    forward pass and the loss run under ``torch.autocast`` to that type on the inputs' device, as
+    PyTorch's AMP recipe writes it (bfloat16 needs no gradient scaler)."""
 
     def train_step(inputs: Tensors, targets: Tensors) -> torch.Tensor:
         xs, ys = _as_tuple(inputs), _as_tuple(targets)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(*xs), ys[0] if len(ys) == 1 else ys)
+        mixed = torch.autocast(xs[0].device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with mixed:
+            loss = loss_fn(model(*xs), ys[0] if len(ys) == 1 else ys)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

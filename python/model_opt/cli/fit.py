@@ -162,12 +162,8 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
         if args.model is not None:
-            from model_opt.apps.models import ALL_MODELS
-
             if args.model == "all":
                 raise ArgumentError("--model takes one model")
-            if args.model not in ALL_MODELS:
-                raise ArgumentError(f"unknown model {args.model!r}; use one of {ALL_MODELS}")
             precision = dict(optimizer=args.optimizer or "adamw", dtype=args.dtype, amp=args.amp)
             if args.seq_len_range is not None:
                 if args.seq_len is not None:

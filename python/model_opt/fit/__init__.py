@@ -85,12 +85,12 @@ class Fitting:
         probes = [optimizer.probe(o) for o in self.optimizers]
         per_byte = max((temporaries for _, temporaries in probes), default=0.0)
 
-        state_per_byte = optimizer.state_per_byte(self.optimizers, probes)
+        state = tuple(optimizer.state_sizes(self.optimizers, probes))
+        state_per_byte = optimizer.state_per_byte(self.optimizers, probes, state)
         state_at: list[tuple[int, int]] = []
 
         def capture(size: int) -> DataflowGraph:
-            state = StepState.of(self.modules, self.optimizers)
-            df = capture_step(step, make_args(size), {}, state).dataflow
+            df = capture_step(step, make_args(size), {}, StepState.of(self.modules, self.optimizers)).dataflow
             if not state_at:  # the operators are the same at every size the family fits
                 state_at.extend(optimizer.state_made_by(df, state_per_byte))
             return optimizer.add_step_temporaries(df, per_byte)
@@ -100,7 +100,7 @@ class Fitting:
         buffers = [b for m in self.modules for b in m.buffers()]
         self.residents = Residents(
             tuple(n for n in storage_sizes([*params, *buffers]) if n > 0),
-            tuple(optimizer.state_sizes(self.optimizers, probes)),
+            state,
             tuple(state_at),
         )
         self.state_bytes = sum(self.residents.optimizer_state)
@@ -212,8 +212,9 @@ def prepare_model(
     (`sizes` is clipped to the model's longest sequence)."""
     from model_opt.apps import models
     from model_opt.capture.step import model_step
-    from model_opt.fit.registry import autocast_step, build_fake, cast_floats, parse_dtype
+    from model_opt.fit.registry import AMP_DTYPE, build_fake, cast_floats, parse_dtype
 
+    models.check_name(name)
     param_dtype = parse_dtype(dtype)
     if variable == "seq_len":
         if name not in models.MAX_SEQ_LEN:
@@ -232,7 +233,7 @@ def prepare_model(
         raise ArgumentError(f"variable must be 'batch_size' or 'seq_len', not {variable!r}")
     model, opt = build_fake(name, optimizer, param_dtype)
     loss_fn = models.loss_for(name)
-    step = (autocast_step if amp else model_step)(model, opt, loss_fn)
+    step = model_step(model, opt, loss_fn, autocast=AMP_DTYPE if amp else None)
 
     fitting = Fitting(
         step,

@@ -9,11 +9,14 @@
 * ``reordered``: the order `model_opt.optimize` would run (`schedule_graph`), planned the same way.
 
 Each adds what lives outside the step's buffers, the resident tensors: the parameters, buffers and
-optimizer state (`Residents`), and the inputs. They are allocations of their own, before the step, each
-rounded and kept in segments as the caching allocator keeps them (a parameter of 3 MiB takes a 20 MiB
-segment it shares only with other 1–10 MiB tensors). Under PyTorch they share the caching allocator
-with the step; under model_opt they sit in the runtime's fallback pool, which rounds and segments as
-PyTorch does, and the step in the arena.
+optimizer state (`Residents`), and the inputs. They are allocations of their own, each rounded and kept
+in segments as the caching allocator keeps them (a parameter of 3 MiB takes a 20 MiB segment it shares
+only with other 1–10 MiB tensors), and the optimizer's state is made where a training run makes it: at
+the first step's optimizer call, amid that step's own blocks, whose segments it may then pin. Under
+PyTorch the first two steps share the caching allocator with them (`first_steps`); under model_opt the
+same two steps (the warm-up and the profiled one) run in the runtime's fallback pool, which rounds and
+segments as PyTorch does, and what the pool keeps once its cache is given back (`kept_segments`) stays
+beside the arena.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_opt._native import (
-    caching_allocator_peak,
     caching_allocator_replay,
     caching_allocator_smallest_device,
     plan_csv,
@@ -112,10 +114,10 @@ def end_of(num_ops: int) -> int:
     return 1 + 2 * (num_ops + 1)
 
 
-def kept_segments(path: Path, end: int) -> int:
-    """Bytes of the caching allocator's segments that hold an allocation just before time `end`, once
-    the trace `path` has run: what stays reserved when the cache is given back."""
-    events = caching_allocator_replay(path)["events"]
+def kept_segments(events: list[tuple[str, int, int, int, int, int]], end: int) -> int:
+    """Bytes of the caching allocator's segments that hold an allocation just before time `end`, from
+    the `events` of a replay (`caching_allocator_replay`): what stays reserved when the cache is given
+    back."""
     segments: list[tuple[int, int]] = []
     live: dict[int, int] = {}
     for action, buffer, addr, size, _stream, time in events:
@@ -148,11 +150,11 @@ def estimate(
         # PyTorch: the residents and the first two steps through one caching allocator (the first
         # makes the optimizer's state, amid its own blocks).
         whole = _write_csv(folder / "eager.csv", first_steps(held, residents.state_at, eager, num_ops))
-        caching = caching_allocator_peak(whole)
+        caching = caching_allocator_replay(whole)
         smallest = caching_allocator_smallest_device(whole)
         # model_opt: the warm-up and profiled steps run in the fallback pool (PyTorch's rules); what it
         # keeps once its cache is given back stays beside the arena, where the planned steps run.
-        outside = kept_segments(whole, end_of(num_ops))
+        outside = kept_segments(caching["events"], end_of(num_ops))
         arena = plan_csv(_write_csv(folder / "eager.slots.csv", eager, SLOT_BYTES), time_limit=time_limit)
         moved = plan_csv(_write_csv(folder / "moved.slots.csv", reordered, SLOT_BYTES), time_limit=time_limit)
     return {

@@ -48,12 +48,23 @@ def probe(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     return sum(t.numel() * t.element_size() for t in state) / nbytes, live.peak / nbytes
 
 
+def _as_tensors(nbytes: int, per_byte: float) -> list[int]:
+    """`per_byte` of a parameter of `nbytes` as the optimizer keeps it: whole parameter-sized tensors
+    (Adam: two), and one for a fraction left over."""
+    whole, fraction = divmod(per_byte, 1.0)
+    return [nbytes] * int(whole) + ([int(fraction * nbytes)] if fraction > 1e-3 else [])
+
+
+def _trainable(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+
+
 def state_sizes(
     optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]
 ) -> list[int]:
     """The bytes of each tensor of the optimizers' state after their first step: what an optimizer
     holds when it has stepped (each storage once), else, per parameter, `probes`' state per parameter
-    byte as whole parameter-sized tensors (Adam: two), and one for a fraction left over."""
+    byte (`_as_tensors`)."""
     from model_opt.capture.dataflow import storage_sizes
 
     out: list[int] = []
@@ -64,33 +75,27 @@ def state_sizes(
         if held:
             out += held
             continue
-        whole, fraction = divmod(per_byte, 1.0)
-        for p in (p for g in opt.param_groups for p in g["params"] if p.requires_grad):
-            nbytes = p.numel() * p.element_size()
-            out += [nbytes] * int(whole) + ([int(fraction * nbytes)] if fraction > 1e-3 else [])
+        for p in _trainable(opt):
+            out += _as_tensors(p.numel() * p.element_size(), per_byte)
     return [n for n in out if n > 0]
 
 
 def state_per_byte(
-    optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]]
+    optimizers: Sequence[torch.optim.Optimizer], probes: Sequence[tuple[float, float]], sizes: Sequence[int]
 ) -> float:
-    """The optimizers' state per parameter byte: what they hold over their parameters' bytes when they
-    have stepped, else the largest probed."""
-    sizes = state_sizes(optimizers, probes)
-    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.requires_grad]
-    held = any(opt.state for opt in optimizers)
-    if held and params:
+    """The optimizers' state per parameter byte: their state's `sizes` (`state_sizes`) over their
+    parameters' bytes when they have stepped, else the largest probed."""
+    params = [p for opt in optimizers for p in _trainable(opt)]
+    if any(opt.state for opt in optimizers) and params:
         return sum(sizes) / sum(p.numel() * p.element_size() for p in params)
     return max((state for state, _ in probes), default=0.0)
 
 
 def state_made_by(df: DataflowGraph, per_byte: float) -> list[tuple[int, int]]:
     """``(operator, bytes)`` of the optimizer state the first step of `df` makes: `per_byte` of each
-    parameter an ``optimizer_step`` operator updates, as whole parameter-sized tensors (Adam: two a
-    parameter), as `state_sizes` counts them, all made at the first of the operators of the same
-    optimizer (``torch.optim`` creates a step's missing state for every parameter before it updates
-    any)."""
-    whole, fraction = divmod(per_byte, 1.0)
+    parameter an ``optimizer_step`` operator updates (`_as_tensors`, as `state_sizes` counts them), all
+    made at the first of the operators of the same optimizer (``torch.optim`` creates a step's missing
+    state for every parameter before it updates any)."""
     first: dict[Any, int] = {}
     out = []
     for i, node in enumerate(df.ops):
@@ -98,10 +103,11 @@ def state_made_by(df: DataflowGraph, per_byte: float) -> list[tuple[int, int]]:
             continue
         at = first.setdefault(node.args[0], i)
         for p in node.args[2]:
-            if "val" not in p.meta:
-                continue
-            nbytes = p.meta["val"].numel() * p.meta["val"].element_size()
-            out += [(at, nbytes)] * round(whole) + ([(at, int(fraction * nbytes))] if fraction > 1e-3 else [])
+            if "val" in p.meta:
+                out += [
+                    (at, n)
+                    for n in _as_tensors(p.meta["val"].numel() * p.meta["val"].element_size(), per_byte)
+                ]
     return [(i, n) for i, n in out if n > 0]
 
 

@@ -15,7 +15,7 @@ training precision asked for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from model_opt.errors import ArgumentError
 
 #: ``--dtype`` names and the parameters' type each gives.
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: The type ``amp`` computes in.
+#: The type ``amp`` computes in (`model_opt.capture.step.model_step`'s ``autocast``).
 AMP_DTYPE = torch.bfloat16
 
 
@@ -105,21 +105,3 @@ def build_fake(name: str, optimizer: str, dtype: torch.dtype) -> tuple[nn.Module
         opt = OPTIMIZERS[optimizer](model.parameters())
         create_state(opt)
     return model, opt
-
-
-def autocast_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor]
-) -> Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
-    """`model_opt.capture.step.model_step` with the forward pass and the loss under autocast to
-    `AMP_DTYPE` on the inputs' device, as the PyTorch AMP recipe writes it (bfloat16: no scaler)."""
-
-    def train_step(inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(inputs[0].device.type, dtype=AMP_DTYPE):
-            loss = loss_fn(model(*inputs), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return train_step
