@@ -276,6 +276,56 @@ mod tests {
         ));
     }
 
+    /// A step of one stream's requests on `stream`: 100 and 200 bytes, both freed.
+    fn one_stream_step(stream: usize) -> Trace {
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, stream);
+        t.record_alloc(2, 200, stream);
+        t.record_free(1);
+        t.record_free(2);
+        t.finish();
+        t
+    }
+
+    #[test]
+    fn a_beginning_is_kept_only_between_plans_of_the_same_single_stream() {
+        // Offsets of a plan with several streams include each stream's base in the arena, and a
+        // plan of another stream lays out other requests: neither is a beginning to keep.
+        let options = PlanOptions::default();
+        let same = one_stream_step(0);
+        let like = plan_trace(&same, 0, 512, &options).unwrap();
+        assert_eq!(fixed_beginning(&same, &like, 2).len(), 2);
+        assert_eq!(fixed_beginning(&same, &like, 1).len(), 1);
+
+        let other = plan_trace(&one_stream_step(5), 0, 512, &options).unwrap();
+        assert!(fixed_beginning(&same, &other, 2).is_empty());
+
+        let mut two = Trace::new();
+        two.record_alloc(1, 100, 0);
+        two.record_alloc(2, 200, 7);
+        two.record_free(1);
+        two.record_free(2);
+        two.finish();
+        let two_plan = plan_trace(&two, 0, 512, &options).unwrap();
+        assert!(fixed_beginning(&two, &two_plan, 2).is_empty());
+    }
+
+    #[test]
+    fn the_plan_names_each_method_it_used_once() {
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 100, 7);
+        t.record_free(1);
+        t.record_free(2);
+        t.finish();
+        let p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
+        assert!(!p.methods.is_empty());
+        let mut unique = p.methods.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), p.methods.len(), "methods {:?}", p.methods);
+    }
+
     #[test]
     fn the_served_plan_reads_back_as_a_valid_solution_of_its_arena() {
         let mut t = Trace::new();

@@ -136,4 +136,36 @@ mod tests {
         t.transient_csv(-1, &mut csv);
         assert_eq!(csv, "host_0,0,2,8\n");
     }
+
+    #[test]
+    fn a_free_after_the_end_of_the_recording_is_not_part_of_the_step() {
+        // `finish` makes what is still live persistent for good: a free seen later (the recording
+        // is over) must not turn it into a transient buffer of the step.
+        let mut t = Trace::new();
+        t.record_alloc(100, 8, 0);
+        t.finish();
+        t.record_free(100);
+        assert!(t.buffers[0].is_persistent());
+        assert_eq!(t.events, 1);
+    }
+
+    #[test]
+    fn persistent_rows_list_what_outlived_the_step() {
+        let mut t = Trace::new();
+        t.record_alloc(100, 8, 0);
+        t.record_alloc(200, 16, 3);
+        t.record_alloc(300, 24, 0);
+        t.record_free(100);
+        t.finish();
+        let mut csv = String::new();
+        t.persistent_csv(1, &mut csv);
+        assert_eq!(csv, "d1_1,1,16,3\nd1_2,2,24,0\n");
+    }
+
+    #[test]
+    fn names_tell_the_host_from_device_zero() {
+        assert_eq!(buffer_name(-1, 3), "host_3");
+        assert_eq!(buffer_name(0, 3), "d0_3");
+        assert_eq!(buffer_name(2, 0), "d2_0");
+    }
 }
