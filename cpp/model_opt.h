@@ -31,6 +31,17 @@ void model_opt_free(void* ptr, size_t size, int device, void* stream);
 #define MODEL_OPT_ALLOC_OUT_OF_MEMORY 1
 #define MODEL_OPT_ALLOC_REFUSED 2
 int model_opt_try_alloc(size_t size, int device, void* stream, void** out);
+/* CUDA graphs' private pools (PyTorch's beginAllocateToPool / endAllocateToPool / releasePool; a pool
+ * is PyTorch's MempoolId_t, the pair (pool_a, pool_b)). Between begin and end, the requests the
+ * capture's filter selects go to model_opt_try_alloc_for_graph (statuses as model_opt_try_alloc), memory
+ * freed outside graph pools on the device is held for good, and no device memory is given back. A
+ * released pool's memory goes back once nothing in it is in use. end and release: 0, or non-zero for
+ * a capture or pool the runtime does not know (the reason is the last error). */
+void model_opt_graph_capture_begin(int device, uint64_t pool_a, uint64_t pool_b);
+int model_opt_graph_capture_end(int device, uint64_t pool_a, uint64_t pool_b);
+int model_opt_graph_pool_release(int device, uint64_t pool_a, uint64_t pool_b);
+int model_opt_try_alloc_for_graph(size_t size, int device, void* stream, uint64_t pool_a, uint64_t pool_b,
+                                  void** out);
 void model_opt_init(int device_count);                          /* set_init_fn */
 void model_opt_empty_cache(void);                               /* set_reset_fn */
 /* set_memory_fraction_fn: past the fraction a request is out of memory (a bad fraction, or a device

@@ -9,7 +9,9 @@
 #                   set_per_process_memory_fraction and the device's own size each raise
 #                   torch.OutOfMemoryError through the C++ front and the runtime goes on; plan() and
 #                   empty_cache() leave the caller's current device/context alone (two GPUs: after
-#                   set_device(1)); torch.cuda.graph capture refused with model_opt's message. The
+#                   set_device(1)); a torch.cuda.graph capture served from its private pool (the
+#                   replay's values right, eager tensors made after it untouched, the pool given
+#                   back when the graph is deleted). The
 #                   front is compiled here first (about a minute on few cores), then cached.
 #   pytest_cuda     tests/python/test_cuda.py: model_opt.allocator() installed before CUDA starts; a
 #                   planned torchvision resnet18 and a small random-init GPT-2 on the GPU, zero

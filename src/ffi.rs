@@ -15,6 +15,7 @@ use crate::report;
 use crate::runtime::global::{
     clear_last_error, global, last_error, set_last_error, set_memory_fraction, set_memory_limit,
 };
+use crate::runtime::graph_pools::PoolId;
 use crate::runtime::HOST_DEVICE;
 
 /// Runs `f`, turning a panic into `on_panic` and a recorded error.
@@ -83,23 +84,86 @@ pub unsafe extern "C" fn model_opt_try_alloc(
     out: *mut *mut c_void,
 ) -> c_int {
     guarded("model_opt_try_alloc", ALLOC_REFUSED, || {
-        let (addr, status) = match global().alloc(device, size, stream as usize) {
-            Ok(addr) => (addr, ALLOC_OK),
-            Err(e) => {
-                set_last_error(e.to_string());
-                let status = if e.is_out_of_memory() {
-                    ALLOC_OUT_OF_MEMORY
-                } else {
-                    ALLOC_REFUSED
-                };
-                (0, status)
-            }
-        };
-        if !out.is_null() {
-            // SAFETY: the caller passes a writable pointer or NULL.
-            unsafe { *out = addr as *mut c_void };
+        let result = global().alloc(device, size, stream as usize);
+        // SAFETY: the caller passes a writable pointer or NULL.
+        unsafe { alloc_status(result, out) }
+    })
+}
+
+/// Writes an allocation's address to `*out` (NULL on failure) and returns its status; a failure's
+/// message becomes the last error.
+///
+/// # Safety
+/// `out` must be NULL or point to a writable pointer.
+unsafe fn alloc_status(
+    result: Result<usize, crate::runtime::RuntimeError>,
+    out: *mut *mut c_void,
+) -> c_int {
+    let (addr, status) = match result {
+        Ok(addr) => (addr, ALLOC_OK),
+        Err(e) => {
+            set_last_error(e.to_string());
+            let status = if e.is_out_of_memory() {
+                ALLOC_OUT_OF_MEMORY
+            } else {
+                ALLOC_REFUSED
+            };
+            (0, status)
         }
-        status
+    };
+    if !out.is_null() {
+        // SAFETY: the caller passes a writable pointer or NULL.
+        unsafe { *out = addr as *mut c_void };
+    }
+    status
+}
+
+/// A CUDA graph capture into pool `(pool_a, pool_b)` (PyTorch's `MempoolId_t`) begins on `device`:
+/// `beginAllocateToPool`, called by the CUDA front, which keeps the capture's stream filter and sends
+/// the requests it selects to `model_opt_try_alloc_for_graph`. Until the capture ends, memory freed on
+/// the device outside graph pools is held for good and no device memory is given back.
+#[no_mangle]
+pub extern "C" fn model_opt_graph_capture_begin(device: c_int, pool_a: u64, pool_b: u64) {
+    guarded("model_opt_graph_capture_begin", (), || {
+        global().begin_graph_capture(device, PoolId(pool_a, pool_b));
+    })
+}
+
+/// The capture into the pool ended (`endAllocateToPool`). 0, or non-zero when none was under way.
+#[no_mangle]
+pub extern "C" fn model_opt_graph_capture_end(device: c_int, pool_a: u64, pool_b: u64) -> c_int {
+    guarded("model_opt_graph_capture_end", -1, || {
+        status(global().end_graph_capture(device, PoolId(pool_a, pool_b)))
+    })
+}
+
+/// PyTorch released the pool (`releasePool`): its memory goes back once nothing in it is in use.
+/// 0, or non-zero for a pool the runtime does not know.
+#[no_mangle]
+pub extern "C" fn model_opt_graph_pool_release(device: c_int, pool_a: u64, pool_b: u64) -> c_int {
+    guarded("model_opt_graph_pool_release", -1, || {
+        status(global().release_graph_pool(device, PoolId(pool_a, pool_b)))
+    })
+}
+
+/// `model_opt_try_alloc` for a request of a CUDA graph capture into the pool: served from that pool.
+///
+/// # Safety
+/// `out` must be NULL or point to a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn model_opt_try_alloc_for_graph(
+    size: usize,
+    device: c_int,
+    stream: *mut c_void,
+    pool_a: u64,
+    pool_b: u64,
+    out: *mut *mut c_void,
+) -> c_int {
+    guarded("model_opt_try_alloc_for_graph", ALLOC_REFUSED, || {
+        let result =
+            global().alloc_for_graph(device, PoolId(pool_a, pool_b), size, stream as usize);
+        // SAFETY: the caller passes a writable pointer or NULL.
+        unsafe { alloc_status(result, out) }
     })
 }
 

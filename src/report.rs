@@ -209,6 +209,8 @@ report!(Stats as "RuntimeStats", |r| {
     arenas_returned: r.counters.arenas_returned,
     graph_held_frees: r.counters.graph_held_frees,
     graph_held_bytes: r.counters.graph_held_bytes,
+    graph_pool_allocations: r.counters.graph_pool_allocations,
+    graph_pool_bytes: r.graph_pool_bytes,
     plans: r.plans,
     max_plans: r.max_plans,
     max_divergences: r.max_divergences,

@@ -116,6 +116,10 @@ class RuntimeStats(TypedDict):
     #: Frees while a CUDA graph was being captured: their memory is held for good, never reused.
     graph_held_frees: int
     graph_held_bytes: int
+    #: Requests of CUDA graph captures, served from the graphs' private pools (PyTorch's pool hooks).
+    graph_pool_allocations: int
+    #: Segments of those pools (part of reserved_bytes); given back when PyTorch releases a pool.
+    graph_pool_bytes: int
     plans: int
     max_plans: int
     max_divergences: int

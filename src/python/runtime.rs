@@ -188,6 +188,22 @@ fn runtime_symbols(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         "model_opt_try_alloc",
         ffi::model_opt_try_alloc as *const () as usize,
     )?;
+    d.set_item(
+        "model_opt_try_alloc_for_graph",
+        ffi::model_opt_try_alloc_for_graph as *const () as usize,
+    )?;
+    d.set_item(
+        "model_opt_graph_capture_begin",
+        ffi::model_opt_graph_capture_begin as *const () as usize,
+    )?;
+    d.set_item(
+        "model_opt_graph_capture_end",
+        ffi::model_opt_graph_capture_end as *const () as usize,
+    )?;
+    d.set_item(
+        "model_opt_graph_pool_release",
+        ffi::model_opt_graph_pool_release as *const () as usize,
+    )?;
     d.set_item("model_opt_init", ffi::model_opt_init as *const () as usize)?;
     d.set_item(
         "model_opt_empty_cache",

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use super::arena::{Arena, NO_ENTRY};
 use super::backend::{Backend, BackendError, Event, HOST_DEVICE};
 use super::fallback::FallbackPool;
+use super::graph_pools::{GraphPoolError, GraphPools, PoolId};
 use super::planning::DevicePlan;
 use super::signatures::{Signature, SignatureSet, Start};
 use super::stats::{Counters, StepStats};
@@ -172,6 +173,8 @@ pub struct DeviceState {
     /// `empty_cache`, and an arena holding one is never idle (a new plan retires it, its plans'
     /// slots there diverge to the pool). Kept to refuse a second free.
     graph_held: HashMap<usize, usize>,
+    /// CUDA graphs' private pools (PyTorch's pool hooks): what captures allocate.
+    graphs: GraphPools,
     pub step: StepStats,
     /// The most bytes reserved at once (arenas and pool) since the start or `reset_peak_stats`.
     pub peak_reserved: usize,
@@ -202,14 +205,66 @@ impl DeviceState {
             stream_events: Vec::new(),
             quarantines: 0,
             graph_held: HashMap::new(),
+            graphs: GraphPools::default(),
             step: StepStats::default(),
             peak_reserved: 0,
         }
     }
 
-    /// Bytes reserved now: arenas and pool segments.
+    /// Bytes reserved now: arenas, pool segments and CUDA graphs' pools.
     pub fn reserved_bytes(&self) -> usize {
-        self.arena_bytes() + self.pool.reserved_bytes()
+        self.arena_bytes() + self.pool.reserved_bytes() + self.graphs.reserved_bytes()
+    }
+
+    /// Bytes reserved by CUDA graphs' private pools.
+    pub fn graph_pool_bytes(&self) -> usize {
+        self.graphs.reserved_bytes()
+    }
+
+    /// Whether a CUDA graph capture is under way on this device (PyTorch's pool hooks said so).
+    pub fn capturing(&self) -> bool {
+        self.graphs.capturing()
+    }
+
+    /// A CUDA graph capture into pool `id` begins: until it ends, its requests come through
+    /// [`DeviceState::alloc_for_graph`], every other free is held for good (the graph may use that
+    /// memory), and no device memory is given back (freeing it would break the capture).
+    pub fn begin_graph_capture(&mut self, id: PoolId) {
+        self.graphs.begin(id);
+        self.pool.keep_segments(true);
+    }
+
+    /// The capture into `id` ended; false when none was under way.
+    pub fn end_graph_capture(&mut self, backend: &dyn Backend, id: PoolId) -> bool {
+        let ended = self.graphs.end(backend, self.device, id);
+        self.pool.keep_segments(self.graphs.capturing());
+        ended
+    }
+
+    /// PyTorch released pool `id`; false for a pool this device never had.
+    pub fn release_graph_pool(&mut self, backend: &dyn Backend, id: PoolId) -> bool {
+        let released = self.graphs.release(backend, self.device, id);
+        if released {
+            self.note_reserved();
+        }
+        released
+    }
+
+    /// A request of a CUDA graph capture, served from the graph's private pool: never planned, never
+    /// recorded (a graph's memory is its own, for as long as the graph lives).
+    pub fn alloc_for_graph(
+        &mut self,
+        backend: &dyn Backend,
+        id: PoolId,
+        size: usize,
+        stream: usize,
+        c: &mut Counters,
+    ) -> Result<usize, GraphPoolError> {
+        let addr = self.graphs.alloc(backend, self.device, id, size, stream)?;
+        self.note_reserved();
+        c.on_alloc(size);
+        c.graph_pool_allocations += 1;
+        Ok(addr)
     }
 
     fn note_reserved(&mut self) {
@@ -654,7 +709,15 @@ impl DeviceState {
         if !self.graph_held.is_empty() && self.graph_held.contains_key(&addr) {
             return false; // freed already; its memory is held for a CUDA graph
         }
-        if graph {
+        if self.graphs.active() {
+            if let Some(bytes) = self.graphs.free(backend, self.device, addr) {
+                c.on_free(bytes);
+                return true;
+            }
+        }
+        // While a capture is under way (the pool hooks said so), memory of any stream freed now may
+        // be what the graph reads: held, like a free on a capturing stream.
+        if graph || self.graphs.capturing() {
             return self.hold_for_graph(addr, recording, c);
         }
         match recording {
@@ -870,6 +933,10 @@ impl DeviceState {
         if self.quarantine.contains_key(&addr) || self.graph_held.contains_key(&addr) {
             return false;
         }
+        if self.graphs.active() && self.graphs.record_stream(addr) {
+            // A CUDA graph's memory: held once freed, for as long as its pool lives.
+            return true;
+        }
         let Some(own) = self.stream_of(addr) else {
             return false;
         };
@@ -984,6 +1051,7 @@ impl DeviceState {
     pub fn release_all(&mut self, backend: &dyn Backend) {
         self.quarantine.clear();
         self.graph_held.clear();
+        self.graphs.release_all(backend, self.device);
         for (_, queue) in self.stream_events.drain(..) {
             for p in queue {
                 backend.destroy_event(self.device, p.event);

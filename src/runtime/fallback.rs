@@ -45,6 +45,8 @@ pub struct FallbackPool {
     segments: BTreeMap<usize, usize>,
     reserved: usize,
     live_bytes: usize,
+    /// Never return segments to the backend on an out-of-memory (see [`FallbackPool::keep_segments`]).
+    keep: bool,
 }
 
 /// What a free found out about the block it released.
@@ -81,6 +83,13 @@ fn segment_size(rounded: usize) -> Option<usize> {
 impl FallbackPool {
     pub fn new() -> FallbackPool {
         FallbackPool::default()
+    }
+
+    /// While on, an out-of-memory fails instead of first returning the cached segments: a CUDA graph's
+    /// pool, whose cached blocks its replays may still use, and any pool while a graph is being
+    /// captured (freeing device memory then would break the capture).
+    pub fn keep_segments(&mut self, on: bool) {
+        self.keep = on;
     }
 
     /// Bytes obtained from the backend and not yet returned.
@@ -183,7 +192,7 @@ impl FallbackPool {
         };
         let addr = match backend.alloc(device, seg) {
             Ok(a) => a,
-            Err(e) if e.is_out_of_memory() => {
+            Err(e) if e.is_out_of_memory() && !self.keep => {
                 self.release_cached(backend, device);
                 backend.alloc(device, seg)?
             }

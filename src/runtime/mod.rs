@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod fallback;
 pub mod global;
+pub mod graph_pools;
 pub mod mode;
 pub mod planning;
 pub mod replay;

@@ -10,10 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::arena::Arena;
 use super::backend::{Backend, BackendError, HOST_DEVICE};
-use super::device::{AfterStep, DeviceState, Recording, ReplayLimits, Route};
+use super::device::{AfterStep, DeviceState, Flush, Recording, ReplayLimits, Route};
 use super::error::RuntimeError;
 use super::fallback::MAX_REQUEST;
 use super::global;
+use super::graph_pools::{GraphPoolError, PoolId};
 use super::mode::{Mode, Phase};
 use super::planning::{plan_trace_like, DevicePlan};
 use super::signatures::{Start, DEFAULT_MAX_PLANS};
@@ -115,14 +116,19 @@ struct Inner {
 
 impl Inner {
     fn device(&mut self, device: i32) -> &mut DeviceState {
-        let i = match self.devices.iter().position(|d| d.device == device) {
+        let i = self.device_index(device);
+        &mut self.devices[i]
+    }
+
+    /// The index of `device`'s state, made on first use.
+    fn device_index(&mut self, device: i32) -> usize {
+        match self.devices.iter().position(|d| d.device == device) {
             Some(i) => i,
             None => {
                 self.devices.push(DeviceState::new(device));
                 self.devices.len() - 1
             }
-        };
-        &mut self.devices[i]
+        }
     }
 
     fn route(&self) -> Route {
@@ -249,6 +255,71 @@ impl Runtime {
         }
     }
 
+    /// A CUDA graph capture into pool `id` begins on `device` (PyTorch's `beginAllocateToPool`, through
+    /// the CUDA front, which keeps the capture's filter and sends the requests it selects to
+    /// [`Runtime::alloc_for_graph`]).
+    pub fn begin_graph_capture(&self, device: i32, id: PoolId) {
+        self.lock().device(device).begin_graph_capture(id);
+    }
+
+    /// The capture into `id` ended (`endAllocateToPool`). An end with no capture under way is
+    /// refused and changes nothing.
+    pub fn end_graph_capture(&self, device: i32, id: PoolId) -> Result<(), RuntimeError> {
+        if self
+            .lock()
+            .device(device)
+            .end_graph_capture(&*self.backend, id)
+        {
+            Ok(())
+        } else {
+            Err(RuntimeError::Usage(format!(
+                "end of a CUDA graph capture into pool {id} on device {device}, which had none under way; ignored"
+            )))
+        }
+    }
+
+    /// PyTorch released pool `id` (`releasePool`: its graphs are gone): its memory goes back once
+    /// nothing in it is in use.
+    pub fn release_graph_pool(&self, device: i32, id: PoolId) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        if inner.device(device).release_graph_pool(&*self.backend, id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Usage(format!(
+                "release of CUDA graph pool {id} on device {device}, which model_opt does not know; ignored"
+            )))
+        }
+    }
+
+    /// `size` bytes on `device` for a request of a CUDA graph capture into pool `id`: served from that
+    /// pool, whatever the runtime's mode (a graph's memory is never planned).
+    pub fn alloc_for_graph(
+        &self,
+        device: i32,
+        id: PoolId,
+        size: usize,
+        stream: usize,
+    ) -> Result<usize, RuntimeError> {
+        if size == 0 {
+            return Ok(0);
+        }
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let i = inner.device_index(device);
+        let result =
+            inner.devices[i].alloc_for_graph(&*self.backend, id, size, stream, &mut inner.counters);
+        match result {
+            Ok(addr) => Ok(addr),
+            Err(GraphPoolError::Backend(e)) => {
+                if e.is_out_of_memory() {
+                    inner.counters.out_of_memory += 1;
+                }
+                Err(e.into())
+            }
+            Err(e @ GraphPoolError::UnknownPool(_)) => Err(RuntimeError::Usage(e.to_string())),
+        }
+    }
+
     /// Takes back `addr` (0 is ignored) without asking whether a CUDA graph is being captured:
     /// for host memory and callers that know no capture runs. PyTorch's CUDA frees come through
     /// [`Runtime::free_on`]. An address the runtime did not hand out is counted and reported, never
@@ -329,7 +400,15 @@ impl Runtime {
             inner
                 .devices
                 .iter_mut()
-                .map(|d| d.take_for_flush())
+                // A device capturing a CUDA graph gives nothing back: waiting on its streams or
+                // freeing its memory now would break the capture.
+                .map(|d| {
+                    if d.capturing() {
+                        Flush::default()
+                    } else {
+                        d.take_for_flush()
+                    }
+                })
                 .collect()
         };
         let mut waited = Ok(());
@@ -345,8 +424,20 @@ impl Runtime {
         }
         waited?;
         let mut released = 0;
+        let mut skipped = Vec::new();
         for d in inner.devices.iter_mut() {
-            released += d.pool.release_cached(&*self.backend, d.device);
+            if d.capturing() {
+                skipped.push(d.device);
+            } else {
+                released += d.pool.release_cached(&*self.backend, d.device);
+            }
+        }
+        drop(inner);
+        if !skipped.is_empty() {
+            global::set_last_error(format!(
+                "empty_cache() gave nothing back on device(s) {skipped:?}: a CUDA graph is being captured \
+                 there, and freeing device memory during a capture would break it"
+            ));
         }
         Ok(released)
     }
@@ -585,6 +676,11 @@ impl Runtime {
             .iter()
             .map(|d| d.pool.reserved_bytes() as u64)
             .sum();
+        let graphs: u64 = inner
+            .devices
+            .iter()
+            .map(|d| d.graph_pool_bytes() as u64)
+            .sum();
         // A loaded plan is active unless the open step has given up on it on every device.
         let in_step = inner.phase.in_step();
         let plan_active = inner.phase.mode() == Mode::Planned
@@ -606,10 +702,11 @@ impl Runtime {
             in_step,
             plan_active,
             counters: inner.counters.clone(),
-            reserved_bytes: arena + pool,
+            reserved_bytes: arena + pool + graphs,
             peak_reserved_bytes: inner.devices.iter().map(|d| d.peak_reserved as u64).sum(),
             arena_bytes: arena,
             fallback_reserved_bytes: pool,
+            graph_pool_bytes: graphs,
             // Every plan is a signature: the largest lower bound of each device's plans.
             lower_bound_bytes: inner
                 .devices

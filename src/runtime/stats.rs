@@ -47,6 +47,8 @@ pub struct Counters {
     pub graph_held_frees: u64,
     /// Their requested bytes, held for good (still part of `reserved_bytes`).
     pub graph_held_bytes: u64,
+    /// Requests of CUDA graph captures, served from the graphs' private pools.
+    pub graph_pool_allocations: u64,
 }
 
 impl Counters {
@@ -105,13 +107,15 @@ pub struct Stats {
     /// and recording, and inside a step that passed the divergence limit.
     pub plan_active: bool,
     pub counters: Counters,
-    /// Arena bytes plus the fallback pool's segments.
+    /// Arena bytes plus the fallback pool's and the CUDA graphs' pools' segments.
     pub reserved_bytes: u64,
     /// The most `reserved_bytes` held at once since the start or `reset_peak_stats` (per device,
     /// summed over devices).
     pub peak_reserved_bytes: u64,
     pub arena_bytes: u64,
     pub fallback_reserved_bytes: u64,
+    /// Segments of CUDA graphs' private pools (part of `reserved_bytes`).
+    pub graph_pool_bytes: u64,
     pub lower_bound_bytes: u64,
     pub persistent_bytes: u64,
     pub plan_buffers: u64,

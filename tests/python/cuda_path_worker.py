@@ -7,8 +7,10 @@ Usage: python cuda_path_worker.py {errors,contexts,graph}
   raises torch.OutOfMemoryError (not a NULL pointer); the runtime goes on serving afterwards.
 - contexts: the runtime's calls (allocation, plan(), empty_cache()) leave the calling thread's current
   CUDA context as they found it: none on a fresh thread, device 1's after set_device(1) (two GPUs).
-- graph: an allocation inside torch.cuda.graph capture is refused with model_opt's message; eager work
-  goes on afterwards.
+- graph: a torch.cuda.graph capture is served from the graph's private pool (the pool hooks of the CUDA
+  front): the replay computes the right values, eager tensors made after the capture are not
+  overwritten by a replay, and the pool's memory goes back when the graph is deleted. Without the hooks
+  (a front built without the CUDA headers) the capture is refused with model_opt's message.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def contexts() -> dict[str, Any]:
 
 def graph() -> dict[str, Any]:
     out: dict[str, Any] = {}
+    stat_keys = ("graph_pool_allocations", "graph_pool_bytes", "graph_held_frees", "allocated_bytes")
     x = torch.ones(1 << 16, device="cuda")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -113,13 +116,34 @@ def graph() -> dict[str, Any]:
         y = x * 2  # warm-up outside the capture, as PyTorch's docs ask
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
+    captured: dict[str, Any] = {}
 
     def capture() -> None:
         with torch.cuda.graph(g):
-            z = x * 3 + y
-            del z
+            tmp = x * 3  # freed inside the capture: its memory is the graph's for good
+            captured["out"] = tmp + y
+            del tmp
 
     out["capture"] = attempt(capture)
+    out["stats_captured"] = {k: model_opt.stats()[k] for k in stat_keys}
+    if not out["capture"]["raised"]:
+        # Eager tensors made after the capture must never sit on the graph's memory: a replay would
+        # overwrite them.
+        fills = [torch.full((1 << 16,), float(i), device="cuda") for i in range(32)]
+        x.fill_(2.0)
+        g.replay()
+        torch.cuda.synchronize()
+        out["replay_value"] = float(captured["out"][0].item())  # 2 * 3 + 2
+        out["replay_all_equal"] = bool((captured["out"] == captured["out"][0]).all().item())
+        out["fills_intact"] = all(
+            float(f.min().item()) == float(i) == float(f.max().item()) for i, f in enumerate(fills)
+        )
+        del fills, captured["out"], g
+        import gc
+
+        gc.collect()
+        torch.cuda.synchronize()
+        out["stats_released"] = {k: model_opt.stats()[k] for k in stat_keys}
     out["eager_after"] = float((x * 4).sum().item())
     out["stats_after"] = {k: model_opt.stats()[k] for k in ("allocated_bytes", "divergences")}
     return out

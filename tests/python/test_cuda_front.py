@@ -169,6 +169,68 @@ def test_refusals_raise_pytorchs_errors_through_its_pluggable_allocator(
     assert r["other_stream"]
 
 
+def test_a_graph_capture_is_served_from_its_private_pool_through_pytorchs_pool_hooks(
+    stub_libcuda: Path, pluggable_malloc: Path
+) -> None:
+    """What torch.cuda.graph does to the allocator, through PyTorch's own CUDAPluggableAllocator: the
+    pool hooks model_opt.allocator() set send the capturing stream's requests to the graph's private
+    pool; other streams are served as before; memory freed during the capture is held; the pool's
+    memory goes back when PyTorch releases it and nothing in it is in use."""
+    r = run_case(
+        stub_libcuda,
+        """
+        out = {"hooks": model_opt.runtime.install.hooks_installed}
+        before = attempt(8192, 0, 0x6000)
+        stub.stub_set_capturing(0x5000, 1)
+        ext.begin_pool(native, 0, 0, 5, 0x5000)
+        g1 = attempt(1 << 20, 0, 0x5000)
+        g2 = attempt(4096, 0, 0x5000)
+        ext.free(native, g2["ptr"])
+        g3 = attempt(4096, 0, 0x5000)
+        out["reused_in_pool"] = g3["ptr"] == g2["ptr"]
+        other = attempt(4096, 0, 0x6000)
+        out["other_served"] = "ptr" in other
+        ext.free(native, before["ptr"])
+        s = model_opt.stats()
+        out["during"] = {k: s[k] for k in ("graph_pool_allocations", "graph_pool_bytes", "graph_held_frees")}
+        stub.stub_set_capturing(0x5000, 0)
+        ext.end_pool(native, 0, 0, 5)
+        # After the capture: nothing outside the graph lands on its memory.
+        graph = [(g1["ptr"], 1 << 20), (g3["ptr"], 4096), (before["ptr"], 8192)]
+        overlaps = 0
+        for size in (4096, 1 << 20):
+            for stream in (0x5000, 0x6000):
+                p = attempt(size, 0, stream)["ptr"]
+                overlaps += any(p < a + n and a < p + size for a, n in graph)
+                ext.free(native, p)
+        out["overlaps"] = overlaps
+        ext.free(native, g1["ptr"])
+        ext.release_pool(native, 0, 0, 5)
+        out["kept_while_used"] = model_opt.stats()["graph_pool_bytes"] > 0
+        ext.free(native, g3["ptr"])
+        out["after_release"] = model_opt.stats()["graph_pool_bytes"]
+        ext.free(native, other["ptr"])
+        # torch.compile's CUDA graph trees checkpoint the allocator's state, which a pluggable one lacks.
+        try:
+            torch._C._cuda_getCheckpointState(0, (0, 5))
+            out["graph_trees"] = "no error"
+        except model_opt.ModelOptError as e:
+            out["graph_trees"] = str(e)
+        print(json.dumps(out))
+        """,
+        extension=pluggable_malloc,
+    )
+    assert "graph_pools" in r["hooks"], r["hooks"]
+    assert "reduce-overhead" in r["graph_trees"] and "max-autotune-no-cudagraphs" in r["graph_trees"]
+    assert r["reused_in_pool"] and r["other_served"]
+    assert r["during"]["graph_pool_allocations"] == 3
+    assert r["during"]["graph_pool_bytes"] >= (1 << 20) + 4096
+    assert r["during"]["graph_held_frees"] == 1, "the tensor from before the capture was not held"
+    assert r["overlaps"] == 0
+    assert r["kept_while_used"]
+    assert r["after_release"] == 0
+
+
 def test_the_allocator_is_built_on_the_front_and_keeps_the_runtime_hooks(stub_libcuda: Path) -> None:
     r = run_case(
         stub_libcuda,
@@ -189,8 +251,14 @@ def test_the_allocator_is_built_on_the_front_and_keeps_the_runtime_hooks(stub_li
         """,
     )
     assert r["type"] == "CUDAPluggableAllocator"
-    assert r["hooks"] == ["set_init_fn", "set_memory_fraction_fn", "set_record_stream_fn", "set_reset_fn"]
-    assert Path(r["front_file"]).name == "model_opt_cuda_front.so"
+    # The CUDA graph pool hooks come with a front built against the CUDA runtime headers, when found.
+    from model_opt.runtime.install import cuda_include_dir
+
+    graphs = cuda_include_dir() is not None
+    hooks = ["set_init_fn", "set_memory_fraction_fn", "set_record_stream_fn", "set_reset_fn"]
+    assert r["hooks"] == sorted(hooks + (["graph_pools"] if graphs else []))
+    front = "model_opt_cuda_front_graphs.so" if graphs else "model_opt_cuda_front.so"
+    assert Path(r["front_file"]).name == front
     assert r["front_alloc"] and r["front_alloc"] != r["runtime_alloc"]
     # The preflight made device 0's context current only while it checked it.
     assert r["contexts_left_current"] == 0

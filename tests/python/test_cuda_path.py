@@ -1,9 +1,10 @@
 """Issue 17 on a real GPU (skipped without one; never run yet): refusals raise PyTorch's errors, the
-runtime leaves the caller's current device alone, and a CUDA graph capture is refused, each case in a
-fresh process (tests/python/cuda_path_worker.py). The same behaviour is tested without a GPU against
-the strict stub driver (test_cuda_front.py, tests/runtime_cuda_strict.rs); this is the check that the
-real driver and PyTorch agree with the stub. With MODEL_OPT_GPU_REPORT_DIR set (scripts/gpu_check.sh),
-each case's output is written there as JSON."""
+runtime leaves the caller's current device alone, and a CUDA graph capture is served from its own
+pool, each case in a fresh process (tests/python/cuda_path_worker.py). The same behaviour is tested
+without a GPU against the strict stub driver (test_cuda_front.py, tests/runtime_cuda_strict.rs,
+tests/runtime_cuda_graphs.rs); this is the check that the real driver and PyTorch agree with the stub.
+With MODEL_OPT_GPU_REPORT_DIR set (scripts/gpu_check.sh), each case's output is written there as
+JSON."""
 
 from __future__ import annotations
 
@@ -58,9 +59,19 @@ def test_the_callers_current_device_is_left_alone() -> None:
         assert r["new_tensor_device"] == 1, r
 
 
-def test_a_cuda_graph_capture_is_refused_with_a_clear_error() -> None:
+def test_a_cuda_graph_capture_is_served_from_its_private_pool() -> None:
+    from model_opt.runtime.install import cuda_include_dir
+
     r = run("graph")
-    assert r["capture"]["raised"], r
-    texts = " | ".join(e["text"] for e in r["capture"]["chain"])
-    assert "is capturing a CUDA graph" in texts, texts
+    if cuda_include_dir() is None:
+        # A front without the pool hooks: the capture is refused, clearly.
+        assert r["capture"]["raised"], r
+        texts = " | ".join(e["text"] for e in r["capture"]["chain"])
+        assert "is capturing a CUDA graph" in texts, texts
+    else:
+        assert not r["capture"]["raised"], r
+        assert r["stats_captured"]["graph_pool_allocations"] >= 2, r
+        assert r["replay_value"] == 8.0 and r["replay_all_equal"], r
+        assert r["fills_intact"], "a replay overwrote an eager tensor made after the capture"
+        assert r["stats_released"]["graph_pool_bytes"] == 0, r
     assert r["eager_after"] == float(4 << 16)

@@ -13,7 +13,11 @@
  *     (stub_set_sticky(0) ends it, which no real driver does);
  *   - stub_set_capacity(device, bytes): out of memory past it (256 MiB per device by default);
  *   - stub_set_capturing(stream, status): a stream capturing a CUDA graph (1 active, 2 invalidated);
- *     the legacy stream (0) then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as the driver does;
+ *     the legacy stream (0) then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as the driver does. While a
+ *     capture is active, as in the driver's default (global) capture mode: cuMemAlloc and cuMemFree
+ *     are refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) unless the calling thread switched to the
+ *     relaxed mode (cuThreadExchangeStreamCaptureMode), and cuCtxSynchronize always is; a refused call
+ *     invalidates every active capture, as the driver does, and is counted (stub_capture_violations);
  *   - stub_set_device_count(n) before cuInit.
  *   - stub_hold_event_waits(on): cuEventSynchronize blocks while on;
  * and observable: live allocations and bytes, the device of an allocation, this thread's current
@@ -42,8 +46,10 @@ enum {
     INVALID_HANDLE = 400,
     NOT_READY = 600,
     ILLEGAL_ADDRESS = 700,
+    STREAM_CAPTURE_UNSUPPORTED = 900,
     STREAM_CAPTURE_IMPLICIT = 906,
 };
+enum { CAPTURE_MODE_GLOBAL = 0, CAPTURE_MODE_RELAXED = 2 };
 
 #define MAX_DEVICES 4
 #define MAX_LIVE 65536
@@ -68,8 +74,11 @@ static struct { uintptr_t stream; int status; } captures[MAX_CAPTURES];
 /* The driver API's per-thread context stack; the top is the current context. */
 static __thread CUcontext stack[STACK_DEPTH];
 static __thread int depth;
+/* The calling thread's capture mode (cuThreadExchangeStreamCaptureMode). */
+static __thread int capture_mode = CAPTURE_MODE_GLOBAL;
 
 int stub_synchronize_calls;
+int stub_capture_violations;
 int stub_event_queries;
 int stub_event_waits;
 
@@ -150,6 +159,32 @@ void stub_set_capturing(uintptr_t stream, int status) {
     }
     if (slot >= 0) { captures[slot].stream = stream; captures[slot].status = status; }
     pthread_mutex_unlock(&lock);
+}
+/* A call the driver refuses while a capture is active in the global mode (always, for `always`): true
+ * when refused, after invalidating the active captures as the driver does. */
+static int refused_during_capture(int always) {
+    if (!always && capture_mode == CAPTURE_MODE_RELAXED) return 0;
+    int refused = 0;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        if (captures[i].status == 1) {
+            captures[i].status = 2;
+            refused = 1;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (refused) __atomic_fetch_add(&stub_capture_violations, 1, __ATOMIC_RELAXED);
+    return refused;
+}
+/* The capture status of `stream` (0 none, 1 active, 2 invalidated), for the tests. */
+int stub_capture_status(uintptr_t stream) {
+    int status = 0;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        if (captures[i].status && captures[i].stream == stream) status = captures[i].status;
+    }
+    pthread_mutex_unlock(&lock);
+    return status;
 }
 long stub_live_allocations(void) {
     long n = 0;
@@ -349,6 +384,7 @@ CUresult cuEventDestroy_v2(CUevent event) {
 CUresult cuCtxSynchronize(void) {
     ENTER("cuCtxSynchronize");
     NEED_CONTEXT();
+    if (refused_during_capture(1)) return STREAM_CAPTURE_UNSUPPORTED;
     __atomic_fetch_add(&stub_synchronize_calls, 1, __ATOMIC_RELAXED);
     stub_complete_events();
     return SUCCESS;
@@ -375,6 +411,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size) {
     NEED_CONTEXT();
     int dev = device_of(current());
     if (size == 0) return INVALID_VALUE;
+    if (refused_during_capture(0)) return STREAM_CAPTURE_UNSUPPORTED;
     CUresult r = OUT_OF_MEMORY;
     pthread_mutex_lock(&lock);
     void *p = NULL;
@@ -398,6 +435,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size) {
 CUresult cuMemFree_v2(CUdeviceptr dptr) {
     ENTER("cuMemFree_v2");
     NEED_CONTEXT();
+    if (refused_during_capture(0)) return STREAM_CAPTURE_UNSUPPORTED;
     CUresult r = INVALID_VALUE;
     pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_LIVE; i++) {
@@ -411,6 +449,14 @@ CUresult cuMemFree_v2(CUdeviceptr dptr) {
     }
     pthread_mutex_unlock(&lock);
     return r;
+}
+CUresult cuThreadExchangeStreamCaptureMode(int *mode) {
+    ENTER("cuThreadExchangeStreamCaptureMode");
+    if (mode == NULL || *mode < 0 || *mode > 2) return INVALID_VALUE;
+    int previous = capture_mode;
+    capture_mode = *mode;
+    *mode = previous;
+    return SUCCESS;
 }
 CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
     ENTER("cuMemGetInfo_v2");

@@ -94,6 +94,15 @@ def allocator(patch_memory_api: bool = True) -> Any:
         if callable(set_fn):
             set_fn(symbols[symbol])
             hooks_installed.append(setter)
+    if hasattr(front, "install_graph_hooks"):
+        front.install_graph_hooks(
+            native,
+            symbols["model_opt_graph_capture_begin"],
+            symbols["model_opt_graph_capture_end"],
+            symbols["model_opt_graph_pool_release"],
+            symbols["model_opt_try_alloc_for_graph"],
+        )
+        hooks_installed.append("graph_pools")
     from model_opt.runtime.memory_api import prepare_allocator
 
     prepare_allocator(patch_memory_api)
@@ -102,24 +111,85 @@ def allocator(patch_memory_api: bool = True) -> Any:
 
 
 def _load_cuda_front(verbose: bool = False) -> Any:
-    """The CUDA front, compiled on first use (cached like the CPU shim) and loaded."""
+    """The CUDA front, compiled on first use (cached like the CPU shim) and loaded.
+
+    Built with CUDA graph pool hooks when the CUDA runtime headers are found (PyTorch's CUDA wheels
+    bring them); otherwise, or when that build fails, without them, with a warning: requests of a
+    stream capturing a CUDA graph are then refused."""
     global _cuda_front
     if _cuda_front is None:
-        _cuda_front = _build_cpp("model_opt_cuda_front", _cpp_source("cuda_front.cpp"), verbose)
+        source = _cpp_source("cuda_front.cpp")
+        include = cuda_include_dir()
+        failure = "the CUDA runtime headers (cuda_runtime_api.h) were not found"
+        if include is not None:
+            try:
+                _cuda_front = _build_cpp(
+                    "model_opt_cuda_front_graphs",
+                    source,
+                    verbose,
+                    variant="graphs",
+                    extra_include_paths=[str(include)],
+                    extra_cflags=["-DMODEL_OPT_GRAPH_HOOKS"],
+                    extra_ldflags=["-ltorch_cuda", "-lc10_cuda"],
+                )
+                return _cuda_front
+            except Exception as e:  # noqa: BLE001 - any build failure falls back to the plain front
+                # The compiler's last lines say why (the first ones repeat the command).
+                failure = f"building it failed ({type(e).__name__}: ...{str(e).strip()[-400:]})"
+        import warnings
+
+        warnings.warn(
+            f"model_opt's CUDA front is built without CUDA graph support: {failure}. Requests of a "
+            "stream capturing a CUDA graph (torch.cuda.graph, torch.compile mode='reduce-overhead') will be "
+            "refused. Install the CUDA runtime headers (pip install nvidia-cuda-runtime) or set CUDA_HOME",
+            stacklevel=3,
+        )
+        _cuda_front = _build_cpp("model_opt_cuda_front", source, verbose)
     return _cuda_front
 
 
-def _build_cpp(name: str, source: Path, verbose: bool) -> Any:
-    """Compiles (or loads from the cache) one of model_opt's C++ extensions."""
+def cuda_include_dir() -> Path | None:
+    """A directory holding the CUDA runtime headers: ``$CUDA_HOME/include``, else the headers of the
+    NVIDIA pip packages PyTorch's CUDA wheels depend on, else triton's copy; None when none has them."""
+    candidates: list[Path] = []
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            candidates.append(Path(os.environ[env]) / "include")
+    try:
+        import nvidia  # type: ignore[import-not-found, unused-ignore]
+
+        for root in nvidia.__path__:
+            candidates.extend(sorted(Path(root).glob("*/include")))
+    except ImportError:
+        pass
+    try:
+        import triton  # type: ignore[import-not-found, unused-ignore]
+
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "include")
+    except ImportError:
+        pass
+    candidates.append(Path("/usr/local/cuda/include"))
+    for c in candidates:
+        # The whole set a C++ compiler needs: some packages ship cuda_runtime_api.h without crt/.
+        if (c / "cuda_runtime_api.h").is_file() and (c / "crt" / "host_defines.h").is_file():
+            return c
+    return None
+
+
+def _build_cpp(name: str, source: Path, verbose: bool, variant: str = "", **options: Any) -> Any:
+    """Compiles (or loads from the cache) one of model_opt's C++ extensions; ``options`` go to
+    ``torch.utils.cpp_extension.load`` (``extra_cflags`` after ``-O2``)."""
     from torch.utils.cpp_extension import load
 
     _ensure_ninja()
+    cflags = ["-O2", *options.pop("extra_cflags", [])]
     return load(
         name=name,
         sources=[str(source)],
-        build_directory=str(_shim_build_dir(source)),
-        extra_cflags=["-O2"],
+        build_directory=str(_shim_build_dir(source, variant)),
+        extra_cflags=cflags,
         verbose=verbose,
+        **options,
     )
 
 
@@ -141,7 +211,7 @@ def _shim_source() -> Path:
     return _cpp_source("cpu_shim.cpp")
 
 
-def _shim_build_dir(source: Path) -> Path:
+def _shim_build_dir(source: Path, variant: str = "") -> Path:
     import hashlib
 
     import torch
@@ -155,7 +225,8 @@ def _shim_build_dir(source: Path) -> Path:
     # source by its path.
     version = torch.__version__.replace("+", "_")
     digest = hashlib.sha256(str(source).encode() + source.read_bytes()).hexdigest()[:12]
-    path = Path(root) / f"{source.stem}-torch{version}-{digest}"
+    suffix = f"-{variant}" if variant else ""
+    path = Path(root) / f"{source.stem}{suffix}-torch{version}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

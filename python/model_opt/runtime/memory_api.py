@@ -521,10 +521,38 @@ def check_allocator_environment(
     return found
 
 
+GRAPH_TREES_WHY = (
+    "torch.compile(mode='reduce-overhead') records CUDA graphs as CUDA graph trees, which checkpoint the "
+    "caching allocator's pool state after each recording (torch._C._cuda_getCheckpointState); PyTorch's "
+    "CUDAPluggableAllocator, which model_opt's allocator is, does not provide it. Capture graphs with "
+    "torch.cuda.graph or torch.cuda.make_graphed_callables (model_opt serves them from the graph's private "
+    "pool), or compile with mode='max-autotune-no-cudagraphs'"
+)
+
+
+def guard_cuda_graph_trees() -> bool:
+    """Make the call CUDA graph trees fail on under a pluggable allocator
+    (``torch._C._cuda_getCheckpointState``) raise `ModelOptError` with `GRAPH_TREES_WHY`, instead of
+    PyTorch's "does not yet support getCheckpointState". Returns False when already guarded or absent."""
+    import torch
+
+    original = getattr(torch._C, "_cuda_getCheckpointState", None)
+    if original is None or getattr(original, "_model_opt_guard", False):
+        return False
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ModelOptError(GRAPH_TREES_WHY)
+
+    refused._model_opt_guard = True  # type: ignore[attr-defined]
+    torch._C._cuda_getCheckpointState = refused
+    return True
+
+
 def prepare_allocator(patch_api: bool = True) -> None:
     """What ``model_opt.allocator()`` does besides building the allocator: `check_allocator_environment`,
-    `guard_cudnn_benchmark`, and, when `patch_api`, `patch_memory_api`."""
+    `guard_cudnn_benchmark`, `guard_cuda_graph_trees`, and, when `patch_api`, `patch_memory_api`."""
     check_allocator_environment()
     guard_cudnn_benchmark()
+    guard_cuda_graph_trees()
     if patch_api:
         patch_memory_api()

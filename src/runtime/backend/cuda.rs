@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 
 use super::context::Current;
 use super::driver::{
-    self, Api, CuContext, CuDevice, CuDevicePtr, CuEvent, CuStream, CAPTURE_STATUS_NONE,
-    CUDA_ERROR_NOT_READY, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
-    CU_EVENT_DISABLE_TIMING,
+    self, Api, CuContext, CuDevice, CuDevicePtr, CuEvent, CuStream, CAPTURE_MODE_RELAXED,
+    CAPTURE_STATUS_NONE, CUDA_ERROR_NOT_READY, CUDA_ERROR_OUT_OF_MEMORY,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, CU_EVENT_DISABLE_TIMING,
 };
 use super::{Backend, BackendError, Event};
 
@@ -155,8 +155,21 @@ impl Backend for CudaBackend {
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
         let (api, _current) = self.enter(device)?;
         let mut ptr: CuDevicePtr = 0;
+        // In the relaxed capture mode for this call, as PyTorch's allocator does: a CUDA graph being
+        // captured (in the default, global mode) would otherwise refuse the allocation, and the
+        // graph's private pool grows this way. Allocating is safe during a capture; the segments of a
+        // graph's pool are never freed before the graph is gone (`graph_pools.rs`).
+        let mut mode = CAPTURE_MODE_RELAXED;
+        let exchange = api.thread_exchange_capture_mode.filter(|exchange| {
+            // SAFETY: mode is a valid in/out pointer; the mode is the calling thread's own.
+            unsafe { exchange(&mut mode) == driver::CUDA_SUCCESS }
+        });
         // SAFETY: a context is current; ptr is a valid out-pointer.
         let r = unsafe { (api.mem_alloc)(&mut ptr, size) };
+        if let Some(exchange) = exchange {
+            // SAFETY: as above; puts the thread's previous mode back.
+            unsafe { exchange(&mut mode) };
+        }
         if r == CUDA_ERROR_OUT_OF_MEMORY {
             return Err(BackendError::OutOfMemory {
                 backend: "cuda",

@@ -34,6 +34,9 @@ pub const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
 /// `CU_STREAM_CAPTURE_STATUS_NONE`; ACTIVE is 1, INVALIDATED 2.
 pub const CAPTURE_STATUS_NONE: c_int = 0;
 pub const CU_EVENT_DISABLE_TIMING: c_uint = 2;
+/// `CU_STREAM_CAPTURE_MODE_RELAXED`: the calling thread may make calls a capture in the default
+/// (global) mode refuses, `cuMemAlloc` among them.
+pub const CAPTURE_MODE_RELAXED: c_int = 2;
 
 /// Environment variable naming a driver library file to load instead of the system's driver.
 pub const LIBCUDA_ENV: &str = "MODEL_OPT_LIBCUDA";
@@ -60,6 +63,9 @@ pub struct Api {
     pub event_synchronize: unsafe extern "C" fn(CuEvent) -> CuResult,
     pub event_destroy: unsafe extern "C" fn(CuEvent) -> CuResult,
     pub stream_is_capturing: unsafe extern "C" fn(CuStream, *mut c_int) -> CuResult,
+    /// `cuThreadExchangeStreamCaptureMode`; without it a segment cannot be allocated while a graph is
+    /// captured in the global mode.
+    pub thread_exchange_capture_mode: Option<unsafe extern "C" fn(*mut c_int) -> CuResult>,
     /// Without it `mem_info` reports nothing.
     pub mem_get_info: Option<unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult>,
     /// Without it errors are named by their number only.
@@ -184,6 +190,12 @@ fn load() -> Result<Api, BackendError> {
             event_synchronize: lookup(handle, "cuEventSynchronize", library)?,
             event_destroy: lookup(handle, "cuEventDestroy_v2", library)?,
             stream_is_capturing: lookup(handle, "cuStreamIsCapturing", library)?,
+            thread_exchange_capture_mode: lookup(
+                handle,
+                "cuThreadExchangeStreamCaptureMode",
+                library,
+            )
+            .ok(),
             mem_get_info: lookup(handle, "cuMemGetInfo_v2", library).ok(),
             get_error_name: lookup(handle, "cuGetErrorName", library).ok(),
             library,

@@ -108,11 +108,14 @@ pub enum BackendError {
         device: i32,
     },
     #[error(
-        "stream {stream:#x} of CUDA device {device} is capturing a CUDA graph (capture status {status}): \
-         model_opt's allocator does not serve graph captures (torch.cuda.graph, torch.compile \
-         mode=\"reduce-overhead\"), because memory freed during a capture would be handed out again while \
-         the graph's replays still use it. Capture graphs in a process that keeps PyTorch's own CUDA \
-         allocator, or compile without CUDA graphs (mode=\"max-autotune-no-cudagraphs\")"
+        "stream {stream:#x} of CUDA device {device} is capturing a CUDA graph (capture status {status}) \
+         that no pool hook announced: model_opt serves a capture (torch.cuda.graph, torch.compile \
+         mode=\"reduce-overhead\") from the graph's private pool only when PyTorch tells it which stream \
+         captures, through the pool hooks model_opt.allocator() sets when its CUDA front is built with \
+         the CUDA runtime headers (see its warning). Served from the shared memory instead, a capture's \
+         memory would be handed out again while the graph's replays still use it. Install the CUDA \
+         runtime headers (or set CUDA_HOME), capture graphs with PyTorch's own CUDA allocator, or compile \
+         without CUDA graphs (mode=\"max-autotune-no-cudagraphs\")"
     )]
     Capturing {
         device: i32,
