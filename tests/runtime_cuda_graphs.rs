@@ -216,3 +216,25 @@ fn the_c_abi_serves_a_capture_and_says_what_it_refuses() {
     assert_eq!(model_opt_graph_pool_release(0, a, b), 0);
     assert_ne!(model_opt_graph_pool_release(0, a, 43), 0);
 }
+
+#[test]
+fn empty_cache_waits_for_a_capture_on_any_device() {
+    // The driver's default capture mode forbids freeing memory on every device while any capture
+    // runs: a capture on device 1 keeps device 0's cache too.
+    let _turn = stub();
+    let rt = cuda_runtime();
+    let pool = PoolId(0, 11);
+    let a = rt.alloc(0, 4096, OTHER).unwrap();
+    rt.free_on(0, a, OTHER).unwrap();
+    rt.begin_graph_capture(1, pool);
+    assert_eq!(rt.empty_cache().unwrap(), 0);
+    assert_eq!(
+        device_of(a),
+        0,
+        "device 0's cache was freed during device 1's capture"
+    );
+    rt.end_graph_capture(1, pool).unwrap();
+    assert!(rt.empty_cache().unwrap() >= 4096);
+    assert_eq!(device_of(a), -1);
+    rt.release_graph_pool(1, pool).unwrap();
+}

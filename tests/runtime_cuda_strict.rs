@@ -18,7 +18,7 @@ use model_opt::runtime::backend::cuda::preload_driver;
 use model_opt::runtime::global::{clear_last_error, cuda_preflight};
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
 use runtime_support::stub_driver::{build_stub, stub_fn};
-use runtime_support::{random_program, Driver, Rng};
+use runtime_support::{random_program, Driver, Op, Rng};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -604,4 +604,36 @@ fn a_planned_buffer_freed_during_a_capture_is_never_served_by_its_plan_slot_agai
         (2, 2 * size as u64)
     );
     assert_eq!(st.counters.allocated_bytes, 0);
+}
+
+#[test]
+fn a_driver_error_in_the_pool_keeps_the_idle_arena() {
+    // Only an out-of-memory gives the idle arena back to make room (as PyTorch frees its cache only
+    // for that): any other driver error is the caller's, and the arena stays for the next step.
+    let _turn = stub();
+    let s = Stub::get();
+    let rt = cuda_runtime();
+    let mut d = Driver::new(&rt, 0);
+    let step = [
+        Op::Alloc {
+            id: 0,
+            size: 1 << 20,
+            stream: 0,
+        },
+        Op::Free { id: 0 },
+    ];
+    d.run_step(&step, true);
+    rt.begin_profile().unwrap();
+    d.run_step(&step, true);
+    rt.end_profile().unwrap();
+    rt.plan(&PlanOptions::default()).unwrap();
+    rt.empty_cache().unwrap(); // the pool holds nothing: its next request needs a segment
+    let arena = rt.stats().arena_bytes;
+    assert!(arena > 0);
+    s.fail("cuMemAlloc_v2", 999, 1);
+    let err = rt.alloc(0, 4096, 0x6000).unwrap_err();
+    assert!(err.to_string().contains("cuMemAlloc"), "{err}");
+    let st = rt.stats();
+    assert_eq!((st.counters.arenas_returned, st.arena_bytes), (0, arena));
+    d.free_all();
 }

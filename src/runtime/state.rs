@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::arena::Arena;
 use super::backend::{Backend, BackendError, HOST_DEVICE};
-use super::device::{AfterStep, DeviceState, Flush, Recording, ReplayLimits, Route};
+use super::device::{AfterStep, DeviceState, Recording, ReplayLimits, Route};
 use super::error::RuntimeError;
 use super::fallback::MAX_REQUEST;
 use super::global;
@@ -118,6 +118,11 @@ impl Inner {
     fn device(&mut self, device: i32) -> &mut DeviceState {
         let i = self.device_index(device);
         &mut self.devices[i]
+    }
+
+    /// Whether a CUDA graph capture is under way on any device (PyTorch's pool hooks said so).
+    fn capturing(&self) -> bool {
+        self.devices.iter().any(DeviceState::capturing)
     }
 
     /// The index of `device`'s state, made on first use.
@@ -397,18 +402,17 @@ impl Runtime {
     pub fn empty_cache(&self) -> Result<usize, RuntimeError> {
         let mut flushes: Vec<_> = {
             let mut inner = self.lock();
+            // While a CUDA graph is being captured, on any device (the driver's default capture
+            // mode forbids these calls to every thread), nothing is given back: waiting on streams
+            // or freeing device memory would break the capture.
+            if inner.capturing() {
+                drop(inner);
+                return Ok(self.gave_nothing_back());
+            }
             inner
                 .devices
                 .iter_mut()
-                // A device capturing a CUDA graph gives nothing back: waiting on its streams or
-                // freeing its memory now would break the capture.
-                .map(|d| {
-                    if d.capturing() {
-                        Flush::default()
-                    } else {
-                        d.take_for_flush()
-                    }
-                })
+                .map(|d| d.take_for_flush())
                 .collect()
         };
         let mut waited = Ok(());
@@ -423,23 +427,26 @@ impl Runtime {
             d.finish_flush(&*self.backend, f);
         }
         waited?;
-        let mut released = 0;
-        let mut skipped = Vec::new();
-        for d in inner.devices.iter_mut() {
-            if d.capturing() {
-                skipped.push(d.device);
-            } else {
-                released += d.pool.release_cached(&*self.backend, d.device);
-            }
+        if inner.capturing() {
+            // Began while the streams were waited for.
+            drop(inner);
+            return Ok(self.gave_nothing_back());
         }
-        drop(inner);
-        if !skipped.is_empty() {
-            global::set_last_error(format!(
-                "empty_cache() gave nothing back on device(s) {skipped:?}: a CUDA graph is being captured \
-                 there, and freeing device memory during a capture would break it"
-            ));
+        let mut released = 0;
+        for d in inner.devices.iter_mut() {
+            released += d.pool.release_cached(&*self.backend, d.device);
         }
         Ok(released)
+    }
+
+    /// `empty_cache` during a capture: says why in the last error; 0 bytes released.
+    fn gave_nothing_back(&self) -> usize {
+        global::set_last_error(
+            "empty_cache() gave nothing back: a CUDA graph is being captured, and waiting on streams or \
+             freeing device memory during a capture would break it"
+                .to_string(),
+        );
+        0
     }
 
     /// Starts recording a step (`profile()`).
