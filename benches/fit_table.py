@@ -2,13 +2,14 @@
 device of that size), the model_opt arena, and the arena with the reordered step, at each budget.
 
     .venv/bin/python benches/fit_table.py [--models resnet18 gpt2 ...] [--memory 16GiB 80GiB]
-                                          [--precision fp32 bf16 amp]
+                                          [--precision fp32 bf16 amp] [--remat]
 
 Each model is captured once per precision (`model_opt.fit.prepare_model`: built and captured with fake
 tensors, AdamW; ``fp32``, ``bf16`` parameters, or ``amp``: float32 parameters under autocast to
 bfloat16) and every budget is answered from the same estimates. Prints a markdown table for BENCHMARKS.md, one
 row per model and budget, with Hugging Face accelerate's `estimate-memory` figure for training with Adam
-(4x the weights, no activations) beside it.
+(4x the weights, no activations) beside it. With ``--remat``, two more columns: the step with
+recomputation (`model_opt.fit`'s ``remat`` way, 20% of the step's operations at most), and its ratio.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ HEADER = [
     "ratio",
     "reordered + arena",
     "ratio",
+    "remat + reordered + arena",
+    "ratio",
     "live peak at arena's batch (GiB)",
     "accelerate Adam (GiB)",
     "captures",
@@ -47,16 +50,17 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=1.0)
     parser.add_argument("--max-batch", type=int, default=16384)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "amp"])
+    parser.add_argument("--remat", action="store_true", help="also with recomputation (two more columns)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "|".join("---" for _ in HEADER) + "|", flush=True)
+    header = [h for i, h in enumerate(HEADER) if args.remat or i not in (8, 9)]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|", flush=True)
     for name, precision in ((m, p) for m in args.models for p in args.precision):
         started = time.perf_counter()
         dtype, amp = ("fp32", True) if precision == "amp" else (precision, False)
-        fitting = prepare_model(
-            name, sizes=(1, args.max_batch), time_limit=args.time_limit, dtype=dtype, amp=amp
-        )
+        options = dict(time_limit=args.time_limit, dtype=dtype, amp=amp, remat=args.remat)
+        fitting = prepare_model(name, sizes=(1, args.max_batch), **options)
         for memory in args.memory:
             r = fitting.report(memory)
             n = r["largest"]
@@ -75,6 +79,7 @@ def main() -> None:
                 ratio(r["ratio_arena"]),
                 n["reordered"],
                 ratio(r["ratio_reordered"]),
+                *([n["remat"], ratio(r["ratio_remat"])] if args.remat else []),
                 live,
                 f"{r['accelerate_adam_bytes'] / GIB:.2f}",
                 r["captures"],

@@ -480,3 +480,52 @@ fn an_unrepresentative_profile_heals_by_replanning() {
         assert_eq!(rt.stats().counters.allocated_bytes, 0);
     }
 }
+
+#[test]
+fn a_step_whose_plan_slots_hold_memory_an_earlier_step_kept_is_served_first_fit() {
+    // Three 64 KiB temporaries, two live at once: the plan puts them in two slots. A step that keeps
+    // its second one past its end leaves memory in a slot the next step's plan uses: that step is
+    // served first-fit from the arena's free space (not request by request into occupied slots, each
+    // a divergence); the step after, with the memory gone, follows the plan again.
+    const K64: usize = 64 << 10;
+    let alloc = |id| Op::Alloc {
+        id,
+        size: K64,
+        stream: 0,
+    };
+    let step = vec![
+        alloc(0),
+        alloc(1),
+        Op::Free { id: 0 },
+        alloc(2),
+        Op::Free { id: 1 },
+        Op::Free { id: 2 },
+    ];
+    let rt = runtime_with(RuntimeConfig {
+        auto_replan: false,
+        ..RuntimeConfig::default()
+    });
+    let mut d = profile_and_plan(&rt, &step);
+    let keeps = vec![
+        alloc(0),
+        alloc(1),
+        Op::Free { id: 0 },
+        alloc(2),
+        Op::Free { id: 2 },
+    ];
+    rt.begin_step(None).unwrap();
+    d.run_step(&keeps, true);
+    let s = rt.end_step().unwrap();
+    assert!(!s.first_fit && s.divergences == 0, "{s:?}");
+    rt.begin_step(None).unwrap();
+    d.run_step(&step, false); // buffer 1 of the step before is still live
+    let s = rt.end_step().unwrap();
+    assert!(s.first_fit, "{s:?}");
+    assert_eq!(s.divergences, 0, "{s:?}");
+    d.free_all();
+    rt.begin_step(None).unwrap();
+    d.run_step(&step, true);
+    let s = rt.end_step().unwrap();
+    assert!(!s.first_fit && s.divergences == 0, "{s:?}");
+    assert_eq!(s.planned_hits, 3, "{s:?}");
+}

@@ -257,6 +257,8 @@ def plot_fit(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     from model_opt.reports import FIT_WAYS
 
     for way, label in FIT_WAYS.items():
+        if way not in report["largest"]:
+            continue  # remat, when not asked for
         largest = report["largest"][way]
         ax.plot(
             sizes,

@@ -11,7 +11,7 @@ One naming scheme: a number of bytes ends in ``_bytes``; a duration is ``seconds
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 #: What is known about a plan or an order: ``optimal`` (it meets a proven lower bound), ``feasible``
 #: (valid, no proof), ``time_limit`` (the time limit came first: the best found so far). ``infeasible``
@@ -180,12 +180,13 @@ REPORTS: dict[str, type] = {
 
 # Reports made in Python (not in ``_native.REPORT_KEYS``).
 
-#: The three ways `model_opt.fit` estimates a step's memory, in the order reports list them, and how
-#: they are named to people.
+#: The ways `model_opt.fit` estimates a step's memory, in the order reports list them, and how they are
+#: named to people (``remat`` only when asked for: ``fit(..., remat=True)``, ``model-opt fit --remat``).
 FIT_WAYS = {
     "pytorch": "PyTorch (caching allocator model)",
     "arena": "model_opt arena",
     "reordered": "model_opt reordered + arena",
+    "remat": "model_opt remat + reordered + arena",
 }
 
 
@@ -200,6 +201,9 @@ class FitEstimate(TypedDict):
     arena_bytes: int
     #: The same for the order `model_opt.optimize` runs.
     reordered_bytes: int
+    #: The same with recomputation (None without ``remat=True``): the rematerialized step, planned in
+    #: its order or reordered, whichever needs less.
+    remat_bytes: int | None
     #: Resident bytes plus the most bytes of the eager order live at once: no allocator does better
     #: without reordering.
     eager_live_peak_bytes: int
@@ -234,6 +238,12 @@ class FitReport(TypedDict):
     #: ``largest["arena"] / largest["pytorch"]`` (None when PyTorch fits nothing).
     ratio_arena: float | None
     ratio_reordered: float | None
+    #: ``largest["remat"] / largest["pytorch"]``; None without ``remat=True``.
+    ratio_remat: float | None
+    #: With ``remat=True``: what is recomputed (``recomputed``, ``chained`` operator names of the capture
+    #: it was chosen on, ``extra_compute`` as a fraction of the step's operations, ``chosen_at`` the size
+    #: of that capture, ``stopped`` why the search stopped); None otherwise.
+    remat: dict[str, Any] | None
     weights_bytes: int
     #: The optimizer's state after its first step (measured, or probed on a small copy: see
     #: `model_opt.fit.optimizer`).

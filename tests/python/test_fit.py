@@ -404,3 +404,46 @@ def test_resident_tensors_are_allocations_of_their_own() -> None:
     assert fitting.residents.tensors == (3 * MIB,) and fitting.residents.optimizer_state == ()
     assert e["pytorch_bytes"] == 22 * MIB
     assert 25 * MIB <= e["arena_bytes"] < 26 * MIB
+
+
+def _deep_mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    """Activations dominate: what recomputation lowers."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Linear(128, 128), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.detach()
+
+    return model, opt, train_step
+
+
+def test_remat_is_chosen_once_and_fits_a_larger_batch_at_every_size() -> None:
+    model, opt, step = _deep_mlp_step()
+
+    def batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(b, 128), torch.randint(0, 10, (b,))
+
+    fitting = Fitting(step, batch, sizes=(1, 4096), modules=[model], optimizers=[opt], remat=True)
+    assert fitting.remat is not None and fitting.remat["chosen_at"] == 4096
+    assert fitting.remat is not None and fitting.remat["recomputed"], fitting.remat
+    assert 0 < fitting.remat["extra_compute"] <= 0.2
+    # The choice made at one size is made again at every capture: one structure, fitted exactly.
+    assert fitting.remat_family is not None and fitting.remat_family.exact
+    big = fitting.at(2048)
+    assert big["remat_bytes"] is not None and big["remat_bytes"] < big["reordered_bytes"]
+    report = fitting.report(big["reordered_bytes"])
+    assert report["largest"]["reordered"] is not None
+    assert report["largest"]["remat"] > report["largest"]["reordered"]
+    assert report["ratio_remat"] == pytest.approx(report["largest"]["remat"] / report["largest"]["pytorch"])
+    # Without remat there is no such way, and the estimate says so.
+    plain = Fitting(step, batch, sizes=(1, 4096), modules=[model], optimizers=[opt])
+    assert "remat" not in plain.report(big["reordered_bytes"])["largest"]
+    assert plain.at(64)["remat_bytes"] is None

@@ -304,3 +304,62 @@ def test_a_rematerialized_step_runs_on_the_planned_arena_with_a_smaller_arena() 
     # simulation predicts is what the arena saves, within 20%.
     arena_saving = order["arena"] - remat["arena"]
     assert 0.8 * simulated_saving <= arena_saving <= 1.2 * simulated_saving, (order, remat)
+
+
+def test_a_choice_replayed_on_another_batch_size_trains_bit_identically() -> None:
+    """What `fit --remat` does: recomputations chosen on one capture made again, by name, on a capture
+    at another batch size (dropout included: its saved generator state is found again too)."""
+    from copy import deepcopy
+
+    from model_opt._native import simulate_order
+    from model_opt.capture.dataflow import build_dataflow
+    from model_opt.capture.step import StepState, capture_step
+    from model_opt.remat import RematReplayError, rematerialize, replay
+
+    torch.manual_seed(0)
+    model = GeluMlp(dropout=0.1)
+    twin = deepcopy(model)
+
+    def step_of(m: nn.Module) -> tuple[Any, torch.optim.Optimizer]:
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            loss = nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss.detach()
+
+        return step, opt
+
+    step, opt = step_of(model)
+    eager, _ = step_of(twin)
+    state = StepState.of([model], [opt])
+    chosen = rematerialize(
+        capture_step(step, _batches(1, 1024)[0], {}, state).graph_module, max_recompute=None, time_limit=60.0
+    )
+    assert chosen.recomputed and chosen.steps
+    small = _batches(2, 256)
+    captured = capture_step(step, small[0], {}, state)
+    gm = replay(captured.graph_module, chosen.steps)
+    assert sum(META in n.meta for n in gm.graph.nodes) == sum(
+        META in n.meta for n in chosen.graph_module.graph.nodes
+    )
+
+    def peak(graph: fx.GraphModule) -> int:
+        n, tensors, edges, resident = build_dataflow(graph).native_args()
+        return max(simulate_order(n, tensors, edges, list(range(n)), resident))
+
+    assert peak(gm) < peak(captured.graph_module)
+    for x, y in small:
+        torch.manual_seed(5)
+        got = captured.run(gm, x, y)
+        torch.manual_seed(5)
+        want = eager(x, y)
+        assert torch.equal(got, want)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    # Another step's graph: refused, not rewritten at random.
+    other = capture_step(lambda x, y: (x * 2).sum(), small[0], {}, StepState.of([], []))
+    with pytest.raises(RematReplayError):
+        replay(other.graph_module, chosen.steps)

@@ -70,6 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --model: forward and loss under torch.autocast to bfloat16 (mixed precision)",
     )
+    f.add_argument(
+        "--remat",
+        action="store_true",
+        help="also with recomputation (what model_opt.optimize(allow=('reorder', 'remat')) recomputes within "
+        "20%% of the step's operations, chosen once on a small capture): a fourth column",
+    )
     f.add_argument("--time-limit", type=seconds, default=1.0, metavar="SECONDS", help="per solve, per size")
     f.add_argument("--method", choices=SCHEDULE_METHODS, default="auto", help="scheduling method")
     f.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -112,12 +118,14 @@ def format_report(r: dict[str, Any]) -> str:
         f"{what}: the largest {variable} in {lo}..{hi} under {r['memory_bytes'] / GIB:.2f} GiB "
         f"({how} {r['captures']} captures, {r['seconds']:.1f} s)",
     ]
-    for way, label in WAYS.items():
+    ways = [w for w in WAYS if w in r["largest"]]
+    for way in ways:
+        label = WAYS[way]
         n = r["largest"][way]
         ratio = r.get(f"ratio_{way}")
         lines.append(f"  {label:<36}{_size(n):>8}" + (f"   {ratio:.2f}x" if ratio else ""))
     lines.append("  at that size:           needs (MiB)  live peak (MiB)  PyTorch reserves (MiB)")
-    for way in WAYS:
+    for way in ways:
         e = r["at_largest"][way]
         if e is not None:
             lines.append(
@@ -126,6 +134,13 @@ def format_report(r: dict[str, Any]) -> str:
             )
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
     accelerate = r["accelerate_adam_bytes"] / MIB
+    if r.get("remat"):
+        m = r["remat"]
+        lines.append(
+            f"  remat: {len(m['recomputed']) + len(m['chained'])} operators recomputed "
+            f"(+{m['extra_compute']:.1%} of the step's operations), chosen at size {m['chosen_at']} "
+            f"({m['stopped']})"
+        )
     lines.append(
         f"  weights {weights:.0f} MiB, optimizer state {state:.0f} MiB; "
         f"accelerate estimate-memory (Adam, no activations): {accelerate:.0f} MiB"
@@ -145,9 +160,10 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(e: Any) -> None:
         if not args.json:
+            remat = "" if e["remat_bytes"] is None else f", remat {e['remat_bytes'] / MIB:.0f} MiB"
             print(
                 f"  size {e['size']}: PyTorch {e['pytorch_bytes'] / MIB:.0f} MiB, arena "
-                f"{e['arena_bytes'] / MIB:.0f} MiB, reordered {e['reordered_bytes'] / MIB:.0f} MiB",
+                f"{e['arena_bytes'] / MIB:.0f} MiB, reordered {e['reordered_bytes'] / MIB:.0f} MiB{remat}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -160,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             method=args.method,
             progress=progress,
+            remat=args.remat,
         )
         if args.model is not None:
             if args.model == "all":

@@ -1,5 +1,6 @@
 """How much more fits: the largest batch size (or sequence length) whose training step fits a memory
-budget under plain PyTorch, under the model_opt arena, and under the arena with the reordered step.
+budget under plain PyTorch, under the model_opt arena, and under the arena with the reordered step; with
+``remat=True``, also with recomputation (`model_opt.remat`) before the reordering.
 
 The step is captured with fake tensors, so nothing of the step's size is allocated: a GPU's budget is
 answered on a machine without that memory. `family` makes the step a function of its size from four
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_opt.capture.dataflow import DataflowGraph, storage_bytes, storage_sizes
+from model_opt.capture.dataflow import DataflowGraph, build_dataflow, storage_bytes, storage_sizes
 from model_opt.capture.discover import state_of
-from model_opt.capture.step import StepState, capture_step
+from model_opt.capture.step import CapturedStep, StepState, capture_step
 from model_opt.errors import ArgumentError
 from model_opt.fit import optimizer
 from model_opt.fit.estimate import Residents, estimate
@@ -34,8 +35,12 @@ from model_opt.fit.search import largest_fitting
 from model_opt.reports import FIT_WAYS, FitEstimate, FitReport
 from model_opt.sizes import parse_memory
 
-#: The three ways a step's memory is estimated (see `estimate`).
+#: The ways a step's memory is estimated (see `estimate`); ``remat`` only with ``remat=True``.
 WAYS = FIT_WAYS
+
+#: The recomputation allowance of the ``remat`` way: recomputed operations, as a fraction of the step's
+#: (`model_opt.optimize`'s default).
+REMAT_MAX_RECOMPUTE = 0.2
 
 
 class Fitting:
@@ -54,6 +59,12 @@ class Fitting:
         time_limit: seconds for the scheduler and for each placement, per size tried.
         method: the scheduler's method (`model_opt.SCHEDULE_METHODS`).
         progress: called with each size's estimate as it is computed.
+        remat: also estimate the step with recomputation (the ``remat`` way): what
+            ``model_opt.optimize(allow=("reorder", "remat"))`` recomputes within `REMAT_MAX_RECOMPUTE`
+            of the step's operations, chosen once on the capture at the largest size tried, where the
+            activations weigh the most against the weights and the optimizer's state (the search of
+            `model_opt.remat`, no budget: as low as the allowance goes) and made again on every capture
+            (`model_opt.remat.replay`), then reordered and planned like the ``reordered`` way.
 
     Raises:
         ArgumentError: a bad range. CaptureError: the step cannot be captured.
@@ -71,6 +82,7 @@ class Fitting:
         time_limit: float = 1.0,
         method: str = "auto",
         progress: Callable[[FitEstimate], None] | None = None,
+        remat: bool = False,
     ) -> None:
         lo, hi = sizes
         if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
@@ -89,13 +101,42 @@ class Fitting:
         state_per_byte = optimizer.state_per_byte(self.optimizers, probes, state)
         state_at: list[tuple[int, int]] = []
 
+        def captured(size: int) -> CapturedStep:
+            return capture_step(step, make_args(size), {}, StepState.of(self.modules, self.optimizers))
+
         def capture(size: int) -> DataflowGraph:
-            df = capture_step(step, make_args(size), {}, StepState.of(self.modules, self.optimizers)).dataflow
+            df = captured(size).dataflow
             if not state_at:  # the operators are the same at every size the family fits
                 state_at.extend(optimizer.state_made_by(df, state_per_byte))
             return optimizer.add_step_temporaries(df, per_byte)
 
         self.family = StepFamily.of(capture)
+        self.remat: dict[str, Any] | None = None
+        self.remat_family: StepFamily | None = None
+        remat_state_at: list[tuple[int, int]] = []
+        if remat:
+            from model_opt.remat import rematerialize, replay
+
+            chosen = rematerialize(
+                captured(hi).graph_module,
+                max_recompute=REMAT_MAX_RECOMPUTE,
+                time_limit=10 * time_limit,
+            )
+            self.remat = {
+                "recomputed": chosen.recomputed,
+                "chained": chosen.chained,
+                "extra_compute": chosen.extra_compute,
+                "chosen_at": hi,
+                "stopped": chosen.stopped,
+            }
+
+            def capture_remat(size: int) -> DataflowGraph:
+                df = build_dataflow(replay(captured(size).graph_module, chosen.steps))
+                if not remat_state_at:
+                    remat_state_at.extend(optimizer.state_made_by(df, state_per_byte))
+                return optimizer.add_step_temporaries(df, per_byte)
+
+            self.remat_family = StepFamily.of(capture_remat)
         params = [p for m in self.modules for p in m.parameters()]
         buffers = [b for m in self.modules for b in m.buffers()]
         self.residents = Residents(
@@ -103,6 +144,7 @@ class Fitting:
             state,
             tuple(state_at),
         )
+        self.remat_residents = Residents(self.residents.tensors, state, tuple(remat_state_at))
         self.state_bytes = sum(self.residents.optimizer_state)
         self.weights_bytes = storage_bytes(params)
         largest = max((p.numel() * p.element_size() for p in params if p.requires_grad), default=0)
@@ -110,12 +152,23 @@ class Fitting:
         self.estimates: dict[int, FitEstimate] = {}
         self.seconds = time.perf_counter() - started
 
+    @property
+    def ways(self) -> list[str]:
+        """The ways this fitting estimates (`WAYS`; ``remat`` only when asked for)."""
+        return [w for w in WAYS if w != "remat" or self.remat_family is not None]
+
     def at(self, size: int) -> FitEstimate:
         """The step's estimate at `size` (computed once)."""
         if size not in self.estimates:
             started = time.perf_counter()
             graph = self.family.at(size)
-            self.estimates[size] = estimate(graph, size, self.residents, self.time_limit, self.method)
+            e = estimate(graph, size, self.residents, self.time_limit, self.method)
+            if self.remat_family is not None:
+                r = estimate(
+                    self.remat_family.at(size), size, self.remat_residents, self.time_limit, self.method
+                )
+                e["remat_bytes"] = min(r["arena_bytes"], r["reordered_bytes"])
+            self.estimates[size] = e
             self.seconds += time.perf_counter() - started
             if self.progress is not None:
                 self.progress(self.estimates[size])
@@ -126,7 +179,8 @@ class Fitting:
         budget = parse_memory(memory)
         lo, hi = self.sizes
         largest = {
-            way: largest_fitting(lambda s, w=way: self.at(s)[f"{w}_bytes"] <= budget, lo, hi) for way in WAYS
+            way: largest_fitting(lambda s, w=way: self.at(s)[f"{w}_bytes"] <= budget, lo, hi)  # type: ignore[literal-required]
+            for way in self.ways
         }
         pytorch = largest["pytorch"]
 
@@ -144,6 +198,8 @@ class Fitting:
             "largest": largest,
             "ratio_arena": ratio("arena"),
             "ratio_reordered": ratio("reordered"),
+            "ratio_remat": ratio("remat") if "remat" in largest else None,
+            "remat": self.remat,
             "weights_bytes": self.weights_bytes,
             "optimizer_state_bytes": self.state_bytes,
             "optimizer_step_temporaries_bytes": self.step_temporaries_bytes,
@@ -153,7 +209,7 @@ class Fitting:
             "at_largest": {w: None if n is None else self.estimates[n] for w, n in largest.items()},
             "evaluations": [self.estimates[s] for s in sorted(self.estimates)],
             "fitted": self.family.exact,
-            "captures": self.family.captures,
+            "captures": self.family.captures + (self.remat_family.captures + 1 if self.remat_family else 0),
             "seconds": self.seconds,
         }
 
@@ -166,8 +222,9 @@ def fit(
     **options: Any,
 ) -> FitReport:
     """The largest size whose training step fits `memory` (bytes, or a size such as ``"24GiB"``), three
-    ways (`WAYS`). `step` and `make_args`, and the keyword `options` (``sizes``, ``variable``,
-    ``modules``, ``optimizers``, ``time_limit``, ``method``, ``progress``), are those of `Fitting`.
+    ways (`WAYS`; four with ``remat=True``). `step` and `make_args`, and the keyword `options` (``sizes``,
+    ``variable``, ``modules``, ``optimizers``, ``time_limit``, ``method``, ``progress``, ``remat``), are
+    those of `Fitting`.
 
     Returns:
         A `model_opt.reports.FitReport`.
@@ -198,6 +255,7 @@ def prepare_model(
     time_limit: float = 1.0,
     method: str = "auto",
     progress: Callable[[FitEstimate], None] | None = None,
+    remat: bool = False,
 ) -> Fitting:
     """A `Fitting` of a model of the benchmark registry (`model_opt.apps.models.ALL_MODELS`, among
     them ``gpt2_medium`` and the 1.1B-parameter ``llama_1b``): its training step with `optimizer`
@@ -245,6 +303,7 @@ def prepare_model(
         time_limit=time_limit,
         method=method,
         progress=progress,
+        remat=remat,
     )
     fitting.model, fitting.dtype, fitting.amp = name, dtype, amp
     return fitting

@@ -162,6 +162,7 @@ def estimate(
         "pytorch_bytes": smallest,
         "arena_bytes": outside + arena["peak_bytes"],
         "reordered_bytes": outside + moved["peak_bytes"],
+        "remat_bytes": None,  # `model_opt.fit.Fitting` fills it in when asked to
         "eager_live_peak_bytes": state + scheduled["eager_peak_bytes"],
         "pytorch_reserved_bytes": caching["reserved_peak_bytes"],
         "resident_bytes": resident,

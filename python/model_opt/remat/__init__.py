@@ -11,6 +11,6 @@ before their later uses, so the peak goes below what any order of the operators 
 `model_opt.step_plan.plan_captured`.
 """
 
-from model_opt.remat.search import RematResult, rematerialize
+from model_opt.remat.search import RematReplayError, RematResult, RematStep, rematerialize, replay
 
-__all__ = ["RematResult", "rematerialize"]
+__all__ = ["RematReplayError", "RematResult", "RematStep", "rematerialize", "replay"]

@@ -34,6 +34,32 @@ from model_opt.remat.rewrite import META, GraphFacts, RewriteRefused, UndoLog, c
 MAX_BATCH = 64
 
 
+@dataclass(frozen=True)
+class RematStep:
+    """One kept recomputation, by node names, so that it can be made again on another capture of the same
+    step (`replay`): the operator recomputed, the operators recomputed before it (a segment's), the node
+    at the peak it was chosen for, and its rewrite group."""
+
+    producer: str
+    chain: tuple[str, ...]
+    #: The peak's node: its name, or for a copy an earlier rewrite made (whose name depends on the
+    #: rewrites tried and undone before it), what it copies and its group (`_key`).
+    peak: str | tuple[str, int]
+    group: int
+
+
+def _key(node: fx.Node) -> str | tuple[str, int]:
+    """A name for ``node`` that a replay finds again: the node's own for a node of the capture, ``(what it
+    copies, group)`` for a copy a rewrite added."""
+    meta = node.meta.get(META)
+    return node.name if meta is None else (meta[0], meta[1])
+
+
+class RematReplayError(Exception):
+    """A recorded recomputation does not apply to this graph (another structure than the one it was
+    chosen on)."""
+
+
 @dataclass
 class RematResult:
     """What `rematerialize` did."""
@@ -51,6 +77,8 @@ class RematResult:
     #: Operations of the recomputations, and of the whole step before them (`model_opt.remat.cost`).
     recompute_flops: int = 0
     step_flops: int = 0
+    #: The kept recomputations in the order they were made (`replay` makes them again).
+    steps: list[RematStep] = field(default_factory=list)
     #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
     stopped: str = ""
     seconds: float = 0.0
@@ -282,7 +310,8 @@ def rematerialize(
                 chosen.append(cand)
                 spent += cand.cost
         log = UndoLog()
-        applied = [c for i, c in enumerate(chosen) if _apply(work, c, peak_node, group + i, log)]
+        groups = {id(c): group + i for i, c in enumerate(chosen)}
+        applied = [c for c in chosen if _apply(work, c, peak_node, groups[id(c)], log)]
         refused = [c for c in chosen if c not in applied]
         tried.update(c.unit.producer.name for c in refused)
         if not applied:
@@ -295,6 +324,14 @@ def rematerialize(
                 result.recomputed.append(cand.unit.producer.name)
                 result.chained.extend(link.producer.name for link in cand.chain)
                 result.recompute_flops += cand.cost
+                result.steps.append(
+                    RematStep(
+                        cand.unit.producer.name,
+                        tuple(link.producer.name for link in cand.chain),
+                        _key(peak_node),
+                        groups[id(cand)],
+                    )
+                )
             group += len(chosen)
             tried.clear()
             batch = min(2 * batch, MAX_BATCH)
@@ -311,3 +348,35 @@ def rematerialize(
     result.peak_bytes = max(profile)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def replay(gm: fx.GraphModule, steps: list[RematStep]) -> fx.GraphModule:
+    """A copy of ``gm`` with the recomputations ``steps`` (`RematResult.steps`, chosen on a capture of
+    the same step, at another batch size say) made again, in their order. Raises `RematReplayError`
+    when one does not apply: ``gm`` is not the step they were chosen on."""
+    work, _ = copy_graph(gm)
+    log = UndoLog()
+    for step in steps:
+        facts = GraphFacts.of(work.graph)
+        by_name: dict[str | tuple[str, int], fx.Node] = {_key(n): n for n in work.graph.nodes}
+        names = [step.peak, step.producer, *step.chain]
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise RematReplayError(f"no node {missing[0]} in the graph (another step?)")
+        peak_node, node = by_name[step.peak], by_name[step.producer]
+        at = facts.pos[peak_node]
+        readers = {r for k in storages_of(node) for r in facts.readers.get(k, ())}
+        late = sorted((r for r in readers if facts.pos[r] > at), key=facts.pos.__getitem__)
+        if not late:
+            raise RematReplayError(f"{step.producer} is not read after {step.peak}")
+        first = facts.pos[late[0]]
+        unit = _unit_at(node, facts, at, first)
+        chain = [_unit_at(by_name[name], facts, at, first) for name in step.chain]
+        if unit is None or any(link is None for link in chain):
+            raise RematReplayError(f"{step.producer} cannot be recomputed here")
+        cand = _Candidate(unit, 0, 0, [link for link in chain if link is not None])
+        if not _apply(work, cand, peak_node, step.group, log):
+            raise RematReplayError(f"the rewrite of {step.producer} was refused")
+    work.graph.lint()
+    work.recompile()
+    return work
