@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use model_opt::ffi::{
     model_opt_graph_capture_begin, model_opt_graph_capture_end, model_opt_graph_pool_release,
-    model_opt_last_error, model_opt_try_alloc_for_graph, ALLOC_OK, ALLOC_REFUSED,
+    model_opt_try_alloc_for_graph, ALLOC_OK, ALLOC_REFUSED,
 };
 use model_opt::runtime::backend::cuda::preload_driver;
 use model_opt::runtime::graph_pools::PoolId;
 use model_opt::runtime::{BackendError, CudaBackend, Runtime, RuntimeConfig, RuntimeError};
+use runtime_support::c_abi::last_error;
 use runtime_support::stub_driver::{build_stub, stub_fn};
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -50,16 +51,6 @@ fn violations() -> c_int {
 fn device_of(addr: usize) -> c_int {
     let f: extern "C" fn(u64) -> c_int = stub_fn("stub_device_of");
     f(addr as u64)
-}
-
-fn last_error() -> String {
-    let mut buf = vec![0 as libc::c_char; 2048];
-    // SAFETY: buf has 2048 writable bytes.
-    unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated by model_opt_last_error.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn cuda_runtime() -> Runtime {

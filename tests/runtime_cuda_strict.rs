@@ -10,13 +10,14 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use model_opt::ffi::{
-    model_opt_alloc, model_opt_free, model_opt_last_error, model_opt_set_memory_limit,
-    model_opt_try_alloc, ALLOC_OK, ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
+    model_opt_alloc, model_opt_free, model_opt_set_memory_limit, model_opt_try_alloc, ALLOC_OK,
+    ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
 };
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::cuda::preload_driver;
 use model_opt::runtime::global::{clear_last_error, cuda_preflight};
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
+use runtime_support::c_abi::last_error;
 use runtime_support::stub_driver::{build_stub, stub_fn};
 use runtime_support::{random_program, Driver, Op, Rng};
 
@@ -89,16 +90,6 @@ impl Stub {
         assert_eq!((self.retain)(&mut ctx, device), 0);
         assert_eq!((self.set_current)(ctx), 0);
     }
-}
-
-fn last_error() -> String {
-    let mut buf = vec![0 as libc::c_char; 2048];
-    // SAFETY: buf has 2048 writable bytes.
-    unsafe { model_opt_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated by model_opt_last_error.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// `model_opt_try_alloc` through the process-wide runtime: (status, address).

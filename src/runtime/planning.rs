@@ -261,12 +261,7 @@ mod tests {
         // The last check before a plan is served: the streams' plans side by side keep every buffer
         // apart. The plan built here passes; moved over each other, the two streams' buffers (live at
         // the same time) are refused.
-        let mut t = Trace::new();
-        t.record_alloc(1, 100, 0);
-        t.record_alloc(2, 100, 7);
-        t.record_free(1);
-        t.record_free(2);
-        t.finish();
+        let t = two_stream_step();
         let mut p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
         assert!(check_combined(&t, 0, &p.entries, 512).is_ok());
         p.entries[1].offset = p.entries[0].offset;
@@ -274,6 +269,17 @@ mod tests {
             check_combined(&t, 0, &p.entries, 512),
             Err(PlanError::InvalidPlan(_))
         ));
+    }
+
+    /// Two 100-byte requests on streams 0 and 7, live together.
+    fn two_stream_step() -> Trace {
+        let mut t = Trace::new();
+        t.record_alloc(1, 100, 0);
+        t.record_alloc(2, 100, 7);
+        t.record_free(1);
+        t.record_free(2);
+        t.finish();
+        t
     }
 
     /// A step of one stream's requests on `stream`: 100 and 200 bytes, both freed.
@@ -300,24 +306,14 @@ mod tests {
         let other = plan_trace(&one_stream_step(5), 0, 512, &options).unwrap();
         assert!(fixed_beginning(&same, &other, 2).is_empty());
 
-        let mut two = Trace::new();
-        two.record_alloc(1, 100, 0);
-        two.record_alloc(2, 200, 7);
-        two.record_free(1);
-        two.record_free(2);
-        two.finish();
+        let two = two_stream_step();
         let two_plan = plan_trace(&two, 0, 512, &options).unwrap();
         assert!(fixed_beginning(&two, &two_plan, 2).is_empty());
     }
 
     #[test]
     fn the_plan_names_each_method_it_used_once() {
-        let mut t = Trace::new();
-        t.record_alloc(1, 100, 0);
-        t.record_alloc(2, 100, 7);
-        t.record_free(1);
-        t.record_free(2);
-        t.finish();
+        let t = two_stream_step();
         let p = plan_trace(&t, 0, 512, &PlanOptions::default()).unwrap();
         assert!(!p.methods.is_empty());
         let mut unique = p.methods.clone();

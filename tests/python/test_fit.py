@@ -74,11 +74,7 @@ def test_bad_memory_sizes_are_refused(text: str) -> None:
 # --- a small step ---------------------------------------------------------------------------------
 
 
-def _mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer) -> object:
     def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -86,7 +82,14 @@ def _mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
         opt.zero_grad()
         return loss.detach()
 
-    return model, opt, train_step
+    return train_step
+
+
+def _mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, opt, _train_step(model, opt)
 
 
 def _batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,15 +417,7 @@ def _deep_mlp_step() -> tuple[nn.Module, torch.optim.Optimizer, object]:
         layers += [nn.Linear(128, 128), nn.Tanh()]
     model = nn.Sequential(*layers, nn.Linear(128, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss.detach()
-
-    return model, opt, train_step
+    return model, opt, _train_step(model, opt)
 
 
 def test_remat_is_chosen_once_and_fits_a_larger_batch_at_every_size() -> None:
