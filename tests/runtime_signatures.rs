@@ -280,13 +280,21 @@ fn gradient_accumulation_tells_the_first_micro_batch_by_what_the_device_holds() 
     rt.end_profile().unwrap();
     rt.plan(&PlanOptions::default()).unwrap();
     let mut steps = Vec::new();
+    let mut switches_from_8 = 0;
     for i in 2..30 {
         let phase = i % 4;
+        let switches = rt.stats().counters.signature_switches;
         rt.begin_step(None).unwrap();
         run(&mut d, phase, i == 3);
         let s = rt.end_step().unwrap();
+        if i >= 8 {
+            switches_from_8 += rt.stats().counters.signature_switches - switches;
+        }
         steps.push((i, s));
     }
+    // Each step begins on its own signature, told by what the device holds when it begins: none has
+    // to switch to another part-way.
+    assert_eq!(switches_from_8, 0);
     for (i, s) in &steps {
         assert!(!s.abandoned, "iteration {i}: {s:?}");
         // The first micro-batch under a plan (iteration 4) cannot be told apart before its

@@ -134,7 +134,9 @@ def format_report(r: dict[str, Any]) -> str:
             )
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
     accelerate = r["accelerate_adam_bytes"] / MIB
-    if r.get("remat"):
+    if r.get("remat") and r["remat"].get("error"):
+        lines.append(f"  remat: not estimated: {r['remat']['error']}")
+    elif r.get("remat"):
         m = r["remat"]
         lines.append(
             f"  remat: {len(m['recomputed']) + len(m['chained'])} operators recomputed "

@@ -104,6 +104,9 @@ class Fitting:
         def captured(size: int) -> CapturedStep:
             return capture_step(step, make_args(size), {}, StepState.of(self.modules, self.optimizers))
 
+        def capture_of(step_capture: CapturedStep) -> DataflowGraph:
+            return optimizer.add_step_temporaries(step_capture.dataflow, per_byte)
+
         def capture(size: int) -> DataflowGraph:
             df = captured(size).dataflow
             if not state_at:  # the operators are the same at every size the family fits
@@ -115,10 +118,19 @@ class Fitting:
         self.remat_family: StepFamily | None = None
         remat_state_at: list[tuple[int, int]] = []
         if remat:
-            from model_opt.remat import rematerialize, replay
+            from model_opt.fit.family import CHECK_SIZE, structure_of
+            from model_opt.remat import RematReplayError, rematerialize, replay
 
+            # The largest size whose capture has the structure the family fitted (some operators are
+            # chosen by shape: a choice made on another structure names nodes the others lack).
+            at = hi
+            choice = captured(at)
+            fitted = self.family.structure
+            while at > CHECK_SIZE and fitted is not None and structure_of(capture_of(choice)) != fitted:
+                at = max(CHECK_SIZE, at // 2)
+                choice = captured(at)
             chosen = rematerialize(
-                captured(hi).graph_module,
+                choice.graph_module,
                 max_recompute=REMAT_MAX_RECOMPUTE,
                 time_limit=10 * time_limit,
             )
@@ -126,8 +138,9 @@ class Fitting:
                 "recomputed": chosen.recomputed,
                 "chained": chosen.chained,
                 "extra_compute": chosen.extra_compute,
-                "chosen_at": hi,
+                "chosen_at": at,
                 "stopped": chosen.stopped,
+                "error": None,
             }
 
             def capture_remat(size: int) -> DataflowGraph:
@@ -136,7 +149,10 @@ class Fitting:
                     remat_state_at.extend(optimizer.state_made_by(df, state_per_byte))
                 return optimizer.add_step_temporaries(df, per_byte)
 
-            self.remat_family = StepFamily.of(capture_remat)
+            try:
+                self.remat_family = StepFamily.of(capture_remat)
+            except RematReplayError as e:
+                self._drop_remat(e)
         params = [p for m in self.modules for p in m.parameters()]
         buffers = [b for m in self.modules for b in m.buffers()]
         self.residents = Residents(
@@ -152,6 +168,15 @@ class Fitting:
         self.estimates: dict[int, FitEstimate] = {}
         self.seconds = time.perf_counter() - started
 
+    def _drop_remat(self, e: Exception) -> None:
+        """The ``remat`` way cannot be estimated (a recomputation chosen on one capture does not apply to
+        another): it is left out of the report, and ``report["remat"]["error"]`` says why."""
+        self.remat_family = None
+        if self.remat is not None:
+            self.remat["error"] = (
+                f"the recomputations chosen at size {self.remat['chosen_at']} do not apply: {e}"
+            )
+
     @property
     def ways(self) -> list[str]:
         """The ways this fitting estimates (`WAYS`; ``remat`` only when asked for)."""
@@ -164,10 +189,15 @@ class Fitting:
             graph = self.family.at(size)
             e = estimate(graph, size, self.residents, self.time_limit, self.method)
             if self.remat_family is not None:
-                r = estimate(
-                    self.remat_family.at(size), size, self.remat_residents, self.time_limit, self.method
-                )
-                e["remat_bytes"] = min(r["arena_bytes"], r["reordered_bytes"])
+                from model_opt.remat import RematReplayError
+
+                try:
+                    graph = self.remat_family.at(size)
+                except RematReplayError as error:
+                    self._drop_remat(error)
+                else:
+                    r = estimate(graph, size, self.remat_residents, self.time_limit, self.method)
+                    e["remat_bytes"] = min(r["arena_bytes"], r["reordered_bytes"])
             self.estimates[size] = e
             self.seconds += time.perf_counter() - started
             if self.progress is not None:
@@ -179,7 +209,8 @@ class Fitting:
         budget = parse_memory(memory)
         lo, hi = self.sizes
         largest = {
-            way: largest_fitting(lambda s, w=way: self.at(s)[f"{w}_bytes"] <= budget, lo, hi)  # type: ignore[literal-required]
+            # A way dropped part-way (remat, see `_drop_remat`) fits nothing more.
+            way: largest_fitting(lambda s, w=way: (self.at(s)[f"{w}_bytes"] or budget + 1) <= budget, lo, hi)  # type: ignore[literal-required]
             for way in self.ways
         }
         pytorch = largest["pytorch"]

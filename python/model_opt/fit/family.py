@@ -24,7 +24,7 @@ CHECK_SIZE = 8
 NativeGraph = tuple[int, list[tuple[int, int, list[int], bool]], list[tuple[int, int]], int]
 
 
-def _structure(df: DataflowGraph) -> tuple[object, ...]:
+def structure_of(df: DataflowGraph) -> tuple[object, ...]:
     """Everything of a dataflow graph but its sizes."""
     num_ops, tensors, edges, _ = df.native_args()
     return (num_ops, [(p, tuple(c), out) for _, p, c, out in tensors], sorted(edges))
@@ -65,7 +65,7 @@ class StepFamily:
         """Captures the step at `FIT_SIZES` and `CHECK_SIZE` and decides whether the fit holds."""
         graphs = {s: capture(s) for s in (*FIT_SIZES, CHECK_SIZE)}
         cache = {s: g.native_args() for s, g in graphs.items()}
-        structures = {s: _structure(g) for s, g in graphs.items()}
+        structures = {s: structure_of(g) for s, g in graphs.items()}
         same = all(structures[s] == structures[FIT_SIZES[0]] for s in structures)
         family = cls(capture, False, len(graphs), structures[FIT_SIZES[0]] if same else None, [], cache)
         if same:
@@ -73,6 +73,11 @@ class StepFamily:
             family._points = columns
             family.exact = family._fitted(CHECK_SIZE) == _sizes(graphs[CHECK_SIZE])
         return family
+
+    @property
+    def structure(self) -> tuple[object, ...] | None:
+        """The structure (`structure_of`) of every capture it fitted; None when they differ."""
+        return self._structure
 
     def _fitted(self, size: int) -> list[int] | None:
         """Every tensor's bytes and the resident bytes at `size` from the fit; None where one is not a
