@@ -243,11 +243,7 @@ impl DeviceState {
 
     /// PyTorch released pool `id`; false for a pool this device never had.
     pub fn release_graph_pool(&mut self, backend: &dyn Backend, id: PoolId) -> bool {
-        let released = self.graphs.release(backend, self.device, id);
-        if released {
-            self.note_reserved();
-        }
-        released
+        self.graphs.release(backend, self.device, id)
     }
 
     /// A request of a CUDA graph capture, served from the graph's private pool: never planned, never

@@ -175,11 +175,6 @@ impl GraphPools {
         true
     }
 
-    /// Bytes requested for the block in use at `addr`, if a pool handed it out.
-    pub fn requested(&self, addr: usize) -> Option<usize> {
-        self.pools.iter().find_map(|p| p.blocks.requested(addr))
-    }
-
     /// Gives pool `i`'s segments back if nothing holds it and nothing in it is in use, unless a capture
     /// is under way on the device (freeing device memory then would break it: the next `end` does).
     fn drop_if_done(&mut self, backend: &dyn Backend, device: i32, i: usize) {

@@ -104,14 +104,15 @@ class Fitting:
         def captured(size: int) -> CapturedStep:
             return capture_step(step, make_args(size), {}, StepState.of(self.modules, self.optimizers))
 
-        def capture_of(step_capture: CapturedStep) -> DataflowGraph:
-            return optimizer.add_step_temporaries(step_capture.dataflow, per_byte)
+        def with_state(df: DataflowGraph, made_at: list[tuple[int, int]]) -> DataflowGraph:
+            """`df` with the optimizer's step temporaries; `made_at` filled on the first call with where
+            its state is made (the operators are the same at every size a family fits)."""
+            if not made_at:
+                made_at.extend(optimizer.state_made_by(df, state_per_byte))
+            return optimizer.add_step_temporaries(df, per_byte)
 
         def capture(size: int) -> DataflowGraph:
-            df = captured(size).dataflow
-            if not state_at:  # the operators are the same at every size the family fits
-                state_at.extend(optimizer.state_made_by(df, state_per_byte))
-            return optimizer.add_step_temporaries(df, per_byte)
+            return with_state(captured(size).dataflow, state_at)
 
         self.family = StepFamily.of(capture)
         self.remat: dict[str, Any] | None = None
@@ -126,7 +127,11 @@ class Fitting:
             at = hi
             choice = captured(at)
             fitted = self.family.structure
-            while at > CHECK_SIZE and fitted is not None and structure_of(capture_of(choice)) != fitted:
+            while (
+                at > CHECK_SIZE
+                and fitted is not None
+                and structure_of(with_state(choice.dataflow, state_at)) != fitted
+            ):
                 at = max(CHECK_SIZE, at // 2)
                 choice = captured(at)
             chosen = rematerialize(
@@ -144,10 +149,8 @@ class Fitting:
             }
 
             def capture_remat(size: int) -> DataflowGraph:
-                df = build_dataflow(replay(captured(size).graph_module, chosen.steps))
-                if not remat_state_at:
-                    remat_state_at.extend(optimizer.state_made_by(df, state_per_byte))
-                return optimizer.add_step_temporaries(df, per_byte)
+                replayed = replay(captured(size).graph_module, chosen.steps)
+                return with_state(build_dataflow(replayed), remat_state_at)
 
             try:
                 self.remat_family = StepFamily.of(capture_remat)
@@ -208,11 +211,13 @@ class Fitting:
         """The largest size under `memory` each way, and what it needs (see `fit`)."""
         budget = parse_memory(memory)
         lo, hi = self.sizes
-        largest = {
-            # A way dropped part-way (remat, see `_drop_remat`) fits nothing more.
-            way: largest_fitting(lambda s, w=way: (self.at(s)[f"{w}_bytes"] or budget + 1) <= budget, lo, hi)  # type: ignore[literal-required]
-            for way in self.ways
-        }
+
+        def fits(size: int, way: str) -> bool:
+            needs = self.at(size)[f"{way}_bytes"]  # type: ignore[literal-required]
+            # None: a way dropped part-way (remat, see `_drop_remat`) fits nothing more.
+            return needs is not None and needs <= budget
+
+        largest = {way: largest_fitting(lambda s, w=way: fits(s, w), lo, hi) for way in self.ways}
         pytorch = largest["pytorch"]
 
         def ratio(way: str) -> float | None:
