@@ -242,7 +242,8 @@ class FitReport(TypedDict):
     ratio_remat: float | None
     #: With ``remat=True``: what is recomputed (``recomputed``, ``chained`` operator names of the capture
     #: it was chosen on, ``extra_compute`` as a fraction of the step's operations, ``chosen_at`` the size
-    #: of that capture, ``stopped`` why the search stopped); None otherwise.
+    #: of that capture, ``stopped`` why the search stopped, ``chosen_again_at`` the sizes whose capture
+    #: has another structure, where the choice was made afresh); None otherwise.
     remat: dict[str, Any] | None
     weights_bytes: int
     #: The optimizer's state after its first step (measured, or probed on a small copy: see

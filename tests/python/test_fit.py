@@ -442,3 +442,41 @@ def test_remat_is_chosen_once_and_fits_a_larger_batch_at_every_size() -> None:
     plain = Fitting(step, batch, sizes=(1, 4096), modules=[model], optimizers=[opt])
     assert "remat" not in plain.report(big["reordered_bytes"])["largest"]
     assert plain.at(64)["remat_bytes"] is None
+
+
+class _SizeOneSwitches(nn.Module):
+    """A deep MLP whose activation depends on the batch: ReLU for one example, Tanh for more (a size-1
+    special case, as vit_b_16 has one): at batch 1 the step has other operators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(128, 128) for _ in range(6))
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = torch.relu if x.shape[0] == 1 else torch.tanh
+        for layer in self.layers:
+            x = act(layer(x))
+        return self.head(x)
+
+
+def test_a_size_whose_step_differs_gets_a_remat_choice_of_its_own() -> None:
+    torch.manual_seed(0)
+    model = _SizeOneSwitches()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(b, 128), torch.randint(0, 10, (b,))
+
+    fitting = Fitting(
+        _train_step(model, opt), batch, sizes=(1, 4096), modules=[model], optimizers=[opt], remat=True
+    )
+    assert fitting.remat is not None and fitting.remat["chosen_again_at"] == []
+    one, two = fitting.at(1), fitting.at(2)
+    # The choice names tanh nodes batch 1 lacks: that size was chosen for afresh, and still recomputes.
+    assert fitting.remat["chosen_again_at"] == [1]
+    assert "remat" in fitting.ways
+    assert one["remat_bytes"] is not None and two["remat_bytes"] is not None
+    assert fitting.remat_family is not None
+    # More operators than the plain step at that size: some are recomputed.
+    assert fitting.remat_family.at(1)[0] > fitting.family.at(1)[0]

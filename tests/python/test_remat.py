@@ -335,10 +335,14 @@ def test_a_choice_replayed_on_another_batch_size_trains_bit_identically() -> Non
     step, opt = step_of(model)
     eager, _ = step_of(twin)
     state = StepState.of([model], [opt])
-    chosen = rematerialize(
-        capture_step(step, _batches(1, 1024)[0], {}, state).graph_module, max_recompute=None, time_limit=60.0
-    )
+    choice = capture_step(step, _batches(1, 1024)[0], {}, state)
+    chosen = rematerialize(choice.graph_module, max_recompute=None, time_limit=60.0)
     assert chosen.recomputed and chosen.steps
+    # On the capture it was chosen on, a replay makes the very graph the search made.
+    again = replay(choice.graph_module, chosen.steps)
+    assert [(n.op, n.target, n.meta.get(META)) for n in again.graph.nodes] == [
+        (n.op, n.target, n.meta.get(META)) for n in chosen.graph_module.graph.nodes
+    ]
     small = _batches(2, 256)
     captured = capture_step(step, small[0], {}, state)
     gm = replay(captured.graph_module, chosen.steps)

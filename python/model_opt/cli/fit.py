@@ -134,14 +134,14 @@ def format_report(r: dict[str, Any]) -> str:
             )
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
     accelerate = r["accelerate_adam_bytes"] / MIB
-    if r.get("remat") and r["remat"].get("error"):
-        lines.append(f"  remat: not estimated: {r['remat']['error']}")
-    elif r.get("remat"):
+    if r.get("remat"):
         m = r["remat"]
+        again = m.get("chosen_again_at") or []
         lines.append(
             f"  remat: {len(m['recomputed']) + len(m['chained'])} operators recomputed "
             f"(+{m['extra_compute']:.1%} of the step's operations), chosen at size {m['chosen_at']} "
             f"({m['stopped']})"
+            + (f"; chosen afresh at size {', '.join(map(str, again))} (another structure)" if again else "")
         )
     lines.append(
         f"  weights {weights:.0f} MiB, optimizer state {state:.0f} MiB; "

@@ -64,7 +64,10 @@ class Fitting:
             of the step's operations, chosen once on the capture at the largest size tried, where the
             activations weigh the most against the weights and the optimizer's state (the search of
             `model_opt.remat`, no budget: as low as the allowance goes) and made again on every capture
-            (`model_opt.remat.replay`), then reordered and planned like the ``reordered`` way.
+            (`model_opt.remat.replay`), then reordered and planned like the ``reordered`` way. A
+            capture the choice does not apply to (another structure at that size, such as a size-1
+            special case) gets a choice of its own, as `optimize` would make it
+            (``remat["chosen_again_at"]`` lists those sizes).
 
     Raises:
         ArgumentError: a bad range. CaptureError: the step cannot be captured.
@@ -145,17 +148,25 @@ class Fitting:
                 "extra_compute": chosen.extra_compute,
                 "chosen_at": at,
                 "stopped": chosen.stopped,
-                "error": None,
+                "chosen_again_at": [],
             }
+            chosen_again: list[int] = self.remat["chosen_again_at"]
 
             def capture_remat(size: int) -> DataflowGraph:
-                replayed = replay(captured(size).graph_module, chosen.steps)
+                step_at = captured(size)
+                try:
+                    replayed = replay(step_at.graph_module, chosen.steps)
+                except RematReplayError:
+                    # Another structure at this size (a size-1 special case, an operator chosen by
+                    # shape): the choice names nodes it lacks, so it is made afresh on this capture,
+                    # as `optimize` would make it.
+                    replayed = rematerialize(
+                        step_at.graph_module, max_recompute=REMAT_MAX_RECOMPUTE, time_limit=10 * time_limit
+                    ).graph_module
+                    chosen_again.append(size)
                 return with_state(build_dataflow(replayed), remat_state_at)
 
-            try:
-                self.remat_family = StepFamily.of(capture_remat)
-            except RematReplayError as e:
-                self._drop_remat(e)
+            self.remat_family = StepFamily.of(capture_remat)
         params = [p for m in self.modules for p in m.parameters()]
         buffers = [b for m in self.modules for b in m.buffers()]
         self.residents = Residents(
@@ -171,15 +182,6 @@ class Fitting:
         self.estimates: dict[int, FitEstimate] = {}
         self.seconds = time.perf_counter() - started
 
-    def _drop_remat(self, e: Exception) -> None:
-        """The ``remat`` way cannot be estimated (a recomputation chosen on one capture does not apply to
-        another): it is left out of the report, and ``report["remat"]["error"]`` says why."""
-        self.remat_family = None
-        if self.remat is not None:
-            self.remat["error"] = (
-                f"the recomputations chosen at size {self.remat['chosen_at']} do not apply: {e}"
-            )
-
     @property
     def ways(self) -> list[str]:
         """The ways this fitting estimates (`WAYS`; ``remat`` only when asked for)."""
@@ -192,15 +194,9 @@ class Fitting:
             graph = self.family.at(size)
             e = estimate(graph, size, self.residents, self.time_limit, self.method)
             if self.remat_family is not None:
-                from model_opt.remat import RematReplayError
-
-                try:
-                    graph = self.remat_family.at(size)
-                except RematReplayError as error:
-                    self._drop_remat(error)
-                else:
-                    r = estimate(graph, size, self.remat_residents, self.time_limit, self.method)
-                    e["remat_bytes"] = min(r["arena_bytes"], r["reordered_bytes"])
+                graph = self.remat_family.at(size)
+                r = estimate(graph, size, self.remat_residents, self.time_limit, self.method)
+                e["remat_bytes"] = min(r["arena_bytes"], r["reordered_bytes"])
             self.estimates[size] = e
             self.seconds += time.perf_counter() - started
             if self.progress is not None:

@@ -214,23 +214,37 @@ def _candidates(
     return found
 
 
-def _apply(gm: fx.GraphModule, cand: _Candidate, peak_node: fx.Node, group: int, log: UndoLog) -> bool:
-    """Rewrites ``gm`` in place with ``cand`` recomputed, its late uses taken afresh (earlier rewrites of
-    a batch may have added readers); False, with nothing changed, when the rewrite is refused."""
+def _remake(gm: fx.GraphModule, step: RematStep, log: UndoLog) -> None:
+    """Rewrites ``gm`` in place with ``step``'s recomputation, its unit, segment and late uses found
+    afresh by name on the graph as it is now (earlier rewrites may have added readers or taken some
+    away). The search applies its choices this way, one at a time, and so does `replay`: what the
+    search kept is what a replay on the same graph makes. Raises `RematReplayError`, with nothing
+    changed, when the step does not apply."""
     facts = GraphFacts.of(gm.graph)
-    unit = cand.unit
+    by_name: dict[str | tuple[str, int], fx.Node] = {_key(n): n for n in gm.graph.nodes}
+    names = [step.peak, step.producer, *step.chain]
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise RematReplayError(f"no node {missing[0]} in the graph (another step?)")
+    peak_node, node = by_name[step.peak], by_name[step.producer]
     at = facts.pos[peak_node]
-    readers = {r for k in unit.storages for r in facts.readers.get(k, ())}
+    readers = {r for k in storages_of(node) for r in facts.readers.get(k, ())}
     late = sorted((r for r in readers if facts.pos[r] > at), key=facts.pos.__getitem__)
-    if not late or any(r.op == "output" for r in late):
-        return False
+    if not late:
+        raise RematReplayError(f"{step.producer} is not read after {step.peak}")
+    if any(r.op == "output" for r in late):
+        raise RematReplayError(f"{step.producer} is an output of the step")
+    first = facts.pos[late[0]]
+    unit = _unit_at(node, facts, at, first) if facts.pos[node] < at else None
+    chain = [_unit_at(by_name[name], facts, at, first) for name in step.chain]
+    if unit is None or any(link is None for link in chain):
+        raise RematReplayError(f"{step.producer} cannot be recomputed here")
     mark = log.mark()
     try:
-        recompute_unit(gm, facts, unit, late, group, log, cand.chain)
-    except RewriteRefused:
+        recompute_unit(gm, facts, unit, late, step.group, log, [link for link in chain if link is not None])
+    except RewriteRefused as e:
         log.undo(mark)
-        return False
-    return True
+        raise RematReplayError(f"the rewrite of {step.producer} was refused") from e
 
 
 def held_by(df: DataflowGraph, order: list[int]) -> str:
@@ -310,28 +324,29 @@ def rematerialize(
                 chosen.append(cand)
                 spent += cand.cost
         log = UndoLog()
-        groups = {id(c): group + i for i, c in enumerate(chosen)}
-        applied = [c for c in chosen if _apply(work, c, peak_node, groups[id(c)], log)]
-        refused = [c for c in chosen if c not in applied]
-        tried.update(c.unit.producer.name for c in refused)
+        applied: list[tuple[_Candidate, RematStep]] = []
+        peak_key = _key(peak_node)
+        for i, cand in enumerate(chosen):
+            step = RematStep(
+                cand.unit.producer.name, tuple(link.producer.name for link in cand.chain), peak_key, group + i
+            )
+            try:
+                _remake(work, step, log)
+            except RematReplayError:
+                tried.add(cand.unit.producer.name)  # refused here (or no longer applies in this batch)
+            else:
+                applied.append((cand, step))
         if not applied:
             continue
         new_df = build_dataflow(work)
         new_profile = _profile(new_df)
         if _score(new_profile) < score:
             df, profile = new_df, new_profile
-            for cand in applied:
-                result.recomputed.append(cand.unit.producer.name)
-                result.chained.extend(link.producer.name for link in cand.chain)
+            for cand, step in applied:
+                result.recomputed.append(step.producer)
+                result.chained.extend(step.chain)
                 result.recompute_flops += cand.cost
-                result.steps.append(
-                    RematStep(
-                        cand.unit.producer.name,
-                        tuple(link.producer.name for link in cand.chain),
-                        _key(peak_node),
-                        groups[id(cand)],
-                    )
-                )
+                result.steps.append(step)
             group += len(chosen)
             tried.clear()
             batch = min(2 * batch, MAX_BATCH)
@@ -340,7 +355,7 @@ def rematerialize(
             continue
         log.undo()
         if len(applied) == 1:
-            tried.add(applied[0].unit.producer.name)
+            tried.add(applied[0][1].producer)
         batch = max(1, batch // 2)
     work.graph.lint()
     work.recompile()
@@ -357,26 +372,7 @@ def replay(gm: fx.GraphModule, steps: list[RematStep]) -> fx.GraphModule:
     work, _ = copy_graph(gm)
     log = UndoLog()
     for step in steps:
-        facts = GraphFacts.of(work.graph)
-        by_name: dict[str | tuple[str, int], fx.Node] = {_key(n): n for n in work.graph.nodes}
-        names = [step.peak, step.producer, *step.chain]
-        missing = [name for name in names if name not in by_name]
-        if missing:
-            raise RematReplayError(f"no node {missing[0]} in the graph (another step?)")
-        peak_node, node = by_name[step.peak], by_name[step.producer]
-        at = facts.pos[peak_node]
-        readers = {r for k in storages_of(node) for r in facts.readers.get(k, ())}
-        late = sorted((r for r in readers if facts.pos[r] > at), key=facts.pos.__getitem__)
-        if not late:
-            raise RematReplayError(f"{step.producer} is not read after {step.peak}")
-        first = facts.pos[late[0]]
-        unit = _unit_at(node, facts, at, first)
-        chain = [_unit_at(by_name[name], facts, at, first) for name in step.chain]
-        if unit is None or any(link is None for link in chain):
-            raise RematReplayError(f"{step.producer} cannot be recomputed here")
-        cand = _Candidate(unit, 0, 0, [link for link in chain if link is not None])
-        if not _apply(work, cand, peak_node, step.group, log):
-            raise RematReplayError(f"the rewrite of {step.producer} was refused")
+        _remake(work, step, log)
     work.graph.lint()
     work.recompile()
     return work
