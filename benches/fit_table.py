@@ -20,7 +20,7 @@ import time
 import torch
 
 from model_opt.apps.models import BENCH_MODELS
-from model_opt.fit import parse_memory, prepare_model
+from model_opt.fit import parse_memory, prepare_model, remat_summary
 
 GIB = 2**30
 #: The benchmark's models but two small CNNs like others of the set (googlenet, squeezenet).
@@ -56,6 +56,7 @@ def main() -> None:
     header = [h for i, h in enumerate(HEADER) if args.remat or i not in (8, 9)]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|", flush=True)
+    notes: list[str] = []  # what each remat way recomputes, printed below the table
     for name, precision in ((m, p) for m in args.models for p in args.precision):
         started = time.perf_counter()
         dtype, amp = ("fp32", True) if precision == "amp" else (precision, False)
@@ -86,6 +87,10 @@ def main() -> None:
                 f"{time.perf_counter() - started:.0f}",
             ]
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+        if fitting.remat is not None:
+            notes.append(f"- {name} {precision}: {remat_summary(fitting.remat)}")
+    if notes:
+        print("\nRecomputation (the remat way):\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

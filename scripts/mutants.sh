@@ -3,6 +3,8 @@
 # part of CI: each mutant is a rebuild plus a test run, so a full pass takes hours on 2 cores.
 #
 # Usage: scripts/mutants.sh [FILE...]   (default: the safety core listed below)
+#        MUTANTS_ARGS='-F REGEX' scripts/mutants.sh FILE   (more cargo-mutants options: here, only the
+#        mutants whose names match REGEX, e.g. 'state.rs:(4[4-9][0-9]|[5-9][0-9]{2}):' for lines 440-999)
 #
 # Each file is tested only by the test targets that cover it (tests_for), in the `mutants` cargo
 # profile (release code, incremental, so one mutant rebuilds in seconds); files that share their
@@ -64,7 +66,7 @@ for spec in "${!GROUP_FILES[@]}"; do
     # Exit status 2 (mutants missed) and 3 (timeouts) are results; anything else is a failure.
     rc=0
     cargo mutants --gitignore=true --profile mutants "${files[@]}" -o "$out" \
-        --no-shuffle "${args[@]}" || rc=$?
+        --no-shuffle ${MUTANTS_ARGS:-} "${args[@]}" || rc=$? # shellcheck disable=SC2086
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ] && [ "$rc" -ne 3 ]; then
         echo "cargo mutants failed (exit $rc); see $out/mutants.out/debug.log" >&2
         exit "$rc"

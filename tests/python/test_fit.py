@@ -4,6 +4,7 @@ estimates, and the caching allocator model on a device of limited size."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,22 @@ def test_fit_on_a_script_prints_json_and_draws_the_plot(tmp_path: Path) -> None:
     assert isinstance(n, int) and 1 < n < 100000
     assert report["optimizer_state_bytes"] == 4 * (32 * 64 + 64 + 64 * 10 + 10)  # one momentum buffer
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_remat_prints_the_remat_way_and_what_it_recomputes(tmp_path: Path) -> None:
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT)
+    r = _cli("--script", f"{script}:setup", "--memory", "8MiB", "--batch-size-range", "1:1000", "--remat")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^  model_opt remat \+ reordered \+ arena +\d+", r.stdout, re.M), r.stdout
+    line = re.search(
+        r"^  remat: (\d+) operators recomputed \(\+(\d+\.\d)% of the step's operations\), "
+        r"chosen at size 1000 ",
+        r.stdout,
+        re.M,
+    )
+    assert line is not None, r.stdout
+    assert float(line[2]) <= 20.0
 
 
 def test_fit_refuses_bad_arguments_with_one_line() -> None:

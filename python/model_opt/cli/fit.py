@@ -135,14 +135,9 @@ def format_report(r: dict[str, Any]) -> str:
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
     accelerate = r["accelerate_adam_bytes"] / MIB
     if r.get("remat"):
-        m = r["remat"]
-        again = m.get("chosen_again_at") or []
-        lines.append(
-            f"  remat: {len(m['recomputed']) + len(m['chained'])} operators recomputed "
-            f"(+{m['extra_compute']:.1%} of the step's operations), chosen at size {m['chosen_at']} "
-            f"({m['stopped']})"
-            + (f"; chosen afresh at size {', '.join(map(str, again))} (another structure)" if again else "")
-        )
+        from model_opt.fit import remat_summary  # torch is imported only once a fit is asked for
+
+        lines.append(f"  remat: {remat_summary(r['remat'])}")
     lines.append(
         f"  weights {weights:.0f} MiB, optimizer state {state:.0f} MiB; "
         f"accelerate estimate-memory (Adam, no activations): {accelerate:.0f} MiB"

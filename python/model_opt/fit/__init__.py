@@ -246,6 +246,18 @@ class Fitting:
         }
 
 
+def remat_summary(remat: dict[str, Any]) -> str:
+    """One line on a report's ``remat`` (`FitReport`): how many operators are recomputed, for how much
+    more compute, chosen on which capture, and the sizes it was chosen afresh at."""
+    again = remat.get("chosen_again_at") or []
+    return (
+        f"{len(remat['recomputed']) + len(remat['chained'])} operators recomputed "
+        f"(+{remat['extra_compute']:.1%} of the step's operations), chosen at size {remat['chosen_at']} "
+        f"({remat['stopped']})"
+        + (f"; chosen afresh at size {', '.join(map(str, again))} (another structure)" if again else "")
+    )
+
+
 def fit(
     step: Callable[..., Any],
     make_args: Callable[[int], tuple[Any, ...]],
