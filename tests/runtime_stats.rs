@@ -1,9 +1,13 @@
 //! The runtime's memory statistics against a direct count: bytes served by the fallback pool, and the
 //! peak of reserved bytes, which only grows (an `empty_cache` lowers what is reserved, not the peak).
 
+mod runtime_support;
+
 use std::sync::Arc;
 
+use model_opt::placement::PlanOptions;
 use model_opt::runtime::{HostBackend, Runtime, RuntimeConfig, HOST_DEVICE};
+use runtime_support::{random_program, Driver, Op, Rng};
 
 #[test]
 fn fallback_bytes_and_the_reserved_peak_match_a_direct_count() {
@@ -36,4 +40,140 @@ fn fallback_bytes_and_the_reserved_peak_match_a_direct_count() {
     let a = rt.alloc(HOST_DEVICE, 512, 0).unwrap();
     assert_eq!(rt.stats().peak_reserved_bytes, peak);
     rt.free(HOST_DEVICE, a).unwrap();
+}
+
+/// Each request of a step is served one way: at its plan's offset, by the pool as a persistent
+/// entry, by the pool as a transient the plan could not serve, or without a plan's offsets. So the
+/// four counts add up to the step's requests, and the process-wide counters grow by the step's own.
+/// Random steps, replayed as planned, changed (other sizes, requests added: divergences, then a new
+/// signature planned), and keeping memory past their end (first-fit steps).
+#[test]
+fn every_request_is_counted_once_and_the_counters_sum_the_steps() {
+    let mut kinds = [0u32; 4]; // steps with hits, persistent, transient fallbacks, unplanned requests
+    for seed in 0..8 {
+        let mut rng = Rng::new(seed);
+        let rt = Runtime::new(
+            Arc::new(HostBackend::new()),
+            RuntimeConfig {
+                max_divergences: 3,
+                ..RuntimeConfig::default()
+            },
+        );
+        let program = random_program(&mut rng, 40, 1);
+        let mut d = Driver::new(&rt, HOST_DEVICE);
+        rt.begin_profile().unwrap();
+        d.run_step(&program, true);
+        rt.end_profile().unwrap();
+        rt.plan(&PlanOptions {
+            time_limit: std::time::Duration::from_millis(300),
+            ..Default::default()
+        })
+        .unwrap();
+        for round in 0..12 {
+            let step: Vec<Op> = match rng.below(4) {
+                0 | 1 => program.clone(),
+                2 => program
+                    .iter()
+                    .map(|op| match *op {
+                        Op::Alloc { id, size, stream } if rng.chance(15) => Op::Alloc {
+                            id,
+                            size: size * 2 + 512,
+                            stream,
+                        },
+                        op => op,
+                    })
+                    .collect(),
+                _ => random_program(&mut rng, 30, 1),
+            };
+            let keep_some = rng.chance(30);
+            let ran: Vec<Op> = if keep_some {
+                // One temporary kept past the end of the step (freed with the next step's survivors).
+                let victim = step.iter().find_map(|op| match *op {
+                    Op::Free { id } => Some(id),
+                    _ => None,
+                });
+                step.iter()
+                    .copied()
+                    .filter(|op| !matches!(op, Op::Free { id } if Some(*id) == victim))
+                    .collect()
+            } else {
+                step
+            };
+            let before = rt.stats().counters;
+            rt.begin_step(None).unwrap();
+            d.run_step(&ran, true);
+            let s = rt.end_step().unwrap();
+            let after = rt.stats().counters;
+            let allocs = ran
+                .iter()
+                .filter(|op| matches!(op, Op::Alloc { .. }))
+                .count() as u64;
+            let ctx = format!("seed {seed} round {round}: {s:?}");
+            assert_eq!(s.allocations, allocs, "{ctx}");
+            assert_eq!(
+                s.planned_hits
+                    + s.persistent_allocations
+                    + s.transient_fallbacks
+                    + s.unplanned_allocations,
+                s.allocations,
+                "{ctx}"
+            );
+            assert!(s.divergences <= s.transient_fallbacks, "{ctx}");
+            assert_eq!(after.steps - before.steps, 1, "{ctx}");
+            assert_eq!(
+                after.allocations - before.allocations,
+                s.allocations,
+                "{ctx}"
+            );
+            assert_eq!(
+                after.planned_hits - before.planned_hits,
+                s.planned_hits,
+                "{ctx}"
+            );
+            assert_eq!(
+                after.persistent_allocations - before.persistent_allocations,
+                s.persistent_allocations,
+                "{ctx}"
+            );
+            assert_eq!(
+                after.transient_fallbacks - before.transient_fallbacks,
+                s.transient_fallbacks,
+                "{ctx}"
+            );
+            assert_eq!(
+                after.divergences - before.divergences,
+                s.divergences,
+                "{ctx}"
+            );
+            assert_eq!(
+                after.unplanned_allocations - before.unplanned_allocations,
+                s.unplanned_allocations,
+                "{ctx}"
+            );
+            // What did not come from the arena came from the pool.
+            let arena = s.planned_hits
+                + (after.unplanned_arena_allocations - before.unplanned_arena_allocations);
+            assert_eq!(
+                after.fallback_allocations - before.fallback_allocations,
+                s.allocations - arena,
+                "{ctx}"
+            );
+            for (k, n) in [
+                s.planned_hits,
+                s.persistent_allocations,
+                s.transient_fallbacks,
+                s.unplanned_allocations,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                kinds[k] += u32::from(n > 0);
+            }
+        }
+        d.free_all();
+    }
+    assert!(
+        kinds.iter().all(|&k| k > 0),
+        "some way never taken: {kinds:?}"
+    );
 }
