@@ -25,7 +25,8 @@ fn churn(stop: Arc<AtomicBool>) {
     }
 }
 
-/// Forks once; the child allocates, writes, frees and exits 0. Returns whether it finished in time.
+/// Forks once; the child allocates, writes, frees, checks that it follows no plan of the parent's,
+/// and exits 0. Returns whether it finished in time.
 fn fork_and_wait() -> bool {
     // SAFETY: fork in a test process; the child only calls the runtime and exits with _exit.
     let pid = unsafe { libc::fork() };
@@ -38,8 +39,16 @@ fn fork_and_wait() -> bool {
             unsafe { std::ptr::write_bytes(p, 0x5A, 1 << 16) };
             model_opt_host_free(p as *mut libc::c_void);
         }
+        // The parent's plans are not the child's: none is kept, and the runtime passes through.
+        let st = model_opt::runtime::global::global().stats();
+        let forgot = st.plans == 0 && st.mode == "passthrough" && !st.plan_active;
+        let code = match (ok, forgot) {
+            (true, true) => 0,
+            (false, _) => 3,
+            (true, false) => 4,
+        };
         // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        unsafe { libc::_exit(code) };
     }
     let started = Instant::now();
     loop {

@@ -6,7 +6,7 @@ mod runtime_support;
 use std::sync::Arc;
 
 use model_opt::placement::PlanOptions;
-use model_opt::runtime::{HostBackend, Runtime, RuntimeConfig, HOST_DEVICE};
+use model_opt::runtime::{Backend, BackendError, HostBackend, Runtime, RuntimeConfig, HOST_DEVICE};
 use runtime_support::{random_program, Driver, Op, Rng};
 
 #[test]
@@ -176,4 +176,68 @@ fn every_request_is_counted_once_and_the_counters_sum_the_steps() {
         kinds.iter().all(|&k| k > 0),
         "some way never taken: {kinds:?}"
     );
+}
+
+/// The host backend, counting what it hands out by size.
+struct Counting {
+    host: HostBackend,
+    sizes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        "counting host"
+    }
+    fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+        self.sizes.lock().unwrap().push(size);
+        self.host.alloc(device, size)
+    }
+    fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+        self.host.free(device, addr, size)
+    }
+    fn synchronize(&self, device: i32) -> Result<(), BackendError> {
+        self.host.synchronize(device)
+    }
+    fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
+        self.host.mem_info(device)
+    }
+}
+
+#[test]
+fn an_arena_is_reserved_again_only_when_it_must_grow() {
+    let backend = Arc::new(Counting {
+        host: HostBackend::new(),
+        sizes: Default::default(),
+    });
+    let rt = Runtime::new(backend.clone(), RuntimeConfig::default());
+    let mut d = Driver::new(&rt, HOST_DEVICE);
+    let program = random_program(&mut Rng::new(7), 30, 1);
+    let options = PlanOptions {
+        time_limit: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let mut arena_sizes = Vec::new();
+    // The same step planned twice (the same arena bytes), then a step of half its requests.
+    let half: Vec<Op> = program[..program.len() / 2].to_vec();
+    for step in [&program, &program, &half] {
+        rt.begin_profile().unwrap();
+        d.run_step(step, true);
+        rt.end_profile().unwrap();
+        arena_sizes.push(rt.plan(&options).unwrap().arena_bytes);
+        rt.begin_step(None).unwrap();
+        d.run_step(step, true);
+        rt.end_step().unwrap();
+    }
+    assert!(arena_sizes[2] <= arena_sizes[0], "{arena_sizes:?}");
+    let reserved = |n: usize| {
+        backend
+            .sizes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&s| s == n)
+            .count()
+    };
+    assert_eq!(reserved(arena_sizes[0] as usize), 1, "{arena_sizes:?}");
+    d.free_all();
 }
