@@ -241,3 +241,38 @@ fn an_arena_is_reserved_again_only_when_it_must_grow() {
     assert_eq!(reserved(arena_sizes[0] as usize), 1, "{arena_sizes:?}");
     d.free_all();
 }
+
+#[test]
+fn a_free_naming_the_wrong_device_is_found_on_the_right_one_and_an_unknown_free_is_refused() {
+    let rt = Runtime::new(Arc::new(HostBackend::new()), RuntimeConfig::default());
+    let host = rt.alloc(HOST_DEVICE, 4096, 0).unwrap();
+    let other = rt.alloc(0, 4096, 0).unwrap();
+    assert_eq!(rt.stats().devices.len(), 2);
+    // Each named as the other device: found where it was allocated, and freed.
+    rt.free(0, host).unwrap();
+    rt.free(HOST_DEVICE, other).unwrap();
+    let st = rt.stats();
+    assert_eq!((st.counters.frees, st.counters.unknown_frees), (2, 0));
+    assert_eq!(st.counters.allocated_bytes, 0);
+    // An address neither device handed out: refused and counted, on either name.
+    assert!(rt.free(0, host + 64).is_err());
+    assert!(
+        rt.free(HOST_DEVICE, host).is_err(),
+        "a second free is refused"
+    );
+    assert_eq!(rt.stats().counters.unknown_frees, 2);
+}
+
+#[test]
+fn plain_frees_leave_no_error_message() {
+    // The message about memory held for good (frees during a CUDA graph's capture) is for those
+    // frees only: a plain free on this thread leaves its last error empty.
+    let rt = Runtime::new(Arc::new(HostBackend::new()), RuntimeConfig::default());
+    model_opt::runtime::global::clear_last_error();
+    for size in [512, 4096, 3 << 20] {
+        let a = rt.alloc(HOST_DEVICE, size, 0).unwrap();
+        rt.free(HOST_DEVICE, a).unwrap();
+    }
+    assert_eq!(model_opt::runtime::global::last_error(), None);
+    assert_eq!(rt.stats().counters.graph_held_frees, 0);
+}
