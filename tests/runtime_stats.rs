@@ -6,7 +6,9 @@ mod runtime_support;
 use std::sync::Arc;
 
 use model_opt::placement::PlanOptions;
-use model_opt::runtime::{Backend, BackendError, HostBackend, Runtime, RuntimeConfig, HOST_DEVICE};
+use model_opt::runtime::{
+    Backend, BackendError, Counters, HostBackend, Runtime, RuntimeConfig, HOST_DEVICE,
+};
 use runtime_support::{random_program, Driver, Op, Rng};
 
 #[test]
@@ -41,6 +43,9 @@ fn fallback_bytes_and_the_reserved_peak_match_a_direct_count() {
     assert_eq!(rt.stats().peak_reserved_bytes, peak);
     rt.free(HOST_DEVICE, a).unwrap();
 }
+
+/// A counter of [`Counters`].
+type Field = fn(&Counters) -> u64;
 
 /// Each request of a step is served one way: at its plan's offset, by the pool as a persistent
 /// entry, by the pool as a transient the plan could not serve, or without a plan's offsets. So the
@@ -120,36 +125,31 @@ fn every_request_is_counted_once_and_the_counters_sum_the_steps() {
             );
             assert!(s.divergences <= s.transient_fallbacks, "{ctx}");
             assert_eq!(after.steps - before.steps, 1, "{ctx}");
-            assert_eq!(
-                after.allocations - before.allocations,
-                s.allocations,
-                "{ctx}"
-            );
-            assert_eq!(
-                after.planned_hits - before.planned_hits,
-                s.planned_hits,
-                "{ctx}"
-            );
-            assert_eq!(
-                after.persistent_allocations - before.persistent_allocations,
-                s.persistent_allocations,
-                "{ctx}"
-            );
-            assert_eq!(
-                after.transient_fallbacks - before.transient_fallbacks,
-                s.transient_fallbacks,
-                "{ctx}"
-            );
-            assert_eq!(
-                after.divergences - before.divergences,
-                s.divergences,
-                "{ctx}"
-            );
-            assert_eq!(
-                after.unplanned_allocations - before.unplanned_allocations,
-                s.unplanned_allocations,
-                "{ctx}"
-            );
+            // Each process-wide counter grows by the step's own count.
+            let grew = |f: Field| f(&after) - f(&before);
+            let pairs: [(&str, Field, u64); 6] = [
+                ("allocations", |c| c.allocations, s.allocations),
+                ("planned_hits", |c| c.planned_hits, s.planned_hits),
+                (
+                    "persistent",
+                    |c| c.persistent_allocations,
+                    s.persistent_allocations,
+                ),
+                (
+                    "transient_fallbacks",
+                    |c| c.transient_fallbacks,
+                    s.transient_fallbacks,
+                ),
+                ("divergences", |c| c.divergences, s.divergences),
+                (
+                    "unplanned",
+                    |c| c.unplanned_allocations,
+                    s.unplanned_allocations,
+                ),
+            ];
+            for (name, field, step_count) in pairs {
+                assert_eq!(grew(field), step_count, "{name}, {ctx}");
+            }
             // What did not come from the arena came from the pool.
             let arena = s.planned_hits
                 + (after.unplanned_arena_allocations - before.unplanned_arena_allocations);
