@@ -218,7 +218,14 @@ fn empty_cache_waits_for_a_capture_on_any_device() {
     let a = rt.alloc(0, 4096, OTHER).unwrap();
     rt.free_on(0, a, OTHER).unwrap();
     rt.begin_graph_capture(1, pool);
+    model_opt::runtime::global::clear_last_error();
     assert_eq!(rt.empty_cache().unwrap(), 0);
+    // It says why, since the call itself cannot.
+    let why = model_opt::runtime::global::last_error().unwrap_or_default();
+    assert!(
+        why.starts_with("empty_cache() gave nothing back: a CUDA graph is being captured"),
+        "{why}"
+    );
     assert_eq!(
         device_of(a),
         0,
