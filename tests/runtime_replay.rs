@@ -31,7 +31,30 @@ fn profile_and_plan<'r>(rt: &'r Runtime, program: &[Op]) -> Driver<'r> {
     d.run_step(program, true);
     rt.end_profile().unwrap();
     let summary = rt.plan(&quick()).unwrap();
-    assert_eq!(summary.persistent_buffers, persistent_ids(program).len());
+    let persistent = persistent_ids(program);
+    assert_eq!(summary.persistent_buffers, persistent.len());
+    // The summary's sums against a direct count: the persistent bytes, and a bound that holds the
+    // largest transient buffer at least.
+    let size_of = |want: usize| {
+        program.iter().find_map(|op| match *op {
+            Op::Alloc { id, size, .. } if id == want => Some(size as u64),
+            _ => None,
+        })
+    };
+    let persistent_bytes: u64 = persistent.iter().filter_map(|&id| size_of(id)).sum();
+    assert_eq!(summary.persistent_bytes, persistent_bytes);
+    let largest_transient = program
+        .iter()
+        .filter_map(|op| match *op {
+            Op::Alloc { id, size, .. } if !persistent.contains(&id) => Some(size as u64),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        summary.lower_bound_bytes >= largest_transient,
+        "{summary:?}"
+    );
     assert!(summary.arena_bytes >= summary.lower_bound_bytes);
     d
 }
