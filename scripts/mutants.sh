@@ -65,8 +65,10 @@ for spec in "${!GROUP_FILES[@]}"; do
     started=$(date +%s)
     # Exit status 2 (mutants missed) and 3 (timeouts) are results; anything else is a failure.
     rc=0
+    # MUTANTS_ARGS is split into words on purpose (several options).
+    # shellcheck disable=SC2086
     cargo mutants --gitignore=true --profile mutants "${files[@]}" -o "$out" \
-        --no-shuffle ${MUTANTS_ARGS:-} "${args[@]}" || rc=$? # shellcheck disable=SC2086
+        --no-shuffle ${MUTANTS_ARGS:-} "${args[@]}" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ] && [ "$rc" -ne 3 ]; then
         echo "cargo mutants failed (exit $rc); see $out/mutants.out/debug.log" >&2
         exit "$rc"

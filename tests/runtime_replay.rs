@@ -35,22 +35,18 @@ fn profile_and_plan<'r>(rt: &'r Runtime, program: &[Op]) -> Driver<'r> {
     assert_eq!(summary.persistent_buffers, persistent.len());
     // The summary's sums against a direct count: the persistent bytes, and a bound that holds the
     // largest transient buffer at least.
-    let size_of = |want: usize| {
-        program.iter().find_map(|op| match *op {
-            Op::Alloc { id, size, .. } if id == want => Some(size as u64),
-            _ => None,
-        })
-    };
-    let persistent_bytes: u64 = persistent.iter().filter_map(|&id| size_of(id)).sum();
-    assert_eq!(summary.persistent_bytes, persistent_bytes);
-    let largest_transient = program
+    let sizes: Vec<(usize, u64)> = program
         .iter()
         .filter_map(|op| match *op {
-            Op::Alloc { id, size, .. } if !persistent.contains(&id) => Some(size as u64),
-            _ => None,
+            Op::Alloc { id, size, .. } => Some((id, size as u64)),
+            Op::Free { .. } => None,
         })
-        .max()
-        .unwrap_or(0);
+        .collect();
+    let (kept, transient): (Vec<_>, Vec<_>) =
+        sizes.iter().partition(|(id, _)| persistent.contains(id));
+    let persistent_bytes: u64 = kept.iter().map(|(_, size)| size).sum();
+    assert_eq!(summary.persistent_bytes, persistent_bytes);
+    let largest_transient = transient.iter().map(|(_, size)| *size).max().unwrap_or(0);
     assert!(
         summary.lower_bound_bytes >= largest_transient,
         "{summary:?}"

@@ -47,6 +47,14 @@ fn fallback_bytes_and_the_reserved_peak_match_a_direct_count() {
     rt.free(HOST_DEVICE, a).unwrap();
 }
 
+/// Plans quickly: these tests check counts, not the plans' quality.
+fn quick() -> PlanOptions {
+    PlanOptions {
+        time_limit: std::time::Duration::from_millis(300),
+        ..Default::default()
+    }
+}
+
 /// A counter of [`Counters`].
 type Field = fn(&Counters) -> u64;
 
@@ -72,11 +80,7 @@ fn every_request_is_counted_once_and_the_counters_sum_the_steps() {
         rt.begin_profile().unwrap();
         d.run_step(&program, true);
         rt.end_profile().unwrap();
-        rt.plan(&PlanOptions {
-            time_limit: std::time::Duration::from_millis(300),
-            ..Default::default()
-        })
-        .unwrap();
+        rt.plan(&quick()).unwrap();
         for round in 0..12 {
             let step: Vec<Op> = match rng.below(4) {
                 0 | 1 => program.clone(),
@@ -215,10 +219,6 @@ fn an_arena_is_reserved_again_only_when_it_must_grow() {
     let rt = Runtime::new(backend.clone(), RuntimeConfig::default());
     let mut d = Driver::new(&rt, HOST_DEVICE);
     let program = random_program(&mut Rng::new(7), 30, 1);
-    let options = PlanOptions {
-        time_limit: std::time::Duration::from_millis(300),
-        ..Default::default()
-    };
     let mut arena_sizes = Vec::new();
     // The same step planned twice (the same arena bytes), then a step of half its requests.
     let half: Vec<Op> = program[..program.len() / 2].to_vec();
@@ -226,7 +226,7 @@ fn an_arena_is_reserved_again_only_when_it_must_grow() {
         rt.begin_profile().unwrap();
         d.run_step(step, true);
         rt.end_profile().unwrap();
-        arena_sizes.push(rt.plan(&options).unwrap().arena_bytes);
+        arena_sizes.push(rt.plan(&quick()).unwrap().arena_bytes);
         rt.begin_step(None).unwrap();
         d.run_step(step, true);
         rt.end_step().unwrap();

@@ -135,7 +135,7 @@ def format_report(r: dict[str, Any]) -> str:
     weights, state = r["weights_bytes"] / MIB, r["optimizer_state_bytes"] / MIB
     accelerate = r["accelerate_adam_bytes"] / MIB
     if r.get("remat"):
-        from model_opt.fit import remat_summary  # torch is imported only once a fit is asked for
+        from model_opt.fit import remat_summary  # here: this module loads without torch
 
         lines.append(f"  remat: {remat_summary(r['remat'])}")
     lines.append(

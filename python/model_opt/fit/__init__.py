@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from model_opt.capture.dataflow import DataflowGraph, build_dataflow, storage_bytes, storage_sizes
 from model_opt.capture.discover import state_of
@@ -123,7 +123,7 @@ class Fitting:
         remat_state_at: list[tuple[int, int]] = []
         if remat:
             from model_opt.fit.family import CHECK_SIZE, structure_of
-            from model_opt.remat import RematReplayError, rematerialize, replay
+            from model_opt.remat import RematReplayError, RematResult, rematerialize, replay
 
             # The largest size whose capture has the structure the family fitted (some operators are
             # chosen by shape: a choice made on another structure names nodes the others lack).
@@ -137,11 +137,11 @@ class Fitting:
             ):
                 at = max(CHECK_SIZE, at // 2)
                 choice = captured(at)
-            chosen = rematerialize(
-                choice.graph_module,
-                max_recompute=REMAT_MAX_RECOMPUTE,
-                time_limit=10 * time_limit,
-            )
+
+            def choose(gm: fx.GraphModule) -> RematResult:
+                return rematerialize(gm, max_recompute=REMAT_MAX_RECOMPUTE, time_limit=10 * time_limit)
+
+            chosen = choose(choice.graph_module)
             self.remat = {
                 "recomputed": chosen.recomputed,
                 "chained": chosen.chained,
@@ -160,9 +160,7 @@ class Fitting:
                     # Another structure at this size (a size-1 special case, an operator chosen by
                     # shape): the choice names nodes it lacks, so it is made afresh on this capture,
                     # as `optimize` would make it.
-                    replayed = rematerialize(
-                        step_at.graph_module, max_recompute=REMAT_MAX_RECOMPUTE, time_limit=10 * time_limit
-                    ).graph_module
+                    replayed = choose(step_at.graph_module).graph_module
                     chosen_again.append(size)
                 return with_state(build_dataflow(replayed), remat_state_at)
 
