@@ -279,3 +279,123 @@ fn plain_frees_leave_no_error_message() {
     assert_eq!(model_opt::runtime::global::last_error(), None);
     assert_eq!(rt.stats().counters.graph_held_frees, 0);
 }
+
+/// The host backend, refusing device 0's requests of `refuse_from` bytes or more while armed.
+struct RefusingLarge {
+    host: HostBackend,
+    refuse_from: std::sync::atomic::AtomicUsize,
+}
+
+impl Backend for RefusingLarge {
+    fn name(&self) -> &'static str {
+        "refusing host"
+    }
+    fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+        if device == 0 && size >= self.refuse_from.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::OutOfMemory {
+                backend: "refusing host",
+                device,
+                size,
+                detail: "refused by the test".to_string(),
+            });
+        }
+        self.host.alloc(device, size)
+    }
+    fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
+        self.host.free(device, addr, size)
+    }
+    fn synchronize(&self, device: i32) -> Result<(), BackendError> {
+        self.host.synchronize(device)
+    }
+    fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
+        self.host.mem_info(device)
+    }
+}
+
+/// A step of `n` buffers of `size` bytes, each freed after the next one is made.
+fn chain(n: usize, size: usize) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for id in 0..n {
+        ops.push(Op::Alloc {
+            id,
+            size,
+            stream: 0,
+        });
+        if id > 0 {
+            ops.push(Op::Free { id: id - 1 });
+        }
+    }
+    ops.push(Op::Free { id: n - 1 });
+    ops
+}
+
+/// `plan()` reserves every arena that must grow before it installs any, so that a refusal on one
+/// device leaves the others as they were: the first device's new arena is given back when it has no
+/// plan to serve, and kept (it is larger than the one it replaced) when its old arena was returned
+/// to make room for it.
+#[test]
+fn a_plan_refused_on_a_second_device_leaves_the_first_as_it_was() {
+    let backend = Arc::new(RefusingLarge {
+        host: HostBackend::new(),
+        refuse_from: usize::MAX.into(),
+    });
+    let rt = Runtime::new(backend.clone(), RuntimeConfig::default());
+    let mut host = Driver::new(&rt, HOST_DEVICE);
+    let mut dev = Driver::new(&rt, 0);
+    let small = chain(4, 64 << 10);
+    let large = chain(4, 8 << 20);
+    let profile = |host: &mut Driver, dev: &mut Driver, steps: [&[Op]; 2]| {
+        rt.begin_profile().unwrap();
+        host.run_step(steps[0], true);
+        dev.run_step(steps[1], true);
+        rt.end_profile().unwrap();
+    };
+    let arm = |from: usize| {
+        backend
+            .refuse_from
+            .store(from, std::sync::atomic::Ordering::SeqCst)
+    };
+
+    // No plan yet: device 0's arena refused, the host's reserved meanwhile is given back.
+    profile(&mut host, &mut dev, [&small, &large]);
+    arm(1 << 20);
+    let err = rt.plan(&quick()).unwrap_err().to_string();
+    assert!(
+        err.contains("out of memory on refusing host device 0"),
+        "{err}"
+    );
+    let st = rt.stats();
+    assert_eq!((st.arena_bytes, st.plans), (0, 0), "{st:?}");
+    arm(usize::MAX);
+
+    // Both devices planned on small steps; then a larger step on each, refused on device 0.
+    profile(&mut host, &mut dev, [&small, &small]);
+    let summary = rt.plan(&quick()).unwrap();
+    // Both devices' steps are planned alike: the summary names each method once.
+    let methods: Vec<&str> = summary.method.split(", ").collect();
+    assert!(!summary.method.is_empty(), "{summary:?}");
+    let mut unique = methods.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), methods.len(), "{summary:?}");
+    profile(&mut host, &mut dev, [&large, &large]);
+    arm(1 << 20);
+    assert!(rt.plan(&quick()).is_err());
+    arm(usize::MAX);
+    let st = rt.stats();
+    assert_eq!(st.plans, 2, "only the small steps' plans: {st:?}");
+    assert!(
+        st.arena_bytes >= 2 * (8 << 20),
+        "the host keeps the larger arena it got: {st:?}"
+    );
+    // The old plans still serve their steps at their offsets, on both devices.
+    for _ in 0..2 {
+        rt.begin_step(None).unwrap();
+        host.run_step(&small, true);
+        dev.run_step(&small, true);
+        let step = rt.end_step().unwrap();
+        assert_eq!((step.planned_hits, step.divergences), (8, 0), "{step:?}");
+    }
+    host.free_all();
+    dev.free_all();
+}

@@ -473,8 +473,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// Plans the recorded step of every device, reserves the arenas and switches to planned mode.
-    /// Planning runs without the lock, so other threads keep allocating meanwhile.
     /// Plans the recorded step of every device as a step signature (replacing the one with the same
     /// requests, if any), reserves what the arenas lack and switches to planned mode. Planning runs
     /// without the lock, so other threads keep allocating meanwhile.
