@@ -12,7 +12,12 @@ graph over the plain one's. The AOTAutograd columns are the peak of the loss's f
 graphs as ``torch.compile``'s partitioners split them (`benches/aot_partition.py`: "default" saves what
 autograd saves, "min-cut" recomputes cheap operators by a min cut, without a budget), counted the same
 way (the SGD update, in place, is left out). "remat s" is the recomputation search's time; the order's
-solve time is in the reorder table. Prints a markdown table for BENCHMARKS.md.
+solve time is in the reorder table. The spill columns: the same search allowed to spill values to host
+memory instead of (or as well as) recomputing them (``allow=("reorder", "spill")``, ``("reorder",
+"remat", "spill")``), at the default host bandwidth (25 GB/s, `model_opt.remat.search.spill_cost`);
+"spilled" is the bytes spilled (each moved out and back), "its cost" the extra cost over the step's
+operations (recomputed operations plus the moves priced as operations). Prints a markdown table for
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ HEADER = [
     "its extra",
     "AOTAutograd default (GB)",
     "AOTAutograd min-cut (GB)",
+    "spill + order (GB)",
+    "spilled (GB)",
+    "its cost",
+    "remat + spill + order (GB)",
+    "spilled (GB) / recomputed",
+    "its cost",
 ]
 
 
@@ -109,6 +120,15 @@ def _eager_peak(captured: CapturedStep) -> int:
     return peak_of_order(captured, range(len(captured.dataflow.ops)))
 
 
+def _with(
+    captured: CapturedStep, allow: tuple[str, ...], allowance: float | None, time_limit: float
+) -> tuple[int, dict[str, Any]]:
+    """The peak `plan_captured` reaches with ``allow``, and its report's ``remat`` part."""
+    options = PlanOptions.of(time_limit=time_limit, allow=allow, max_recompute=allowance)
+    report = plan_captured(captured, options)[2]
+    return report["peak_bytes"], report["remat"] or {}
+
+
 def rows(
     name: str, batch: int, allowances: list[float | None], time_limit: float, dropout: bool = True
 ) -> list[list[str]]:
@@ -120,9 +140,9 @@ def rows(
     aot = _aot_peaks(name, batch, dropout)
     out = []
     for allowance in allowances:
-        options = PlanOptions.of(time_limit=time_limit, allow=("reorder", "remat"), max_recompute=allowance)
-        _, _, r = plan_captured(captured, options)
-        remat: dict[str, Any] = r["remat"] or {}
+        remat_peak, remat = _with(captured, ("reorder", "remat"), allowance, time_limit)
+        spill_peak, spill = _with(captured, ("reorder", "spill"), allowance, time_limit)
+        both_peak, both = _with(captured, ("reorder", "remat", "spill"), allowance, time_limit)
         out.append(
             [
                 name,
@@ -132,8 +152,8 @@ def rows(
                 f"{order_only['peak_bytes'] / GB:.3f}",
                 f"{order_only['lower_bound_bytes'] / GB:.3f}",
                 "none" if allowance is None else f"{allowance:g}",
-                f"{r['peak_bytes'] / GB:.3f}",
-                f"{100 * (r['peak_bytes'] / order_only['peak_bytes'] - 1):+.1f}%",
+                f"{remat_peak / GB:.3f}",
+                f"{100 * (remat_peak / order_only['peak_bytes'] - 1):+.1f}%",
                 f"{100 * remat.get('extra_compute', 0):.2f}%",
                 str(len(remat.get("recomputed", []))),
                 f"{remat.get('seconds', 0):.1f}",
@@ -142,6 +162,12 @@ def rows(
                 f"{100 * hand_extra:.1f}%",
                 f"{aot['default'] / GB:.3f}",
                 f"{aot['min_cut'] / GB:.3f}",
+                f"{spill_peak / GB:.3f}",
+                f"{spill.get('spilled_bytes', 0) / GB:.3f}",
+                f"{100 * spill.get('extra_cost', 0):.2f}%",
+                f"{both_peak / GB:.3f}",
+                f"{both.get('spilled_bytes', 0) / GB:.3f} / {len(both.get('recomputed', []))}",
+                f"{100 * both.get('extra_cost', 0):.2f}%",
             ]
         )
     return out

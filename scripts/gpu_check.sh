@@ -16,7 +16,10 @@
 #   pytest_cuda     tests/python/test_cuda.py: model_opt.allocator() installed before CUDA starts; a
 #                   planned torchvision resnet18 and a small random-init GPT-2 on the GPU, zero
 #                   divergences, losses equal to PyTorch's own allocator's within 1e-4, and the memory
-#                   model_opt holds next to PyTorch's peak reservation (reported)
+#                   model_opt holds next to PyTorch's peak reservation (reported); a step that spills
+#                   activations to pinned host memory on a copy stream (optimize(allow=("reorder",
+#                   "spill"))) against eager: same losses, and its peak of allocated bytes below the
+#                   order-only step's (both reported)
 #   demo_cuda       model-opt demo --device cuda (the main job, on the GPU)
 #
 # Assumptions about the machine:

@@ -26,6 +26,7 @@ from model_opt.capture.discover import state_of
 from model_opt.capture.guards import Context, context_of, describe_change
 from model_opt.capture.step import CapturedStep, StepState, capture_step, forward_step, model_step
 from model_opt.errors import ArgumentError
+from model_opt.remat.host import SPILL
 from model_opt.step_plan import PlanOptions, peak_of_order, plan_captured, reorder_graph, schedule_captured
 
 __all__ = [
@@ -196,6 +197,7 @@ def optimize(
     memory_budget: int | str | None = None,
     allow: Sequence[str] | str = ("reorder",),
     max_recompute: float | None = 0.2,
+    host_bandwidth: float = 25e9,
     **example_kwargs: Any,
 ) -> OptimizedStep:
     """Captures a training step, schedules it for the lowest memory peak, and returns the step.
@@ -225,12 +227,18 @@ def optimize(
         memory_budget: bytes (or ``"12GiB"``) the step's simulated peak must fit in: parameters,
             buffers, inputs, activations and gradients; the optimizer's state is outside the step (see
             `OptimizedStep`). None: the least peak that ``allow`` and ``max_recompute`` reach.
-        allow: what may be done to meet it: ``"reorder"`` (the order of independent operators) and
+        allow: what may be done to meet it: ``"reorder"`` (the order of independent operators),
             ``"remat"`` (free activations live at the peak, recompute them before their later uses:
-            `model_opt.remat`; only deterministic ``aten`` operators, never random ones).
-            ``"spill"`` (to host memory) is not implemented yet and is refused.
-        max_recompute: with ``"remat"``, recomputed operations at most this fraction of the step's
-            (None: no limit).
+            `model_opt.remat`; deterministic ``aten`` operators, and random fills replayed from the
+            generator state they drew from) and ``"spill"`` (copy activations live at the peak to
+            host memory, fetch them back before their later uses: `model_opt.remat.host`; pinned
+            memory and a copy stream on CUDA, memory outside the arena on CPU).
+        max_recompute: with ``"remat"`` or ``"spill"``, the extra cost at most this fraction of the
+            step's operations (None: no limit): recomputed operations, and each spill's two moves
+            priced as the operations the device could run meanwhile
+            (`model_opt.remat.search.spill_cost`).
+        host_bandwidth: bytes per second between device and host memory, which prices a spill
+            (25e9: PCIe 4.0 x16 in practice).
 
     Returns:
         An `OptimizedStep`.
@@ -241,7 +249,7 @@ def optimize(
             says what and why.
         MemoryBudgetError: no plan allowed brings the peak under ``memory_budget``; the message gives
             the least peak found and what holds it.
-        ArgumentError: an unknown or unimplemented ``allow``, a bad budget.
+        ArgumentError: an unknown ``allow``, a bad budget, allowance or bandwidth.
     """
     options = PlanOptions.of(
         method=method,
@@ -250,6 +258,7 @@ def optimize(
         memory_budget=memory_budget,
         allow=allow,
         max_recompute=max_recompute,
+        host_bandwidth=host_bandwidth,
     )
     if isinstance(fn, nn.Module):
         if len(example_args) != 4 or example_kwargs:
@@ -311,6 +320,8 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
+        if func is SPILL:
+            return out  # a host copy: no device bytes (as the simulation counts it)
         for t in torch.utils._pytree.tree_leaves(out):
             if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
                 continue

@@ -1,11 +1,12 @@
 """How one captured step is planned: the order of its operators and, under a memory budget, what it
-recomputes.
+recomputes or spills.
 
 `schedule_captured` asks the Rust scheduler for the order with the lowest simulated peak and rewrites
 the FX graph in it. `plan_captured` goes further when the options allow: if the order alone does not
-bring the peak under the budget (or, with no budget, to get the least peak the recompute allowance
-buys), `model_opt.remat` frees activations live at the peak and recomputes them before their late
-uses, then the rewritten step is scheduled again. A budget that cannot be met raises
+bring the peak under the budget (or, with no budget, to get the least peak the allowance buys),
+`model_opt.remat` frees activations live at the peak and recomputes them before their late uses, or
+copies them to host memory and fetches them back ("spill"), then the rewritten step is scheduled
+again. A budget that cannot be met raises
 `MemoryBudgetError` with the smallest peak reached and what holds it.
 """
 
@@ -23,8 +24,7 @@ from model_opt.capture.step import CapturedStep
 from model_opt.errors import ArgumentError, MemoryBudgetError
 from model_opt.sizes import parse_memory
 
-#: The transformations `plan_captured` may use; "spill" is named so that asking for it gets a clear
-#: refusal rather than a typo's.
+#: The transformations `plan_captured` may use.
 TRANSFORMS = ("reorder", "remat", "spill")
 
 
@@ -99,8 +99,11 @@ class PlanOptions:
     #: Bytes the step's simulated peak must fit in, or None.
     memory_budget: int | None = None
     allow: tuple[str, ...] = ("reorder",)
-    #: Recomputed operations at most this fraction of the step's (None: no limit).
+    #: The extra cost (recomputed operations, spills' moves) at most this fraction of the step's
+    #: operations (None: no limit).
     max_recompute: float | None = 0.2
+    #: Host-device bandwidth (bytes/s) that prices a spill (`model_opt.remat.search.spill_cost`).
+    host_bandwidth: float = 25e9
 
     @classmethod
     def of(
@@ -112,18 +115,22 @@ class PlanOptions:
         memory_budget: int | str | None = None,
         allow: Sequence[str] | str = ("reorder",),
         max_recompute: float | None = 0.2,
+        host_bandwidth: float = 25e9,
     ) -> PlanOptions:
-        """Checked options: the budget parsed (``"12GiB"`` or bytes), ``allow`` known and implemented."""
+        """Checked options: the budget parsed (``"12GiB"`` or bytes), ``allow`` known."""
         allowed = (allow,) if isinstance(allow, str) else tuple(allow)
         unknown = [a for a in allowed if a not in TRANSFORMS]
         if unknown:
             raise ArgumentError(
                 f"allow: unknown transformation {unknown[0]!r}; known: {', '.join(TRANSFORMS)}"
             )
-        if "spill" in allowed:
+        if (
+            isinstance(host_bandwidth, bool)
+            or not isinstance(host_bandwidth, (int, float))
+            or not 0 < host_bandwidth < float("inf")
+        ):
             raise ArgumentError(
-                "allow: 'spill' (copying activations to host memory) is not implemented yet; "
-                "use allow=('reorder', 'remat')"
+                f"host_bandwidth must be a positive number of bytes per second; got {host_bandwidth!r}"
             )
         if max_recompute is not None and (
             isinstance(max_recompute, bool)
@@ -136,7 +143,7 @@ class PlanOptions:
         if not time_limit >= 0:
             raise ArgumentError(f"time_limit must be at least 0 seconds, got {time_limit}")
         budget = None if memory_budget is None else parse_memory(memory_budget)
-        return cls(method, time_limit, gap, budget, allowed, max_recompute)
+        return cls(method, time_limit, gap, budget, allowed, max_recompute, float(host_bandwidth))
 
 
 def _in_order(captured: CapturedStep) -> tuple[fx.GraphModule, dict[str, Any]]:
@@ -169,17 +176,19 @@ def plan_captured(
 ) -> tuple[CapturedStep, fx.GraphModule, dict[str, Any]]:
     """Plans ``captured`` as the module doc says. Returns the step to run (``captured`` itself, or its
     rewriting with recomputations), the graph module in the chosen order, and the report: the
-    scheduler's keys, plus ``memory_budget`` and ``remat`` (None when nothing was recomputed, else
-    ``recomputed`` (operator names), ``chained`` (operators recomputed before those because they read
-    them), ``extra_compute`` (fraction of the step's operations),
-    ``start_peak_bytes``, ``stopped``, ``seconds``). Raises `MemoryBudgetError`."""
+    scheduler's keys, plus ``memory_budget`` and ``remat`` (None when neither "remat" nor "spill" was
+    allowed or needed, else ``recomputed`` (operator names), ``chained`` (operators recomputed before
+    those because they read them), ``spilled`` (values spilled to host memory) and ``spilled_bytes``,
+    ``extra_compute`` (recomputed share of the step's operations), ``extra_cost`` (with the spills'
+    moves), ``start_peak_bytes``, ``stopped``, ``seconds``). Raises `MemoryBudgetError`."""
     gm, report = _order(captured, options)
     eager_peak = report["eager_peak_bytes"]
     budget = options.memory_budget
     report["memory_budget"] = budget
     report["remat"] = None
     over = budget is not None and report["peak_bytes"] > budget
-    if "remat" in options.allow and (budget is None or over):
+    freeing = {"remat", "spill"} & set(options.allow)
+    if freeing and (budget is None or over):
         from model_opt.remat.search import held_by, rematerialize
 
         result = rematerialize(
@@ -188,8 +197,11 @@ def plan_captured(
             max_recompute=options.max_recompute,
             time_limit=options.time_limit,
             progress=progress,
+            recompute="remat" in freeing,
+            spill="spill" in freeing,
+            host_bandwidth=options.host_bandwidth,
         )
-        if result.recomputed:
+        if result.steps:
             captured = CapturedStep(result.graph_module, result.dataflow, captured.binding)
             gm, report2 = _order(captured, options)
             if report2["peak_bytes"] > result.peak_bytes:  # keep the order remat chose
@@ -200,8 +212,12 @@ def plan_captured(
         report["remat"] = {
             "recomputed": result.recomputed,
             "chained": result.chained,
+            "spilled": result.spilled,
+            "spilled_bytes": result.spilled_bytes,
             "extra_compute": result.extra_compute,
+            "extra_cost": result.extra_cost,
             "recompute_flops": result.recompute_flops,
+            "spill_flops": result.spill_flops,
             "step_flops": result.step_flops,
             "start_peak_bytes": result.start_peak_bytes,
             "stopped": result.stopped,
@@ -221,7 +237,7 @@ def _budget_message(budget: int, report: dict[str, Any], options: PlanOptions) -
         f"the least found is {peak} bytes"
     )
     remat = report.get("remat")
-    if "remat" not in options.allow:
+    if not {"remat", "spill"} & set(options.allow):
         bound = report.get("lower_bound_bytes")
         proven = f" (no order can go below {bound} bytes)" if bound is not None else ""
         return f"{said} by reordering alone{proven}; allow recomputation: allow=('reorder', 'remat')"
@@ -231,5 +247,6 @@ def _budget_message(budget: int, report: dict[str, Any], options: PlanOptions) -
     elif remat and remat["stopped"] == "time limit":
         hint = f"; the search ran out of time (time_limit={options.time_limit}): raise it"
     else:
-        hint = ", and no faithful recomputation frees more of them"
+        ways = " or spill" if "spill" in options.allow else ""
+        hint = f", and no faithful recomputation{ways} frees more of them"
     return f"{said}, {why}{hint}"

@@ -2,7 +2,7 @@
 process (an installed CPU allocator cannot be removed, and keeps one arena per process): one step as
 is, one profiled, `plan()`, two planned steps. Prints as JSON what the runtime tests of an optimized
 step compare: the losses, the arena, the simulated peak, the divergences, how many operators were
-recomputed, and the parameters' sums.
+recomputed and how many values spilled (and what the spills moved), and the parameters' sums.
 
 Usage: python served_step_worker.py SPEC, SPEC a JSON object: ``batch``, ``image`` (side in pixels),
 ``momentum`` (SGD's), and ``optimize``, the keyword arguments of `model_opt.optimize` (``allow`` as a
@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 import model_opt
+from model_opt.remat.host import counts
 from model_opt.reorder import optimize
 
 spec = json.loads(sys.argv[1])
@@ -50,6 +51,8 @@ print(
             simulated_peak=step.report["peak_bytes"],
             divergences=divergences,
             recomputed=len((step.report["remat"] or {}).get("recomputed", [])),
+            spilled=len((step.report["remat"] or {}).get("spilled", [])),
+            host=vars(counts()),
             params=[float(p.double().sum()) for p in model.parameters()],
         )
     )

@@ -81,12 +81,21 @@ def _storages(value: Any) -> list[tuple[StorageWeakRef, int]]:
 _STORAGES: weakref.WeakKeyDictionary[fx.Node, list[tuple[StorageWeakRef, int]]] = weakref.WeakKeyDictionary()
 
 
+#: On a node whose value lives in host memory (a spilled activation's copy): its storages count no
+#: device bytes.
+HOST = "model_opt_host"
+
+
 def node_storages(node: fx.Node) -> list[tuple[StorageWeakRef, int]]:
-    """The strided storages under a node's traced value (``meta['val']``) and their bytes, in order;
-    computed once per node (graph rewrites look them up many times)."""
+    """The strided storages under a node's traced value (``meta['val']``) and their bytes, in order
+    (0 bytes for a value in host memory, `HOST`); computed once per node (graph rewrites look them up
+    many times)."""
     found = _STORAGES.get(node)
     if found is None:
-        found = _STORAGES[node] = _storages(node.meta.get("val"))
+        found = _storages(node.meta.get("val"))
+        if node.meta.get(HOST):
+            found = [(key, 0) for key, _ in found]
+        _STORAGES[node] = found
     return found
 
 

@@ -32,7 +32,8 @@ from torch._guards import detect_fake_mode
 from torch.utils import _pytree as pytree
 
 import model_opt.capture.ops  # noqa: F401  (defines the model_opt operators used below)
-from model_opt.capture.dataflow import written_args
+from model_opt.capture.dataflow import HOST, written_args
+from model_opt.remat.host import FETCH, SPILL
 from model_opt.remat.recompute import (
     StorageId,
     Unit,
@@ -154,10 +155,8 @@ def _fake_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], like
 class _Copier:
     """Builds one group of copies before ``before``."""
 
-    def __init__(
-        self, graph: fx.Graph, facts: GraphFacts, unit: Unit, before: fx.Node, group: int, log: UndoLog
-    ) -> None:
-        self.graph, self.facts, self.unit, self.before, self.group = graph, facts, unit, before, group
+    def __init__(self, graph: fx.Graph, facts: GraphFacts, before: fx.Node, group: int, log: UndoLog) -> None:
+        self.graph, self.facts, self.before, self.group = graph, facts, before, group
         self.log = log
         self.clones: dict[fx.Node, fx.Node] = {}
         self.hoisted: set[fx.Node] = set()
@@ -281,20 +280,71 @@ def recompute_unit(
     uses after the boundary, in graph order), and they read the copy; every edit goes to ``log``.
     ``chain``: units whose storages are dead by then and that the copy reads, recomputed first (inputs
     first), as a checkpointed segment is. The graph module is not recompiled. Raises `RewriteRefused`."""
-    copier = _Copier(gm.graph, facts, unit, late[0], group, log)
+    copier = _Copier(gm.graph, facts, late[0], group, log)
     for link in chain:
         copier.copy_unit(link)
     copier.copy_unit(unit)
+    _rewire(copier, late, unit.storages, log)
+
+
+def _rewire(copier: _Copier, late: Sequence[fx.Node], storages: set[StorageId], log: UndoLog) -> None:
+    """Makes each of ``late`` read the copy (`_Copier.rebuild`) wherever it read ``storages``."""
     for consumer in late:
         rewired = False
         for x in list(consumer.all_input_nodes):
-            if set(storages_of(x)) & unit.storages:
+            if set(storages_of(x)) & storages:
                 copy = copier.rebuild(x)
                 consumer.replace_input_with(x, copy)
                 log.steps.append(lambda c=consumer, x=x, copy=copy: c.replace_input_with(copy, x))
                 rewired = True
-        if rewired and set(storages_of(consumer)) & unit.storages:
+        if rewired and set(storages_of(consumer)) & storages:
             _retrace(consumer, log)
+
+
+def spillable(node: fx.Node) -> bool:
+    """Whether ``node``'s value can be spilled whole: one tensor, on its own storage (no offset, no
+    gaps, none of the storage outside it), so that the copy fetched back is the storage."""
+    val = node.meta.get("val")
+    if node.op != "call_function" or META in node.meta or not isinstance(val, torch.Tensor):
+        return False
+    return (
+        val.layout == torch.strided
+        and val.is_contiguous()
+        and val.storage_offset() == 0
+        and val.numel() * val.element_size() == val.untyped_storage().nbytes() > 0
+    )
+
+
+def spill_storage(
+    gm: fx.GraphModule,
+    facts: GraphFacts,
+    holder: fx.Node,
+    at: int,
+    late: Sequence[fx.Node],
+    group: int,
+    log: UndoLog,
+) -> None:
+    """Rewrites ``gm``'s graph in place: ``holder``'s value (`spillable`) is copied to host memory after
+    its last use before position ``at`` and fetched back right before the first of ``late`` (its uses
+    after ``at``), which read the fetched copy. The spill node carries ``meta[HOST]`` (its storage
+    counts no device bytes); the fetch node is marked as a copy of ``holder`` (``meta[META]``), so a
+    later recomputation that reads ``holder`` there reads it. Raises `RewriteRefused`."""
+    storages = set(storages_of(holder))
+    early = [r for k in storages for r in facts.readers.get(k, ()) if facts.pos[r] < at]
+    after = max([holder, *early], key=facts.pos.__getitem__)
+    if facts.written_between(holder, facts.pos[after], facts.pos[late[0]]):
+        raise RewriteRefused(f"{holder.name} is written while it would be in host memory")
+    device = str(holder.meta["val"].device)
+    graph = gm.graph
+    with graph.inserting_after(after):
+        spill = graph.call_function(SPILL, (holder,))
+    log.steps.append(lambda: graph.erase_node(spill))
+    spill.meta[HOST] = True
+    spill.meta["val"] = _fake_value(SPILL, (holder,), {})
+    spill.meta[META] = (f"{holder.name}:spill", group)
+    copier = _Copier(graph, facts, late[0], group, log)
+    copier._insert(holder, FETCH, (spill, device), {})
+    _rewire(copier, late, storages, log)
 
 
 def _retrace(view: fx.Node, log: UndoLog) -> None:

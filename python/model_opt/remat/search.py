@@ -1,4 +1,4 @@
-"""The greedy choice of what to recompute: at the peak, the storage freed for the least compute.
+"""The greedy choice of what to recompute or spill: at the peak, the storage freed for the least cost.
 
 One round: simulate the graph in its order, find the step where the most bytes are live, and list the
 storages live there that could be dropped and rebuilt later — produced before the peak, read again only
@@ -8,6 +8,11 @@ across the peak, per recomputed operation (`model_opt.remat.cost`). The best are
 place (a batch of them: doubled after a round that lowered the peak, or the number of steps at it;
 halved after one that did not), the graph is re-simulated, and the batch is kept or undone. Rounds go on
 until the budget is met, the recompute allowance is spent, no candidate helps, or the time is up.
+
+With spilling allowed, a value live at the peak that is one whole storage may be copied to host memory
+and fetched back instead (`model_opt.remat.host`): it frees its bytes and keeps nothing else alive,
+priced by `spill_cost` in the same operations, so the two kinds compete in one ranking and one
+allowance.
 
 Two phases: the first recomputes single units, whose inputs must be kept alive if they are dead by
 then; once nothing more helps, the second also recomputes such inputs first (a *segment*, as a
@@ -28,7 +33,16 @@ from model_opt._native import simulate_order
 from model_opt.capture.dataflow import DataflowGraph, build_dataflow
 from model_opt.remat.cost import node_flops, total_flops
 from model_opt.remat.recompute import Unit, storages_of, unit_of, view_root
-from model_opt.remat.rewrite import META, GraphFacts, RewriteRefused, UndoLog, copy_graph, recompute_unit
+from model_opt.remat.rewrite import (
+    META,
+    GraphFacts,
+    RewriteRefused,
+    UndoLog,
+    copy_graph,
+    recompute_unit,
+    spill_storage,
+    spillable,
+)
 
 #: The most candidates applied together in one round (see `rematerialize`).
 MAX_BATCH = 64
@@ -46,6 +60,8 @@ class RematStep:
     #: rewrites tried and undone before it), what it copies and its group (`_key`).
     peak: str | tuple[str, int]
     group: int
+    #: "recompute", or "spill": ``producer``'s value copied to host memory and fetched back.
+    kind: str = "recompute"
 
 
 def _key(node: fx.Node) -> str | tuple[str, int]:
@@ -77,6 +93,11 @@ class RematResult:
     #: Operations of the recomputations, and of the whole step before them (`model_opt.remat.cost`).
     recompute_flops: int = 0
     step_flops: int = 0
+    #: The values spilled to host memory and fetched back (their names in the starting graph), their
+    #: bytes (each moved twice), and what the moves cost in operations (`spill_cost`).
+    spilled: list[str] = field(default_factory=list)
+    spilled_bytes: int = 0
+    spill_flops: int = 0
     #: The kept recomputations in the order they were made (`replay` makes them again).
     steps: list[RematStep] = field(default_factory=list)
     #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
@@ -87,6 +108,27 @@ class RematResult:
     def extra_compute(self) -> float:
         """Recomputed operations as a fraction of the step's."""
         return self.recompute_flops / max(self.step_flops, 1)
+
+    @property
+    def extra_cost(self) -> float:
+        """Recomputed operations and the spills' moves (`spill_cost`), as a fraction of the step's
+        operations."""
+        return (self.recompute_flops + self.spill_flops) / max(self.step_flops, 1)
+
+
+#: The stated rates that price a spill against a recomputation: host-device bandwidth (bytes/s, PCIe
+#: 4.0 x16 in practice) and the device's operations per second (an H100-class GPU at a realistic
+#: share of its bf16 peak). A spill moves its bytes twice; its cost counts as the operations the
+#: device could have run meanwhile. An upper bound: the copy stream overlaps moves with compute.
+HOST_BANDWIDTH = 25e9
+DEVICE_FLOPS = 200e12
+
+
+def spill_cost(
+    nbytes: int, host_bandwidth: float = HOST_BANDWIDTH, device_flops: float = DEVICE_FLOPS
+) -> int:
+    """What spilling ``nbytes`` and fetching them back costs, in operations of the device."""
+    return int(2 * nbytes / host_bandwidth * device_flops)
 
 
 def _profile(df: DataflowGraph) -> list[int]:
@@ -103,11 +145,18 @@ def _score(profile: list[int]) -> tuple[int, int]:
 
 @dataclass
 class _Candidate:
-    unit: Unit
+    #: The node recomputed (its unit's producer) or spilled.
+    node: fx.Node
     cost: int
     net: int
+    kind: str = "recompute"
     #: Units recomputed first because the unit reads them and they are dead by then (inputs first).
     chain: list[Unit] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Its name in the search's set of refused candidates."""
+        return self.node.name if self.kind == "recompute" else f"spill:{self.node.name}"
 
 
 #: The least share of the peak a candidate must free to be tried.
@@ -175,23 +224,45 @@ def _segment(
     return kept, cost
 
 
+def _holder(df: DataflowGraph, producer: int, key: Any) -> fx.Node | None:
+    """The node whose value is the whole storage ``key`` that operator ``producer`` makes (the operator,
+    or its tuple unpacking), if it can be spilled (`spillable`)."""
+    for node in [df.ops[producer], *df.unpacks.get(producer, [])]:
+        if storages_of(node) == [key] and spillable(node):
+            return node
+    return None
+
+
 def _candidates(
-    df: DataflowGraph, facts: GraphFacts, peak_op: int, peak: int, tried: set[str], depth: int
+    df: DataflowGraph,
+    facts: GraphFacts,
+    peak_op: int,
+    peak: int,
+    tried: set[str],
+    depth: int,
+    recompute: bool = True,
+    spill_price: Callable[[int], int] | None = None,
 ) -> list[_Candidate]:
-    """Units that could free bytes at ``peak_op``, where ``peak`` bytes are live (see the module doc),
-    best priced first; those that would free less than `MIN_NET` of the peak are left out (a
-    recomputation for nothing)."""
+    """Units that could free bytes at ``peak_op``, where ``peak`` bytes are live (see the module doc), and
+    with ``spill_price`` (bytes to operations), values that could be spilled instead; best priced first.
+    Those that would free less than `MIN_NET` of the peak are left out (a recomputation for nothing)."""
     min_net = max(1, int(MIN_NET * peak))
     peak_node = df.ops[peak_op]
     at = facts.pos[peak_node]
     sizes = {key.cdata: t[0] for key, t in zip(df.tensor_keys, df.tensors)}
     seen: set[fx.Node] = set()
     found: list[_Candidate] = []
-    for _size, producer, consumers, output in df.tensors:
+    for key, (size, producer, consumers, output) in zip(df.tensor_keys, df.tensors):
         if output or producer >= peak_op or peak_op in consumers or max(consumers, default=-1) <= peak_op:
             continue
+        if spill_price is not None and size >= min_net:
+            holder = _holder(df, producer, key.cdata)
+            if holder is not None and f"spill:{holder.name}" not in tried:
+                readers = facts.readers.get(key.cdata, ())
+                if not any(r.op == "output" for r in readers):
+                    found.append(_Candidate(holder, spill_price(size), size, "spill"))
         node = df.ops[producer]
-        if node in seen or node.name in tried:
+        if not recompute or node in seen or node.name in tried:
             continue
         seen.add(node)
         storages = set(storages_of(node))
@@ -209,7 +280,7 @@ def _candidates(
         if freed - kept < min_net:
             continue
         cost = chain_cost + sum(node_flops(n) for n in unit.nodes)
-        found.append(_Candidate(unit, cost, freed - kept, chain))
+        found.append(_Candidate(unit.producer, cost, freed - kept, "recompute", chain))
     found.sort(key=lambda c: c.net / max(c.cost, 1), reverse=True)
     return found
 
@@ -234,6 +305,16 @@ def _remake(gm: fx.GraphModule, step: RematStep, log: UndoLog) -> None:
         raise RematReplayError(f"{step.producer} is not read after {step.peak}")
     if any(r.op == "output" for r in late):
         raise RematReplayError(f"{step.producer} is an output of the step")
+    if step.kind == "spill":
+        if facts.pos[node] >= at or not spillable(node):
+            raise RematReplayError(f"{step.producer} cannot be spilled here")
+        mark = log.mark()
+        try:
+            spill_storage(gm, facts, node, at, late, step.group, log)
+        except RewriteRefused as e:
+            log.undo(mark)
+            raise RematReplayError(f"the spill of {step.producer} was refused") from e
+        return
     first = facts.pos[late[0]]
     unit = _unit_at(node, facts, at, first) if facts.pos[node] < at else None
     chain = [_unit_at(by_name[name], facts, at, first) for name in step.chain]
@@ -279,18 +360,37 @@ def rematerialize(
     max_recompute: float | None = 0.2,
     time_limit: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
+    recompute: bool = True,
+    spill: bool = False,
+    host_bandwidth: float = HOST_BANDWIDTH,
+    device_flops: float = DEVICE_FLOPS,
 ) -> RematResult:
     """Chooses recomputations for ``gm`` (a captured step, in its order) as the module doc says, and
     returns the rewritten copy. ``budget``: stop once the simulated peak is at most this many bytes
-    (None: go as low as the allowance lets). ``max_recompute``: recomputed operations at most this
-    fraction of the step's (None: no limit). ``progress(round, peak_bytes)`` is called after each
-    kept recomputation."""
+    (None: go as low as the allowance lets). ``max_recompute``: the extra cost (recomputed operations,
+    and the spills' moves priced by `spill_cost`) at most this fraction of the step's operations (None:
+    no limit). ``recompute``/``spill``: which ways of freeing a value the search may use (a spill copies
+    it to host memory, `model_opt.remat.host`). ``progress(round, peak_bytes)`` is called after each
+    kept choice."""
+    if not (recompute or spill):
+        raise ValueError("rematerialize: nothing to choose from (recompute and spill both off)")
+    if not (host_bandwidth > 0 and device_flops > 0):
+        raise ValueError(
+            f"host_bandwidth and device_flops must be positive, got {host_bandwidth}, {device_flops}"
+        )
     started = time.perf_counter()
     work, _ = copy_graph(gm)
     df = build_dataflow(work)
     profile = _profile(df)
     result = RematResult(work, df, max(profile), max(profile), step_flops=total_flops(work.graph.nodes))
     allowance = None if max_recompute is None else max_recompute * result.step_flops
+
+    def price(nbytes: int) -> int:
+        return spill_cost(nbytes, host_bandwidth, device_flops)
+
+    def spent() -> int:
+        return result.recompute_flops + result.spill_flops
+
     tried: set[str] = set()  # refused at the current peak; cleared when the peak moves
     group = 0
     batch = 1  # candidates applied together: doubled when a batch helps, halved when not
@@ -305,9 +405,18 @@ def rematerialize(
             break
         peak_op = max(range(len(profile)), key=profile.__getitem__)
         peak_node = df.ops[peak_op]
-        found = _candidates(df, GraphFacts.of(work.graph), peak_op, score[0], tried, depth)
-        cands = [c for c in found if allowance is None or result.recompute_flops + c.cost <= allowance]
-        if not cands and depth == 0:
+        found = _candidates(
+            df,
+            GraphFacts.of(work.graph),
+            peak_op,
+            score[0],
+            tried,
+            depth,
+            recompute,
+            price if spill else None,
+        )
+        cands = [c for c in found if allowance is None or spent() + c.cost <= allowance]
+        if not cands and depth == 0 and recompute:
             depth, batch = CHAIN_DEPTH, 1  # second phase: segments
             tried.clear()
             continue
@@ -316,24 +425,23 @@ def rematerialize(
             break
         # Within the allowance as a batch, too.
         chosen: list[_Candidate] = []
-        spent = result.recompute_flops
+        total = spent()
         for cand in cands:
             if len(chosen) == batch:
                 break
-            if allowance is None or spent + cand.cost <= allowance:
+            if allowance is None or total + cand.cost <= allowance:
                 chosen.append(cand)
-                spent += cand.cost
+                total += cand.cost
         log = UndoLog()
         applied: list[tuple[_Candidate, RematStep]] = []
         peak_key = _key(peak_node)
         for i, cand in enumerate(chosen):
-            step = RematStep(
-                cand.unit.producer.name, tuple(link.producer.name for link in cand.chain), peak_key, group + i
-            )
+            chain = tuple(link.producer.name for link in cand.chain)
+            step = RematStep(cand.node.name, chain, peak_key, group + i, cand.kind)
             try:
                 _remake(work, step, log)
             except RematReplayError:
-                tried.add(cand.unit.producer.name)  # refused here (or no longer applies in this batch)
+                tried.add(cand.key)  # refused here (or no longer applies in this batch)
             else:
                 applied.append((cand, step))
         if not applied:
@@ -343,19 +451,24 @@ def rematerialize(
         if _score(new_profile) < score:
             df, profile = new_df, new_profile
             for cand, step in applied:
-                result.recomputed.append(step.producer)
-                result.chained.extend(step.chain)
-                result.recompute_flops += cand.cost
+                if cand.kind == "spill":
+                    result.spilled.append(step.producer)
+                    result.spilled_bytes += cand.net
+                    result.spill_flops += cand.cost
+                else:
+                    result.recomputed.append(step.producer)
+                    result.chained.extend(step.chain)
+                    result.recompute_flops += cand.cost
                 result.steps.append(step)
             group += len(chosen)
             tried.clear()
             batch = min(2 * batch, MAX_BATCH)
             if progress is not None:
-                progress(len(result.recomputed), max(profile))
+                progress(len(result.steps), max(profile))
             continue
         log.undo()
         if len(applied) == 1:
-            tried.add(applied[0][1].producer)
+            tried.add(applied[0][0].key)
         batch = max(1, batch // 2)
     work.graph.lint()
     work.recompile()
