@@ -16,8 +16,11 @@ solve time is in the reorder table. The spill columns: the same search allowed t
 memory instead of (or as well as) recomputing them (``allow=("reorder", "spill")``, ``("reorder",
 "remat", "spill")``), at the default host bandwidth (25 GB/s, `model_opt.remat.search.spill_cost`);
 "spilled" is the bytes spilled (each moved out and back), "its cost" the extra cost over the step's
-operations (recomputed operations plus the moves priced as operations). Prints a markdown table for
-BENCHMARKS.md.
+operations (recomputed operations plus the moves priced as operations). The ILP columns: recomputation
+with ``remat_method="ilp"`` (twice the time limit, half each way): the 0/1 program's own model of the
+peak for its choice (`model_opt.remat.select`), its status, the simulated peak once that choice is made
+and the greedy rounds went on from it, and which of that and the greedy search alone was kept. Prints
+a markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ HEADER = [
     "remat + spill + order (GB)",
     "spilled (GB) / recomputed",
     "its cost",
+    "ILP: program's peak (GB)",
+    "its status",
+    "program + greedy (GB)",
+    "kept",
 ]
 
 
@@ -121,10 +128,16 @@ def _eager_peak(captured: CapturedStep) -> int:
 
 
 def _with(
-    captured: CapturedStep, allow: tuple[str, ...], allowance: float | None, time_limit: float
+    captured: CapturedStep,
+    allow: tuple[str, ...],
+    allowance: float | None,
+    time_limit: float,
+    remat_method: str = "greedy",
 ) -> tuple[int, dict[str, Any]]:
     """The peak `plan_captured` reaches with ``allow``, and its report's ``remat`` part."""
-    options = PlanOptions.of(time_limit=time_limit, allow=allow, max_recompute=allowance)
+    options = PlanOptions.of(
+        time_limit=time_limit, allow=allow, max_recompute=allowance, remat_method=remat_method
+    )
     report = plan_captured(captured, options)[2]
     return report["peak_bytes"], report["remat"] or {}
 
@@ -143,6 +156,8 @@ def rows(
         remat_peak, remat = _with(captured, ("reorder", "remat"), allowance, time_limit)
         spill_peak, spill = _with(captured, ("reorder", "spill"), allowance, time_limit)
         both_peak, both = _with(captured, ("reorder", "remat", "spill"), allowance, time_limit)
+        _, ilp = _with(captured, ("reorder", "remat"), allowance, 2 * time_limit, "ilp")
+        program = ilp.get("program") or {}
         out.append(
             [
                 name,
@@ -168,6 +183,10 @@ def rows(
                 f"{both_peak / GB:.3f}",
                 f"{both.get('spilled_bytes', 0) / GB:.3f} / {len(both.get('recomputed', []))}",
                 f"{100 * both.get('extra_cost', 0):.2f}%",
+                f"{program.get('modeled_peak', 0) / GB:.3f}",
+                program.get("status", ""),
+                f"{program.get('final_peak', 0) / GB:.3f}",
+                "program" if program.get("kept") else "greedy",
             ]
         )
     return out

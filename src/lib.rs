@@ -7,6 +7,7 @@
 pub mod caching_model;
 pub mod ffi;
 pub mod placement;
+pub mod remat;
 pub mod report;
 pub mod runtime;
 pub mod schedule;

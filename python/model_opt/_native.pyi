@@ -64,6 +64,17 @@ def simulate_order(
     resident: int = 0,
 ) -> list[int]: ...
 
+# The choice of values to free for a fixed order (model_opt.remat.select).
+def select_frees(
+    profile: list[int],
+    candidates: list[
+        tuple[float, int, list[tuple[int, int, int]], list[int], list[tuple[int, list[tuple[int, int, int]]]]]
+    ],
+    budget: int | None = None,
+    allowance: float | None = None,
+    time_limit: float = 10.0,
+) -> dict[str, Any]: ...
+
 # The allocator runtime (see model_opt.runtime for the public API).
 def runtime_begin_profile() -> None: ...
 def runtime_end_profile() -> None: ...

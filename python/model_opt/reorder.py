@@ -198,6 +198,7 @@ def optimize(
     allow: Sequence[str] | str = ("reorder",),
     max_recompute: float | None = 0.2,
     host_bandwidth: float = 25e9,
+    remat_method: str = "greedy",
     **example_kwargs: Any,
 ) -> OptimizedStep:
     """Captures a training step, schedules it for the lowest memory peak, and returns the step.
@@ -239,6 +240,10 @@ def optimize(
             (`model_opt.remat.search.spill_cost`).
         host_bandwidth: bytes per second between device and host memory, which prices a spill
             (25e9: PCIe 4.0 x16 in practice).
+        remat_method: how recomputations and spills are chosen: ``"greedy"`` (rounds at the current
+            peak), or ``"ilp"``: also a 0/1 program on HiGHS over every value and gap for the order
+            (`model_opt.remat.select`), then greedy rounds from its choice; the better of the two is
+            kept, and ``report["remat"]["program"]`` gives the program's status and bound.
 
     Returns:
         An `OptimizedStep`.
@@ -259,6 +264,7 @@ def optimize(
         allow=allow,
         max_recompute=max_recompute,
         host_bandwidth=host_bandwidth,
+        remat_method=remat_method,
     )
     if isinstance(fn, nn.Module):
         if len(example_args) != 4 or example_kwargs:

@@ -104,6 +104,8 @@ class PlanOptions:
     max_recompute: float | None = 0.2
     #: Host-device bandwidth (bytes/s) that prices a spill (`model_opt.remat.search.spill_cost`).
     host_bandwidth: float = 25e9
+    #: How the recomputations and spills are chosen: "greedy", or "ilp" (`model_opt.remat.select`).
+    remat_method: str = "greedy"
 
     @classmethod
     def of(
@@ -116,6 +118,7 @@ class PlanOptions:
         allow: Sequence[str] | str = ("reorder",),
         max_recompute: float | None = 0.2,
         host_bandwidth: float = 25e9,
+        remat_method: str = "greedy",
     ) -> PlanOptions:
         """Checked options: the budget parsed (``"12GiB"`` or bytes), ``allow`` known."""
         allowed = (allow,) if isinstance(allow, str) else tuple(allow)
@@ -143,7 +146,13 @@ class PlanOptions:
         if not time_limit >= 0:
             raise ArgumentError(f"time_limit must be at least 0 seconds, got {time_limit}")
         budget = None if memory_budget is None else parse_memory(memory_budget)
-        return cls(method, time_limit, gap, budget, allowed, max_recompute, float(host_bandwidth))
+        from model_opt.remat.search import METHODS
+
+        if remat_method not in METHODS:
+            raise ArgumentError(f"remat_method: unknown {remat_method!r}; known: {', '.join(METHODS)}")
+        return cls(
+            method, time_limit, gap, budget, allowed, max_recompute, float(host_bandwidth), remat_method
+        )
 
 
 def _in_order(captured: CapturedStep) -> tuple[fx.GraphModule, dict[str, Any]]:
@@ -180,7 +189,8 @@ def plan_captured(
     allowed or needed, else ``recomputed`` (operator names), ``chained`` (operators recomputed before
     those because they read them), ``spilled`` (values spilled to host memory) and ``spilled_bytes``,
     ``extra_compute`` (recomputed share of the step's operations), ``extra_cost`` (with the spills'
-    moves), ``start_peak_bytes``, ``stopped``, ``seconds``). Raises `MemoryBudgetError`."""
+    moves), ``start_peak_bytes``, ``stopped``, ``seconds``, and ``program``: with
+    ``remat_method="ilp"``, what the 0/1 program chose and knew, else None). Raises `MemoryBudgetError`."""
     gm, report = _order(captured, options)
     eager_peak = report["eager_peak_bytes"]
     budget = options.memory_budget
@@ -200,6 +210,7 @@ def plan_captured(
             recompute="remat" in freeing,
             spill="spill" in freeing,
             host_bandwidth=options.host_bandwidth,
+            method=options.remat_method,
         )
         if result.steps:
             captured = CapturedStep(result.graph_module, result.dataflow, captured.binding)
@@ -224,6 +235,7 @@ def plan_captured(
             # What holds the peak of the order that runs (the message describes it).
             "held_by": "" if result.stopped == "budget met" else held_by(captured.dataflow, report["order"]),
             "seconds": result.seconds,
+            "program": result.program,
         }
     if budget is not None and report["peak_bytes"] > budget:
         raise MemoryBudgetError(_budget_message(budget, report, options))

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod caching_model;
 mod errors;
 mod placement;
+mod remat;
 mod report;
 mod runtime;
 mod schedule;
@@ -16,6 +17,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     caching_model::register(m)?;
     placement::register(m)?;
+    remat::register(m)?;
     report::register(m)?;
     runtime::register(m)?;
     schedule::register(m)?;

@@ -365,3 +365,35 @@ def test_a_choice_replayed_on_another_batch_size_trains_bit_identically() -> Non
     other = capture_step(lambda x, y: (x * 2).sum(), small[0], {}, StepState.of([], []))
     with pytest.raises(RematReplayError):
         replay(other.graph_module, chosen.steps)
+
+
+def test_the_ilp_method_trains_bit_identically_and_reports_its_program():
+    options = {**REMAT, "allow": ("reorder", "remat", "spill"), "remat_method": "ilp", "host_bandwidth": 1e13}
+    report = run_faithful(
+        lambda: GeluMlp(dropout=0.3),
+        lambda m: torch.optim.Adam(m.parameters()),
+        batches=_batches(),
+        **options,
+    )
+    remat = report["remat"]
+    assert remat["recomputed"] or remat["spilled"], remat
+    assert report["peak_bytes"] < remat["start_peak_bytes"]
+    program = remat["program"]
+    assert program["goal"] == "least peak" and program["status"] == "optimal", program
+    assert 0 < program["chosen"] <= program["candidates"] and program["applied"] > 0, program
+    # The program's bound is on its own model of the peak, which its choice reaches (optimal).
+    assert program["bound"] == program["modeled_peak"] < remat["start_peak_bytes"], program
+    assert isinstance(program["kept"], bool)
+
+
+def test_the_ilp_method_meets_a_budget_at_the_least_cost_it_finds():
+    order, least = _peaks()
+    budget = (order + least) // 2
+    options = {**REMAT, "remat_method": "ilp", "memory_budget": budget}
+    step = optimize(_plain(GeluMlp()), *_batches()[0], **options)
+    assert step.report["peak_bytes"] <= budget
+    program = step.report["remat"]["program"]
+    assert program["goal"] == "budget" and program["status"] == "optimal", program
+    assert (
+        0 < program["bound"] <= step.report["remat"]["recompute_flops"] + step.report["remat"]["spill_flops"]
+    )

@@ -32,7 +32,7 @@ from torch._guards import detect_fake_mode
 from torch.utils import _pytree as pytree
 
 import model_opt.capture.ops  # noqa: F401  (defines the model_opt operators used below)
-from model_opt.capture.dataflow import HOST, written_args
+from model_opt.capture.dataflow import HOST, DataflowGraph, written_args
 from model_opt.remat.host import FETCH, SPILL
 from model_opt.remat.recompute import (
     StorageId,
@@ -43,6 +43,7 @@ from model_opt.remat.recompute import (
     plain_aten,
     recompute_call,
     storages_of,
+    unit_of,
 )
 
 META = "model_opt_recompute"
@@ -366,3 +367,30 @@ def _retrace(view: fx.Node, log: UndoLog) -> None:
     log.steps.append(undo)
     for user in views:
         _retrace(user, log)
+
+
+def unit_at(node: fx.Node, facts: GraphFacts, at: int, until: int) -> Unit | None:
+    """``node``'s unit, with every in-place write of its storages (all before the peak ``at``)
+    replayed, if it can be recomputed at ``until`` with the values it had: no outside input written in
+    between."""
+    if node.op != "call_function" or META in node.meta:
+        return None
+    storages = set(storages_of(node))
+    writer_pos = sorted({w for k in storages for w in facts.writes.get(k, ())})
+    if any(w >= at for w in writer_pos):
+        return None
+    unit = unit_of(node, [facts.nodes[w] for w in writer_pos])
+    # The unit's own storages are written by its writers (replayed); an outside input written after
+    # the unit began would give the copy another value.
+    if unit is None or any(facts.written_between(x, facts.pos[node], until) for x in unit.inputs):
+        return None
+    return unit
+
+
+def holder(df: DataflowGraph, producer: int, key: Any) -> fx.Node | None:
+    """The node whose value is the whole storage ``key`` that operator ``producer`` makes (the operator,
+    or its tuple unpacking), if it can be spilled (`spillable`)."""
+    for node in [df.ops[producer], *df.unpacks.get(producer, [])]:
+        if storages_of(node) == [key] and spillable(node):
+            return node
+    return None

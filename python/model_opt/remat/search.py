@@ -31,17 +31,20 @@ from torch import fx
 
 from model_opt._native import simulate_order
 from model_opt.capture.dataflow import DataflowGraph, build_dataflow
+from model_opt.remat import select
 from model_opt.remat.cost import node_flops, total_flops
-from model_opt.remat.recompute import Unit, storages_of, unit_of, view_root
+from model_opt.remat.recompute import Unit, storages_of, view_root
 from model_opt.remat.rewrite import (
     META,
     GraphFacts,
     RewriteRefused,
     UndoLog,
     copy_graph,
+    holder,
     recompute_unit,
     spill_storage,
     spillable,
+    unit_at,
 )
 
 #: The most candidates applied together in one round (see `rematerialize`).
@@ -100,6 +103,12 @@ class RematResult:
     spill_flops: int = 0
     #: The kept recomputations in the order they were made (`replay` makes them again).
     steps: list[RematStep] = field(default_factory=list)
+    #: With ``method="ilp"``: what the 0/1 program chose and knew (`model_opt.remat.select`): its
+    #: ``goal``, ``status``, ``bound``, ``candidates``, ``chosen``, ``applied``, ``modeled_peak``, the
+    #: ``simulated_peak`` of the graph with them made, ``seconds``, the ``final_peak`` once the greedy
+    #: rounds went on from there, and whether that was ``kept`` over the greedy rounds alone; None
+    #: otherwise.
+    program: dict[str, Any] | None = None
     #: Why the search stopped: "budget met", "allowance spent", "no candidate", "time limit".
     stopped: str = ""
     seconds: float = 0.0
@@ -176,24 +185,6 @@ def _base(x: fx.Node) -> fx.Node:
     return x
 
 
-def _unit_at(node: fx.Node, facts: GraphFacts, at: int, until: int) -> Unit | None:
-    """``node``'s unit, with every in-place write of its storages (all before the peak ``at``)
-    replayed, if it can be recomputed at ``until`` with the values it had: no outside input written in
-    between."""
-    if node.op != "call_function" or META in node.meta:
-        return None
-    storages = set(storages_of(node))
-    writer_pos = sorted({w for k in storages for w in facts.writes.get(k, ())})
-    if any(w >= at for w in writer_pos):
-        return None
-    unit = unit_of(node, [facts.nodes[w] for w in writer_pos])
-    # The unit's own storages are written by its writers (replayed); an outside input written after
-    # the unit began would give the copy another value.
-    if unit is None or any(facts.written_between(x, facts.pos[node], until) for x in unit.inputs):
-        return None
-    return unit
-
-
 def _segment(
     unit: Unit, facts: GraphFacts, sizes: dict[Any, int], at: int, first: int, depth: int, chain: list[Unit]
 ) -> tuple[int, int]:
@@ -210,7 +201,7 @@ def _segment(
         base = _base(x)
         if any(link.producer is base for link in chain):
             continue
-        sub = _unit_at(base, facts, at, first) if depth > 0 else None
+        sub = unit_at(base, facts, at, first) if depth > 0 else None
         if sub is not None:
             mark = len(chain)
             sub_kept, sub_cost = _segment(sub, facts, sizes, at, first, depth - 1, chain)
@@ -222,15 +213,6 @@ def _segment(
             del chain[mark:]
         kept += size
     return kept, cost
-
-
-def _holder(df: DataflowGraph, producer: int, key: Any) -> fx.Node | None:
-    """The node whose value is the whole storage ``key`` that operator ``producer`` makes (the operator,
-    or its tuple unpacking), if it can be spilled (`spillable`)."""
-    for node in [df.ops[producer], *df.unpacks.get(producer, [])]:
-        if storages_of(node) == [key] and spillable(node):
-            return node
-    return None
 
 
 def _candidates(
@@ -256,11 +238,11 @@ def _candidates(
         if output or producer >= peak_op or peak_op in consumers or max(consumers, default=-1) <= peak_op:
             continue
         if spill_price is not None and size >= min_net:
-            holder = _holder(df, producer, key.cdata)
-            if holder is not None and f"spill:{holder.name}" not in tried:
+            value = holder(df, producer, key.cdata)
+            if value is not None and f"spill:{value.name}" not in tried:
                 readers = facts.readers.get(key.cdata, ())
                 if not any(r.op == "output" for r in readers):
-                    found.append(_Candidate(holder, spill_price(size), size, "spill"))
+                    found.append(_Candidate(value, spill_price(size), size, "spill"))
         node = df.ops[producer]
         if not recompute or node in seen or node.name in tried:
             continue
@@ -271,7 +253,7 @@ def _candidates(
         if not late or any(r.op == "output" for r in late):
             continue
         first = facts.pos[late[0]]
-        unit = _unit_at(node, facts, at, first) if facts.pos[node] < at else None
+        unit = unit_at(node, facts, at, first) if facts.pos[node] < at else None
         if unit is None:
             continue
         freed = sum(sizes.get(k, 0) for k in storages if facts.last_use.get(k, -1) > at)
@@ -316,8 +298,8 @@ def _remake(gm: fx.GraphModule, step: RematStep, log: UndoLog) -> None:
             raise RematReplayError(f"the spill of {step.producer} was refused") from e
         return
     first = facts.pos[late[0]]
-    unit = _unit_at(node, facts, at, first) if facts.pos[node] < at else None
-    chain = [_unit_at(by_name[name], facts, at, first) for name in step.chain]
+    unit = unit_at(node, facts, at, first) if facts.pos[node] < at else None
+    chain = [unit_at(by_name[name], facts, at, first) for name in step.chain]
     if unit is None or any(link is None for link in chain):
         raise RematReplayError(f"{step.producer} cannot be recomputed here")
     mark = log.mark()
@@ -353,6 +335,74 @@ def held_by(df: DataflowGraph, order: list[int]) -> str:
     )
 
 
+#: How `rematerialize` may choose.
+METHODS = ("greedy", "ilp")
+
+#: The share of the time limit the 0/1 program may take (the greedy rounds go on in the rest).
+ILP_SHARE = 0.5
+
+
+def _record(result: RematResult, step: RematStep, cost: int, freed: int) -> None:
+    """Adds a kept choice to ``result``."""
+    if step.kind == "spill":
+        result.spilled.append(step.producer)
+        result.spilled_bytes += freed
+        result.spill_flops += cost
+    else:
+        result.recomputed.append(step.producer)
+        result.chained.extend(step.chain)
+        result.recompute_flops += cost
+    result.steps.append(step)
+
+
+def _by_program(
+    work: fx.GraphModule,
+    df: DataflowGraph,
+    profile: list[int],
+    result: RematResult,
+    budget: int | None,
+    allowance: float | None,
+    recompute: bool,
+    spill_price: Callable[[int], int] | None,
+    time_limit: float,
+) -> tuple[DataflowGraph, list[int], int]:
+    """Makes what the 0/1 program chooses (`model_opt.remat.select`) on ``work``, in place, and records
+    it in ``result``; all undone if the simulated peak does not go down. Returns the graph's dataflow,
+    its profile, and the number of rewrite groups used."""
+    facts = GraphFacts.of(work.graph)
+    min_bytes = max(1, int(MIN_NET * max(profile)))
+    native, named = select.candidates(df, facts, recompute, spill_price, min_bytes)
+    chosen = select.select(profile, native, named, budget, allowance, time_limit)
+    log = UndoLog()
+    made: list[tuple[RematStep, select.Choice]] = []
+    for choice in chosen.choices:
+        step = RematStep(choice.producer, (), choice.peak, len(made), choice.kind)
+        try:
+            _remake(work, step, log)
+        except RematReplayError:
+            continue  # a choice an earlier one made impossible (the program does not see rewrites)
+        made.append((step, choice))
+    new_df = build_dataflow(work)
+    new_profile = _profile(new_df)
+    result.program = {
+        "goal": chosen.goal,
+        "status": chosen.status,
+        "bound": chosen.bound,
+        "candidates": chosen.candidates,
+        "chosen": len(chosen.choices),
+        "applied": len(made),
+        "modeled_peak": chosen.modeled_peak,
+        "simulated_peak": max(new_profile),
+        "seconds": chosen.seconds,
+    }
+    if not made or max(new_profile) >= max(profile):
+        log.undo()
+        return df, profile, 0
+    for step, choice in made:
+        _record(result, step, choice.cost, choice.freed)
+    return new_df, new_profile, len(made)
+
+
 def rematerialize(
     gm: fx.GraphModule,
     *,
@@ -364,14 +414,69 @@ def rematerialize(
     spill: bool = False,
     host_bandwidth: float = HOST_BANDWIDTH,
     device_flops: float = DEVICE_FLOPS,
+    method: str = "greedy",
 ) -> RematResult:
     """Chooses recomputations for ``gm`` (a captured step, in its order) as the module doc says, and
     returns the rewritten copy. ``budget``: stop once the simulated peak is at most this many bytes
     (None: go as low as the allowance lets). ``max_recompute``: the extra cost (recomputed operations,
     and the spills' moves priced by `spill_cost`) at most this fraction of the step's operations (None:
     no limit). ``recompute``/``spill``: which ways of freeing a value the search may use (a spill copies
-    it to host memory, `model_opt.remat.host`). ``progress(round, peak_bytes)`` is called after each
-    kept choice."""
+    it to host memory, `model_opt.remat.host`). ``method``: "greedy" (the rounds above), or "ilp": the 0/1
+    program of `model_opt.remat.select` first, its choice made, then the greedy rounds from there; and
+    the greedy rounds alone, each in half the time limit: the lower peak is kept (then the lower cost),
+    and ``program["kept"]`` says whether it was the program's. ``progress(round, peak_bytes)`` is
+    called after each kept choice."""
+    if method == "ilp":
+        options = dict(
+            budget=budget,
+            max_recompute=max_recompute,
+            time_limit=time_limit / 2,
+            progress=progress,
+            recompute=recompute,
+            spill=spill,
+            host_bandwidth=host_bandwidth,
+            device_flops=device_flops,
+        )
+        by_program = _rematerialize(gm, use_program=True, **options)  # type: ignore[arg-type]
+        greedy = _rematerialize(gm, use_program=False, **options)  # type: ignore[arg-type]
+        best = min(by_program, greedy, key=lambda r: (r.peak_bytes, r.recompute_flops + r.spill_flops))
+        assert by_program.program is not None
+        by_program.program["kept"] = best is by_program
+        by_program.program["final_peak"] = by_program.peak_bytes
+        best.program = by_program.program
+        best.seconds = by_program.seconds + greedy.seconds
+        return best
+    if method not in METHODS:
+        raise ValueError(f"rematerialize: unknown method {method!r}; known: {', '.join(METHODS)}")
+    return _rematerialize(
+        gm,
+        budget=budget,
+        max_recompute=max_recompute,
+        time_limit=time_limit,
+        progress=progress,
+        recompute=recompute,
+        spill=spill,
+        host_bandwidth=host_bandwidth,
+        device_flops=device_flops,
+        use_program=False,
+    )
+
+
+def _rematerialize(
+    gm: fx.GraphModule,
+    *,
+    budget: int | None,
+    max_recompute: float | None,
+    time_limit: float,
+    progress: Callable[[int, int], None] | None,
+    recompute: bool,
+    spill: bool,
+    host_bandwidth: float,
+    device_flops: float,
+    use_program: bool,
+) -> RematResult:
+    """`rematerialize` with one method: the greedy rounds, after the 0/1 program's choice if
+    ``use_program``."""
     if not (recompute or spill):
         raise ValueError("rematerialize: nothing to choose from (recompute and spill both off)")
     if not (host_bandwidth > 0 and device_flops > 0):
@@ -391,8 +496,13 @@ def rematerialize(
     def spent() -> int:
         return result.recompute_flops + result.spill_flops
 
-    tried: set[str] = set()  # refused at the current peak; cleared when the peak moves
     group = 0
+    if use_program:
+        limit = ILP_SHARE * time_limit
+        df, profile, group = _by_program(
+            work, df, profile, result, budget, allowance, recompute, price if spill else None, limit
+        )
+    tried: set[str] = set()  # refused at the current peak; cleared when the peak moves
     batch = 1  # candidates applied together: doubled when a batch helps, halved when not
     depth = 0  # segments' depth: none in the first phase
     while True:
@@ -451,15 +561,7 @@ def rematerialize(
         if _score(new_profile) < score:
             df, profile = new_df, new_profile
             for cand, step in applied:
-                if cand.kind == "spill":
-                    result.spilled.append(step.producer)
-                    result.spilled_bytes += cand.net
-                    result.spill_flops += cand.cost
-                else:
-                    result.recomputed.append(step.producer)
-                    result.chained.extend(step.chain)
-                    result.recompute_flops += cand.cost
-                result.steps.append(step)
+                _record(result, step, cand.cost, cand.net)
             group += len(chosen)
             tried.clear()
             batch = min(2 * batch, MAX_BATCH)
