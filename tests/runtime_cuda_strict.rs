@@ -10,12 +10,12 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use model_opt::ffi::{
-    model_opt_alloc, model_opt_free, model_opt_set_memory_limit, model_opt_try_alloc, ALLOC_OK,
-    ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
+    model_opt_alloc, model_opt_clear_last_error, model_opt_free, model_opt_set_memory_fraction,
+    model_opt_set_memory_limit, model_opt_try_alloc, ALLOC_OK, ALLOC_OUT_OF_MEMORY, ALLOC_REFUSED,
 };
 use model_opt::placement::PlanOptions;
 use model_opt::runtime::backend::cuda::preload_driver;
-use model_opt::runtime::global::{clear_last_error, cuda_preflight};
+use model_opt::runtime::global::{clear_last_error, cuda_preflight, memory_limit};
 use model_opt::runtime::{Backend, BackendError, CudaBackend, Runtime, RuntimeConfig};
 use runtime_support::c_abi::last_error;
 use runtime_support::stub_driver::{build_stub, stub_fn};
@@ -381,6 +381,19 @@ fn out_of_memory_on_demand_is_reported_as_out_of_memory() {
     let (status, addr) = try_alloc(64 << 20, 1, 0);
     assert_eq!(status, ALLOC_OK);
     model_opt_free(addr as *mut c_void, 64 << 20, 1, std::ptr::null_mut());
+
+    // A memory fraction (torch.cuda.set_per_process_memory_fraction) is that share of the device's
+    // size as the driver reports it; a fraction outside [0, 1] is refused and changes nothing.
+    model_opt_set_memory_fraction(0.25, 1);
+    assert_eq!(memory_limit(1).1, Some(64 << 20), "{}", last_error());
+    model_opt_clear_last_error();
+    model_opt_set_memory_fraction(1.5, 1);
+    assert_eq!(
+        last_error(),
+        "set_memory_fraction: memory fraction 1.5 is not between 0 and 1"
+    );
+    assert_eq!(memory_limit(1).1, Some(64 << 20));
+    assert_eq!(model_opt_set_memory_limit(1, -1), 0);
 }
 
 #[test]

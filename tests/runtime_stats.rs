@@ -399,3 +399,77 @@ fn a_plan_refused_on_a_second_device_leaves_the_first_as_it_was() {
     host.free_all();
     dev.free_all();
 }
+
+/// A named step is recorded and planned at its end; when its last request grows, it diverges
+/// there, and the second such step in a row has its signature planned again (one automatic re-plan,
+/// no new signature); the third follows the new plan. The plan summary, the plan as served and the
+/// peaks read back as they are.
+#[test]
+fn a_signature_diverging_twice_is_planned_again_and_the_plan_reads_back() {
+    let rt = Runtime::new(Arc::new(HostBackend::new()), RuntimeConfig::default());
+    let mut d = Driver::new(&rt, HOST_DEVICE);
+    let step = chain(6, 64 << 10);
+    let mut grown = step.clone();
+    if let Some(Op::Alloc { size, .. }) = grown
+        .iter_mut()
+        .rev()
+        .find(|op| matches!(op, Op::Alloc { .. }))
+    {
+        *size = 256 << 10;
+    }
+    rt.begin_profile().unwrap();
+    d.run_step(&step, true);
+    rt.end_profile().unwrap();
+    let profiled = rt.plan(&quick()).unwrap();
+    assert_eq!(rt.last_plan(), Some(profiled));
+    rt.begin_step(Some("train")).unwrap();
+    d.run_step(&step, true);
+    assert!(rt.end_step().unwrap().new_signature);
+    let summary = rt
+        .last_plan()
+        .expect("the named step was planned at its end");
+    assert_eq!(summary.buffers, 6, "{summary:?}");
+    // The plans as served: the most recently used first (the named one), a row per planned buffer
+    // after the header.
+    let csvs = rt.plan_csvs().unwrap();
+    let keys: Vec<_> = csvs.iter().map(|(d, k, _)| (*d, k.as_deref())).collect();
+    assert_eq!(keys, [(HOST_DEVICE, Some("train")), (HOST_DEVICE, None)]);
+    assert_eq!(
+        csvs[0].2.lines().count(),
+        1 + summary.buffers,
+        "{}",
+        csvs[0].2
+    );
+
+    let mut divergences = Vec::new();
+    for _ in 0..3 {
+        rt.begin_step(Some("train")).unwrap();
+        d.run_step(&grown, true);
+        divergences.push(rt.end_step().unwrap().divergences);
+    }
+    assert!(divergences[0] > 0 && divergences[1] > 0, "{divergences:?}");
+    assert_eq!(divergences[2], 0, "the re-planned signature is followed");
+    let st = rt.stats();
+    assert_eq!(
+        (st.counters.auto_replans, st.counters.new_signatures),
+        (1, 1)
+    );
+    assert_eq!(st.plans, 2, "the named signature's plan was replaced");
+    assert_ne!(
+        rt.last_plan(),
+        Some(summary),
+        "the re-plan's summary is the last"
+    );
+
+    // Peaks: the reset brings them down to what is held now.
+    d.free_all();
+    let st = rt.stats();
+    assert!(st.counters.peak_allocated_bytes > st.counters.allocated_bytes);
+    rt.reset_peak_stats();
+    let st = rt.stats();
+    assert_eq!(
+        st.counters.peak_allocated_bytes,
+        st.counters.allocated_bytes
+    );
+    assert_eq!(st.peak_reserved_bytes, st.reserved_bytes);
+}

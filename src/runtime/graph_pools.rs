@@ -253,6 +253,21 @@ mod tests {
     }
 
     #[test]
+    fn a_released_pool_whose_block_is_in_use_is_not_released_again_and_goes_once_it_is_freed() {
+        let b = HostBackend::new();
+        let mut pools = GraphPools::default();
+        let id = PoolId(0, 9);
+        pools.begin(id);
+        let x = pools.alloc(&b, -1, id, 4096, 7).unwrap();
+        pools.end(&b, -1, id);
+        assert!(pools.release(&b, -1, id));
+        assert!(pools.reserved_bytes() > 0, "a block is still in use");
+        assert!(!pools.release(&b, -1, id), "released more often than held");
+        pools.free(&b, -1, x);
+        assert_eq!(pools.reserved_bytes(), 0, "the pool goes with its last block");
+    }
+
+    #[test]
     fn a_pool_goes_only_when_every_capture_into_it_was_released() {
         // A warm-up into the pool (begin, end, release at once, as torch.compile's CUDA graph trees
         // do) and the graph captured into it (released when the graph is deleted): the first release
