@@ -185,10 +185,22 @@ fn every_request_is_counted_once_and_the_counters_sum_the_steps() {
     );
 }
 
-/// The host backend, counting what it hands out by size.
+/// The host backend, counting what it hands out by size, and refusing device 0's requests of
+/// `refuse_from` bytes or more.
 struct Counting {
     host: HostBackend,
     sizes: std::sync::Mutex<Vec<usize>>,
+    refuse_from: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn new() -> Counting {
+        Counting {
+            host: HostBackend::new(),
+            sizes: Default::default(),
+            refuse_from: usize::MAX.into(),
+        }
+    }
 }
 
 impl Backend for Counting {
@@ -196,6 +208,14 @@ impl Backend for Counting {
         "counting host"
     }
     fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
+        if device == 0 && size >= self.refuse_from.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::OutOfMemory {
+                backend: "counting host",
+                device,
+                size,
+                detail: "refused by the test".to_string(),
+            });
+        }
         self.sizes.lock().unwrap().push(size);
         self.host.alloc(device, size)
     }
@@ -212,10 +232,7 @@ impl Backend for Counting {
 
 #[test]
 fn an_arena_is_reserved_again_only_when_it_must_grow() {
-    let backend = Arc::new(Counting {
-        host: HostBackend::new(),
-        sizes: Default::default(),
-    });
+    let backend = Arc::new(Counting::new());
     let rt = Runtime::new(backend.clone(), RuntimeConfig::default());
     let mut d = Driver::new(&rt, HOST_DEVICE);
     let program = random_program(&mut Rng::new(7), 30, 1);
@@ -280,38 +297,6 @@ fn plain_frees_leave_no_error_message() {
     assert_eq!(rt.stats().counters.graph_held_frees, 0);
 }
 
-/// The host backend, refusing device 0's requests of `refuse_from` bytes or more while armed.
-struct RefusingLarge {
-    host: HostBackend,
-    refuse_from: std::sync::atomic::AtomicUsize,
-}
-
-impl Backend for RefusingLarge {
-    fn name(&self) -> &'static str {
-        "refusing host"
-    }
-    fn alloc(&self, device: i32, size: usize) -> Result<usize, BackendError> {
-        if device == 0 && size >= self.refuse_from.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(BackendError::OutOfMemory {
-                backend: "refusing host",
-                device,
-                size,
-                detail: "refused by the test".to_string(),
-            });
-        }
-        self.host.alloc(device, size)
-    }
-    fn free(&self, device: i32, addr: usize, size: usize) -> Result<(), BackendError> {
-        self.host.free(device, addr, size)
-    }
-    fn synchronize(&self, device: i32) -> Result<(), BackendError> {
-        self.host.synchronize(device)
-    }
-    fn mem_info(&self, device: i32) -> Result<Option<(u64, u64)>, BackendError> {
-        self.host.mem_info(device)
-    }
-}
-
 /// A step of `n` buffers of `size` bytes, each freed after the next one is made.
 fn chain(n: usize, size: usize) -> Vec<Op> {
     let mut ops = Vec::new();
@@ -335,10 +320,7 @@ fn chain(n: usize, size: usize) -> Vec<Op> {
 /// to make room for it.
 #[test]
 fn a_plan_refused_on_a_second_device_leaves_the_first_as_it_was() {
-    let backend = Arc::new(RefusingLarge {
-        host: HostBackend::new(),
-        refuse_from: usize::MAX.into(),
-    });
+    let backend = Arc::new(Counting::new());
     let rt = Runtime::new(backend.clone(), RuntimeConfig::default());
     let mut host = Driver::new(&rt, HOST_DEVICE);
     let mut dev = Driver::new(&rt, 0);
@@ -361,7 +343,7 @@ fn a_plan_refused_on_a_second_device_leaves_the_first_as_it_was() {
     arm(1 << 20);
     let err = rt.plan(&quick()).unwrap_err().to_string();
     assert!(
-        err.contains("out of memory on refusing host device 0"),
+        err.contains("out of memory on counting host device 0"),
         "{err}"
     );
     let st = rt.stats();

@@ -264,7 +264,11 @@ mod tests {
         assert!(pools.reserved_bytes() > 0, "a block is still in use");
         assert!(!pools.release(&b, -1, id), "released more often than held");
         pools.free(&b, -1, x);
-        assert_eq!(pools.reserved_bytes(), 0, "the pool goes with its last block");
+        assert_eq!(
+            pools.reserved_bytes(),
+            0,
+            "the pool goes with its last block"
+        );
     }
 
     #[test]

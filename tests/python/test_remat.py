@@ -304,6 +304,20 @@ def test_a_rematerialized_step_runs_on_the_planned_arena_with_a_smaller_arena() 
     assert 0.8 * simulated_saving <= arena_saving <= 1.2 * simulated_saving, (order, remat)
 
 
+def sgd_step(m: nn.Module) -> tuple[Any, torch.optim.Optimizer]:
+    """A plain SGD training step of ``m`` written as a user writes it, and its optimizer."""
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.detach()
+
+    return step, opt
+
+
 def test_a_choice_replayed_on_another_batch_size_trains_bit_identically() -> None:
     """What `fit --remat` does: recomputations chosen on one capture made again, by name, on a capture
     at another batch size (dropout included: its saved generator state is found again too)."""
@@ -318,20 +332,8 @@ def test_a_choice_replayed_on_another_batch_size_trains_bit_identically() -> Non
     model = GeluMlp(dropout=0.1)
     twin = deepcopy(model)
 
-    def step_of(m: nn.Module) -> tuple[Any, torch.optim.Optimizer]:
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
-
-        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            loss = nn.functional.cross_entropy(m(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            return loss.detach()
-
-        return step, opt
-
-    step, opt = step_of(model)
-    eager, _ = step_of(twin)
+    step, opt = sgd_step(model)
+    eager, _ = sgd_step(twin)
     state = StepState.of([model], [opt])
     choice = capture_step(step, _batches(1, 1024)[0], {}, state)
     chosen = rematerialize(choice.graph_module, max_recompute=None, time_limit=60.0)

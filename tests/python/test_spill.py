@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from test_faithful import run_faithful
-from test_remat import REMAT, GeluMlp, _batches, _plain, _served
+from test_remat import REMAT, GeluMlp, _batches, _plain, _served, sgd_step
 from torch import fx, nn
 
 from model_opt import MemoryBudgetError, optimize
@@ -85,20 +85,8 @@ def test_a_spill_choice_replays_on_another_batch_size_bit_identically():
     model = GeluMlp(dropout=0.1)
     twin = deepcopy(model)
 
-    def step_of(m: nn.Module) -> Any:
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
-
-        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            loss = nn.functional.cross_entropy(m(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            return loss.detach()
-
-        return step, opt
-
-    step, opt = step_of(model)
-    eager, _ = step_of(twin)
+    step, opt = sgd_step(model)
+    eager, _ = sgd_step(twin)
     state = StepState.of([model], [opt])
     choice = capture_step(step, _batches(1, 1024)[0], {}, state)
     chosen = rematerialize(
