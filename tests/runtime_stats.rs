@@ -27,6 +27,10 @@ fn fallback_bytes_and_the_reserved_peak_match_a_direct_count() {
             sizes[..=k].iter().map(|&s| s as u64).sum::<u64>()
         );
         assert_eq!(st.reserved_bytes, st.fallback_reserved_bytes);
+        // Every request is live: allocated bytes (and their peak) are the sizes' sum.
+        let live = sizes[..=k].iter().map(|&s| s as u64).sum::<u64>();
+        assert_eq!(st.counters.allocated_bytes, live);
+        assert_eq!(st.counters.peak_allocated_bytes, live);
         assert!(st.reserved_bytes >= st.counters.allocated_bytes);
         peak = peak.max(st.reserved_bytes);
         assert_eq!(st.peak_reserved_bytes, peak, "after request {k}");
