@@ -421,10 +421,12 @@ def rematerialize(
     (None: go as low as the allowance lets). ``max_recompute``: the extra cost (recomputed operations,
     and the spills' moves priced by `spill_cost`) at most this fraction of the step's operations (None:
     no limit). ``recompute``/``spill``: which ways of freeing a value the search may use (a spill copies
-    it to host memory, `model_opt.remat.host`). ``method``: "greedy" (the rounds above), or "ilp": the 0/1
-    program of `model_opt.remat.select` first, its choice made, then the greedy rounds from there; and
-    the greedy rounds alone, each in half the time limit: the lower peak is kept (then the lower cost),
-    and ``program["kept"]`` says whether it was the program's. ``progress(round, peak_bytes)`` is
+    it to host memory, `model_opt.remat.host`); with both, recomputation alone is searched too (each
+    search within the time limit: twice the time in all), and the lower peak kept. ``method``:
+    "greedy" (the rounds above), or "ilp": the 0/1 program of `model_opt.remat.select` first, its
+    choice made, then the greedy rounds from there; and the greedy rounds alone, each in half the time
+    limit: the lower peak is kept (then the lower cost), and ``program["kept"]`` says whether it was
+    the program's. ``progress(round, peak_bytes)`` is
     called after each kept choice."""
     if method == "ilp":
         options = dict(
@@ -448,18 +450,26 @@ def rematerialize(
         return best
     if method not in METHODS:
         raise ValueError(f"rematerialize: unknown method {method!r}; known: {', '.join(METHODS)}")
-    return _rematerialize(
-        gm,
+    options = dict(
         budget=budget,
         max_recompute=max_recompute,
-        time_limit=time_limit,
         progress=progress,
         recompute=recompute,
-        spill=spill,
         host_bandwidth=host_bandwidth,
         device_flops=device_flops,
         use_program=False,
     )
+    if not (recompute and spill):
+        return _rematerialize(gm, time_limit=time_limit, spill=spill, **options)  # type: ignore[arg-type]
+    # Spills ranked early can spend an allowance that recomputations would have used for more bytes
+    # (the rounds never take a choice back): with both allowed, recomputation alone is searched too,
+    # each within the time limit, and the lower peak kept (then the lower cost), so that allowing
+    # spills never ends higher than not allowing them.
+    both = _rematerialize(gm, time_limit=time_limit, spill=True, **options)  # type: ignore[arg-type]
+    alone = _rematerialize(gm, time_limit=time_limit, spill=False, **options)  # type: ignore[arg-type]
+    best = min(both, alone, key=lambda r: (r.peak_bytes, r.recompute_flops + r.spill_flops))
+    best.seconds = both.seconds + alone.seconds
+    return best
 
 
 def _rematerialize(
