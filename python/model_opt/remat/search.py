@@ -428,26 +428,6 @@ def rematerialize(
     limit: the lower peak is kept (then the lower cost), and ``program["kept"]`` says whether it was
     the program's. ``progress(round, peak_bytes)`` is
     called after each kept choice."""
-    if method == "ilp":
-        options = dict(
-            budget=budget,
-            max_recompute=max_recompute,
-            time_limit=time_limit / 2,
-            progress=progress,
-            recompute=recompute,
-            spill=spill,
-            host_bandwidth=host_bandwidth,
-            device_flops=device_flops,
-        )
-        by_program = _rematerialize(gm, use_program=True, **options)  # type: ignore[arg-type]
-        greedy = _rematerialize(gm, use_program=False, **options)  # type: ignore[arg-type]
-        best = min(by_program, greedy, key=lambda r: (r.peak_bytes, r.recompute_flops + r.spill_flops))
-        assert by_program.program is not None
-        by_program.program["kept"] = best is by_program
-        by_program.program["final_peak"] = by_program.peak_bytes
-        best.program = by_program.program
-        best.seconds = by_program.seconds + greedy.seconds
-        return best
     if method not in METHODS:
         raise ValueError(f"rematerialize: unknown method {method!r}; known: {', '.join(METHODS)}")
     options = dict(
@@ -457,18 +437,32 @@ def rematerialize(
         recompute=recompute,
         host_bandwidth=host_bandwidth,
         device_flops=device_flops,
-        use_program=False,
     )
+    if method == "ilp":
+        half = dict(options, time_limit=time_limit / 2, spill=spill)
+        by_program = _rematerialize(gm, use_program=True, **half)  # type: ignore[arg-type]
+        best = _better(by_program, _rematerialize(gm, use_program=False, **half))  # type: ignore[arg-type]
+        assert by_program.program is not None
+        by_program.program["kept"] = best is by_program
+        by_program.program["final_peak"] = by_program.peak_bytes
+        best.program = by_program.program
+        return best
+    whole = dict(options, time_limit=time_limit, use_program=False)
     if not (recompute and spill):
-        return _rematerialize(gm, time_limit=time_limit, spill=spill, **options)  # type: ignore[arg-type]
+        return _rematerialize(gm, spill=spill, **whole)  # type: ignore[arg-type]
     # Spills ranked early can spend an allowance that recomputations would have used for more bytes
     # (the rounds never take a choice back): with both allowed, recomputation alone is searched too,
     # each within the time limit, and the lower peak kept (then the lower cost), so that allowing
     # spills never ends higher than not allowing them.
-    both = _rematerialize(gm, time_limit=time_limit, spill=True, **options)  # type: ignore[arg-type]
-    alone = _rematerialize(gm, time_limit=time_limit, spill=False, **options)  # type: ignore[arg-type]
-    best = min(both, alone, key=lambda r: (r.peak_bytes, r.recompute_flops + r.spill_flops))
-    best.seconds = both.seconds + alone.seconds
+    both = _rematerialize(gm, spill=True, **whole)  # type: ignore[arg-type]
+    return _better(both, _rematerialize(gm, spill=False, **whole))  # type: ignore[arg-type]
+
+
+def _better(first: RematResult, second: RematResult) -> RematResult:
+    """Of two searches of the same step, the one with the lower peak (then the lower extra cost; the
+    first on a tie), its time the two searches' together."""
+    best = min(first, second, key=lambda r: (r.peak_bytes, r.extra_cost))
+    best.seconds = first.seconds + second.seconds
     return best
 
 
