@@ -5,7 +5,7 @@
 //! `cargo bench --bench placement [-- PART]` with PART one of `capacity`, `minimize`, `random`,
 //! `tiled`, `perfect` (runs = 3 per instance unless `PLACEMENT_BENCH_RUNS` says otherwise; the
 //! MiniMalloc data set is found next to the repository or at `MODEL_OPT_DATA`, the recorded traces
-//! in `benches/data/`).
+//! in `benches/data/`; `PLACEMENT_BENCH_SECONDS` sets the perfect packings' time limit, default 30).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -328,7 +328,11 @@ fn main() {
         tiled_traces(10.0, runs);
     }
     if wants("perfect") {
-        perfect(30.0);
+        let seconds = std::env::var("PLACEMENT_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30.0);
+        perfect(seconds);
     }
     if wants("random") {
         random(&[

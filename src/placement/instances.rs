@@ -37,7 +37,8 @@ pub fn tiled(problem: &Problem, copies: usize) -> Problem {
 /// lower bound. Piece sizes are multiples of `grain` (`width` should be one too).
 pub fn perfect_packing(n: usize, width: u64, grain: u64, seed: u64) -> Problem {
     let grain = grain.max(1);
-    let mut rng = XorShift(seed | 1);
+    // Odd, as xorshift needs a nonzero state, and one per seed (`seed | 1` made 2 and 3 alike).
+    let mut rng = XorShift(seed.wrapping_mul(2).wrapping_add(1));
     // (offset, size, start, end)
     let mut pieces = vec![(0u64, width, 0u64, 2 * n.max(1) as u64)];
     while pieces.len() < n {

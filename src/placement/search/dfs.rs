@@ -20,11 +20,15 @@
 //! - *splitting*: when the unplaced buffers fall into groups that no lifetime connects, each group is
 //!   solved alone, as a problem of its own above the current floors; a failure in one does not make
 //!   the search retry the others.
+//!
+//! Branching: on which buffer comes next in canonical order; under the restarts' shuffled orders,
+//! where the lowest base of a group is in a section with no room to spare, on which buffer fills
+//! that gap instead ([`Dfs::fill_gap`]).
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Instant;
 
-use super::instance::{Instance, Item, Ordering};
+use super::instance::{Heuristic, Instance, Item, Ordering};
 use super::sections::{Floors, FloorsMark, MinOffsets};
 use crate::placement::problem::Bytes;
 
@@ -69,6 +73,12 @@ pub(crate) struct Dfs<'a> {
     /// Scratch of the tiling cut: lifetimes in sections, and which sections a tiling reaches.
     spans: Vec<(u32, u32)>,
     reach: Vec<bool>,
+    /// Whether to branch on gaps ([`Dfs::fill_gap`]): under the shuffled orders of the restarts
+    /// only. It settles perfect packings the canonical branching does not, and thrashes on some
+    /// instances it settles (challenging F: 10 s against 0.35 s), so the two run side by side.
+    gaps: bool,
+    /// Scratch of the gap branching: per section, the buffers that can fill it.
+    fillers: Vec<u32>,
     pub nodes: u64,
 }
 
@@ -114,6 +124,8 @@ impl<'a> Dfs<'a> {
             placed_trail: Vec::new(),
             spans: Vec::new(),
             reach: Vec::new(),
+            gaps: matches!(ord.heuristic, Heuristic::Shuffled(_)),
+            fillers: Vec::new(),
             nodes: 0,
         }
     }
@@ -306,6 +318,8 @@ impl<'a> Dfs<'a> {
         // Section bound; `crowded` is the heaviest section that keeps unplaced bytes whatever goes
         // next, which caps the next offset.
         let mut crowded = 0u64;
+        // The lowest base (leftmost on ties): where [`Dfs::fill_gap`] may branch.
+        let mut lowest: Option<(u64, usize)> = None;
         for s in span_lo..span_hi {
             if self.count[s] == 0 {
                 continue;
@@ -313,6 +327,9 @@ impl<'a> Dfs<'a> {
             let base = self.floor.get(s).max(prev.0).max(self.min_off.get(s));
             if base + self.load[s] > self.cap {
                 return Ok(false);
+            }
+            if lowest.is_none_or(|(m, _)| base < m) {
+                lowest = Some((base, s));
             }
             if self.count[s] >= 2 {
                 crowded = crowded.max(self.load[s]);
@@ -341,6 +358,13 @@ impl<'a> Dfs<'a> {
                 }
             }
             return Ok(true);
+        }
+
+        if let Some((m, s)) = lowest.filter(|_| self.gaps) {
+            if self.load[s] > 0 && m + self.load[s] == self.cap {
+                let s = self.fewest_fillers(&group, span_lo, span_hi, prev.0, m);
+                return self.fill_gap(&group, s, m);
+            }
         }
 
         // Candidates, and the two lowest tops of unplaced buffers for the dominance cut.
@@ -397,6 +421,72 @@ impl<'a> Dfs<'a> {
 }
 
 impl Dfs<'_> {
+    /// Branches on which buffer fills the lowest point left, `m` in section `s`, when `s` is tight
+    /// (its bytes still to place fill it from `m` to the capacity exactly, so one of them sits at
+    /// `m`) and `m` is the lowest base of the group. Every unplaced buffer then ends at `m` or
+    /// above, so the one placed at `m` loses no room below it, and the rest of a completion stays
+    /// canonical above it, after `(m, -1)`. Instances with no room to spare are solved gap by gap
+    /// this way, as perfect rectangle packings are: a gap that nothing can fill fails at once,
+    /// where the canonical order would first try every other buffer that can go to `m`, anywhere
+    /// in time.
+    fn fill_gap(&mut self, group: &[u32], s: usize, m: u64) -> Result<bool, Stopped> {
+        let items = &self.inst.items;
+        let mut cands: Vec<(u32, u32)> = group
+            .iter()
+            .filter_map(|&b| {
+                let it = items[b as usize];
+                let covers = it.lo as usize <= s && s < it.hi as usize;
+                (covers && self.can_fill(b, m)).then_some((self.rank[b as usize], b))
+            })
+            .collect();
+        cands.sort_unstable();
+        for (_, b) in cands {
+            let mark = self.mark();
+            self.place(b, m);
+            let child: Vec<u32> = group.iter().copied().filter(|&x| x != b).collect();
+            if self.solve(child, (m, -1))? {
+                return Ok(true);
+            }
+            self.undo(mark);
+        }
+        Ok(false)
+    }
+
+    /// Whether `b` can sit at `m` now (see [`Dfs::fill_gap`]).
+    fn can_fill(&self, b: u32, m: u64) -> bool {
+        let it = self.inst.items[b as usize];
+        let off = self.off[b as usize];
+        // Above its canonical offset only where no fixed buffer can be in the way.
+        let fits = match it.fixed {
+            Some(f) => f == m,
+            None => (off == m || (off < m && self.fixed.is_empty())) && m.is_multiple_of(it.align),
+        };
+        let twin_waits = self.ord.twin_before[b as usize].is_some_and(|t| !self.placed[t as usize]);
+        it.size > 0 && fits && !twin_waits && m + it.size <= self.cap
+    }
+
+    /// Of the tight sections whose base is the group's lowest, `m`, the one that the fewest
+    /// buffers can fill (leftmost on ties): each is a complete branching point, and the most
+    /// constrained fails or settles soonest.
+    fn fewest_fillers(&mut self, group: &[u32], lo: usize, hi: usize, prev: u64, m: u64) -> usize {
+        self.fillers.clear();
+        self.fillers.resize(hi - lo, 0);
+        for &b in group {
+            if self.can_fill(b, m) {
+                let it = self.inst.items[b as usize];
+                for s in it.lo as usize..it.hi as usize {
+                    self.fillers[s - lo] += 1;
+                }
+            }
+        }
+        (lo..hi)
+            .filter(|&s| {
+                self.count[s] > 0 && self.base(s, prev) == m && m + self.load[s] == self.cap
+            })
+            .min_by_key(|&s| (self.fillers[s - lo], s))
+            .unwrap_or(lo)
+    }
+
     /// The bottom of each section: above its floor, the last offset placed, and the lowest offset
     /// any unplaced buffer across it can take.
     fn base(&self, s: usize, prev: u64) -> u64 {

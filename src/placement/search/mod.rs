@@ -523,5 +523,28 @@ mod brute {
                 prop_assert_eq!(decide(&p, Bytes(best - 1), None), Answer::Infeasible);
             }
         }
+
+        /// The restarts alone, whose shuffled orders branch on gaps where no room is to spare
+        /// (`decide` may be answered by the fixed orders first).
+        #[test]
+        fn gap_branching_agrees_with_brute_force(p in tiny_problem()) {
+            let best = brute_force_peak(&p);
+            prop_assume!(best < brute_limit(&p));
+            let inst = Instance::new(&p);
+            let restarts = |cap: u64| {
+                let mut nodes = u64::MAX;
+                run_schedule(&p, &inst, inst.units(Bytes(cap)), None, &mut nodes, Schedule::Restarts, None)
+            };
+            match restarts(best) {
+                Answer::Fits(s) => {
+                    prop_assert!(crate::placement::validate(&p, &s).is_ok());
+                    prop_assert!(s.peak.0 <= best);
+                }
+                other => prop_assert!(false, "optimum {} not found: {:?}", best, other),
+            }
+            if best > 0 {
+                prop_assert_eq!(restarts(best - 1), Answer::Infeasible);
+            }
+        }
     }
 }
