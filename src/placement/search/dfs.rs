@@ -480,9 +480,7 @@ impl Dfs<'_> {
             }
         }
         (lo..hi)
-            .filter(|&s| {
-                self.count[s] > 0 && self.base(s, prev) == m && m + self.load[s] == self.cap
-            })
+            .filter(|&s| self.tight_at(s, prev, m))
             .min_by_key(|&s| (self.fillers[s - lo], s))
             .unwrap_or(lo)
     }
@@ -491,6 +489,11 @@ impl Dfs<'_> {
     /// any unplaced buffer across it can take.
     fn base(&self, s: usize, prev: u64) -> u64 {
         self.floor.get(s).max(prev).max(self.min_off.get(s))
+    }
+
+    /// Whether section `s` is tight (see [`Dfs::tight_bottom_covered`]) with its base at `m`.
+    fn tight_at(&self, s: usize, prev: u64, m: u64) -> bool {
+        self.count[s] > 0 && self.base(s, prev) == m && m + self.load[s] == self.cap
     }
 
     /// The tiling cut, for instances with no room to spare (perfect packings, and instances whose
@@ -517,8 +520,6 @@ impl Dfs<'_> {
     /// Whether the buffers that can still sit at offset `m` can tile, without overlapping in
     /// time, every tight section whose base is `m` (see [`Dfs::tight_bottom_covered`]).
     fn tiled_at(&mut self, group: &[u32], lo: usize, hi: usize, prev: u64, m: u64) -> bool {
-        let tight =
-            |d: &Self, s: usize| d.count[s] > 0 && d.base(s, prev) == m && m + d.load[s] == d.cap;
         // The lifetimes (in sections) of the buffers that can sit at `m`: not yet pushed above it,
         // aligned to it, and fixed ones only when fixed there.
         let items = &self.inst.items;
@@ -548,7 +549,7 @@ impl Dfs<'_> {
             if !self.reach[p - lo] {
                 continue;
             }
-            if !tight(self, p) {
+            if !self.tight_at(p, prev, m) {
                 self.reach[p + 1 - lo] = true;
             }
             let mut j = k;
