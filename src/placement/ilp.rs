@@ -7,7 +7,9 @@
 //! lifetimes only enter through which pairs intersect, so their scale does not matter. The
 //! incumbent is the MIP start; HiGHS's dual bound is the proven lower bound it reports.
 
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use good_lp::solvers::highs::highs;
 use good_lp::{variable, Expression, ProblemVariables, SolverModel, Variable};
@@ -15,7 +17,7 @@ use highs::{HighsModelStatus, HighsSolutionStatus};
 
 use super::incumbent::Anytime;
 use super::problem::{Bytes, Solution};
-use super::search::Instance;
+use super::search::{Instance, Item};
 use super::validate::InvalidPlan;
 
 /// Above this many intersecting pairs the model is too large to help within seconds.
@@ -89,8 +91,8 @@ pub(crate) fn solve(
     }
 
     let model = Model {
-        inst: &inst,
-        pairs: &pairs,
+        items: items.as_slice().into(),
+        pairs: pairs.as_slice().into(),
         h,
         low: state.bound().0.div_ceil(inst.unit).min(h) as f64,
         decide: opts.decide,
@@ -112,23 +114,17 @@ pub(crate) fn solve(
         }));
         cols
     });
-    let mut solved = match model.solve(start.as_deref(), seconds, opts) {
+    let had_start = start.is_some();
+    let mut solved = match model.solve(start, seconds, opts) {
         Ok(s) => s,
-        Err(reason) => return Ok(IlpEnd::Skipped(reason)),
+        Err(Unsolved::Late) => return Ok(IlpEnd::Stopped),
+        Err(Unsolved::Failed(reason)) => return Ok(IlpEnd::Skipped(reason)),
     };
-    if start.is_some()
-        && !opts.decide
-        && solved.primal_solution_status() == HighsSolutionStatus::Feasible
-    {
+    if had_start && !opts.decide && solved.feasible {
         // HiGHS (1.16) can report a better objective than the columns it returns, which are then
         // the MIP start's: solved again without the start, in the time left.
-        let z = solved
-            .get_solution()
-            .columns()
-            .get(n)
-            .copied()
-            .unwrap_or(f64::NAN);
-        if (z - solved.objective_value()).abs() > 0.5 {
+        let z = solved.columns.get(n).copied().unwrap_or(f64::NAN);
+        if (z - solved.objective).abs() > 0.5 {
             let left = opts
                 .deadline
                 .saturating_duration_since(Instant::now())
@@ -141,7 +137,7 @@ pub(crate) fn solve(
         }
     }
 
-    let status = solved.status();
+    let status = solved.status;
     if status == HighsModelStatus::Infeasible {
         if !opts.decide {
             // The horizon is a valid plan's peak: "infeasible" can only be numerical trouble.
@@ -152,9 +148,8 @@ pub(crate) fn solve(
         state.prove(Bytes((h + 1) * inst.unit));
         return Ok(IlpEnd::Proven);
     }
-    if solved.primal_solution_status() == HighsSolutionStatus::Feasible {
-        let cols = solved.get_solution();
-        let cols = cols.columns();
+    if solved.feasible {
+        let cols = &solved.columns;
         let offsets: Vec<Bytes> = items
             .iter()
             .enumerate()
@@ -174,7 +169,7 @@ pub(crate) fn solve(
         let _ = state.offer(solution, "ilp");
     }
     if !opts.decide {
-        if let Ok(dual) = solved.double_info_value(c"mip_dual_bound") {
+        if let Some(dual) = solved.dual_bound {
             if dual.is_finite() {
                 // Peaks are whole units; a tolerance keeps 2029.9999999 from rounding to 2029.
                 state.prove(Bytes((dual - 1e-6).ceil().max(0.0) as u64 * inst.unit));
@@ -198,10 +193,12 @@ pub(crate) fn solve(
     }
 }
 
-/// The program of one horizon: what [`Model::solve`] builds afresh for each HiGHS run.
-struct Model<'a> {
-    inst: &'a Instance,
-    pairs: &'a [(usize, usize)],
+/// The program of one horizon: what [`Model::solve`] builds afresh for each HiGHS run. It owns
+/// its data: HiGHS runs on a thread that may outlive the plan (see [`Model::solve`]).
+#[derive(Clone)]
+struct Model {
+    items: Arc<[Item]>,
+    pairs: Arc<[(usize, usize)]>,
     /// The horizon, in units.
     h: u64,
     /// A proven lower bound on the peak, in units.
@@ -209,16 +206,72 @@ struct Model<'a> {
     decide: bool,
 }
 
-impl Model<'_> {
+/// What a HiGHS run ended with: the parts of its answer that [`solve`] reads.
+struct Solved {
+    status: HighsModelStatus,
+    /// Whether `columns` hold a feasible point.
+    feasible: bool,
+    columns: Vec<f64>,
+    objective: f64,
+    dual_bound: Option<f64>,
+}
+
+/// Why a HiGHS run gave no answer.
+enum Unsolved {
+    /// Still running [`LATE`] past the deadline: left to finish on its own thread, unread.
+    Late,
+    /// HiGHS refused the model or failed; the reason.
+    Failed(String),
+}
+
+/// How long past the deadline the plan waits for HiGHS.
+const LATE: Duration = Duration::from_millis(200);
+
+impl Model {
     /// Builds the program (columns: offsets, the peak, one binary per pair, in that order, which
-    /// `start` follows) and solves it within `seconds`; the reason when HiGHS refuses or fails.
+    /// `start` follows) and solves it within `seconds`, on a thread of its own. HiGHS checks its
+    /// time limit only between some of its steps, and one step at the root of a model of some
+    /// 15,000 pairs ran 2-3 s past it (perfect packing 400/2: 3.4-4.4 s for limits of 1.2-3 s;
+    /// upstream: ERGO-Code/HiGHS#885, #1278). A run still going [`LATE`] past the deadline is
+    /// left to finish on its thread (it stops at its next check of the clock) and its answer is
+    /// dropped, so the plan keeps its time limit.
     fn solve(
+        &self,
+        start: Option<Vec<f64>>,
+        seconds: f64,
+        opts: IlpOptions,
+    ) -> Result<Solved, Unsolved> {
+        let (tx, rx) = mpsc::channel();
+        let model = self.clone();
+        let run = move || {
+            // The receiver is gone when the plan stopped waiting: nothing to tell.
+            let _ = tx.send(model.run_highs(start.as_deref(), seconds, opts));
+        };
+        let spawned = std::thread::Builder::new()
+            .name("model_opt-highs".into())
+            .stack_size(16 << 20)
+            .spawn(run);
+        if spawned.is_err() {
+            return Err(Unsolved::Failed("no thread to run HiGHS on".into()));
+        }
+        let wait = opts.deadline.saturating_duration_since(Instant::now()) + LATE;
+        match rx.recv_timeout(wait) {
+            Ok(answer) => answer.map_err(Unsolved::Failed),
+            Err(RecvTimeoutError::Timeout) => Err(Unsolved::Late),
+            Err(RecvTimeoutError::Disconnected) => Err(Unsolved::Failed(
+                "HiGHS's thread ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Builds the program and runs HiGHS on this thread; the reason when HiGHS refuses or fails.
+    fn run_highs(
         &self,
         start: Option<&[f64]>,
         seconds: f64,
         opts: IlpOptions,
-    ) -> Result<highs::SolvedModel, String> {
-        let items = &self.inst.items;
+    ) -> Result<Solved, String> {
+        let items = &self.items;
         let (h, hf) = (self.h, self.h as f64);
         let mut vars = ProblemVariables::new();
         let k: Vec<Variable> = items
@@ -275,7 +328,19 @@ impl Model<'_> {
             // A start HiGHS cannot use is only a lost hint.
             let _ = hm.try_set_solution(Some(cols), None, None, None);
         }
-        hm.try_solve().map_err(|e| format!("HiGHS failed: {e:?}"))
+        let solved = hm.try_solve().map_err(|e| format!("HiGHS failed: {e:?}"))?;
+        let feasible = solved.primal_solution_status() == HighsSolutionStatus::Feasible;
+        Ok(Solved {
+            status: solved.status(),
+            feasible,
+            columns: if feasible {
+                solved.get_solution().columns().to_vec()
+            } else {
+                Vec::new()
+            },
+            objective: solved.objective_value(),
+            dual_bound: solved.double_info_value(c"mip_dual_bound").ok(),
+        })
     }
 }
 

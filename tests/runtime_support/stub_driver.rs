@@ -1,7 +1,9 @@
-//! The stub CUDA driver (`stub_libcuda.c`): built once per test binary, and its test-only functions.
+//! The stub CUDA driver (`stub_libcuda.c`): built by the tests that load it, and its test-only
+//! functions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Compiles the stub driver (SONAME `libcuda.so.1`, like the real driver) and returns its path.
 pub fn build_stub() -> PathBuf {
@@ -17,16 +19,23 @@ pub fn build_stub_in(dir: &Path, file_name: &str, soname: &str, identity: i32) -
     let src =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/runtime_support/stub_libcuda.c");
     let out = dir.join(file_name);
+    // Built under a name of its own, then renamed into place: the tests of one binary run in
+    // parallel and each builds the stub, and a test loading it while another's compiler was
+    // writing it read a truncated file ("file too short").
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let partial = dir.join(format!("{file_name}.{}.{n}.partial", std::process::id()));
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()))
         .args(["-shared", "-fPIC", "-O1", "-pthread"])
         .arg(format!("-Wl,-soname,{soname}"))
         .arg(format!("-DSTUB_IDENTITY={identity}"))
         .arg("-o")
-        .arg(&out)
+        .arg(&partial)
         .arg(&src)
         .status()
         .expect("a C compiler (cc) is needed to build the stub driver");
     assert!(status.success(), "building the stub driver failed");
+    std::fs::rename(&partial, &out).expect("moving the stub driver into place");
     out
 }
 

@@ -18,7 +18,7 @@ use super::incumbent::Anytime;
 use super::problem::{Bytes, Problem, Solution};
 use super::validate::InvalidPlan;
 use dfs::{Decision, Dfs, Stopped};
-pub(crate) use instance::{Heuristic, Instance};
+pub(crate) use instance::{Heuristic, Instance, Item};
 
 /// The answer of one decision search (does the problem fit the capacity?).
 #[derive(Clone, Debug, PartialEq, Eq)]
