@@ -25,7 +25,7 @@ pub const MAX_PAIRS: usize = 200_000;
 
 /// The limit `auto` uses. HiGHS checks its time limit between root cut rounds, and one round on a
 /// model of ~29,000 pairs (challenging J) takes 8 s on this machine: beyond this size the ILP would
-/// overrun the plan's time limit for nothing it is likely to find.
+/// keep a core busy past the plan's end (see `Model::solve`) for nothing it is likely to find.
 pub const AUTO_MAX_PAIRS: usize = 20_000;
 
 #[derive(Clone, Copy, Debug)]
