@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Instant;
 
 use super::instance::{Heuristic, Instance, Item, Ordering};
-use super::sections::{Floors, FloorsMark, MinOffsets};
+use super::sections::{Floors, FloorsMark, MinOffsets, Trailed};
 use crate::placement::problem::Bytes;
 
 /// Why the search stopped before an answer.
@@ -67,10 +67,8 @@ pub(crate) struct Dfs<'a> {
     /// Per buffer: the highest floor across its lifetime, raised as buffers that overlap it are
     /// placed (see [`Dfs::place`]), so that a node reads each buffer's floor instead of scanning
     /// its lifetime: that scan was a third of the search's time on perfect packings.
-    span_floor: Vec<u64>,
-    span_trail: Vec<(u32, u64)>,
-    /// Scratch of [`Dfs::place`]: (start, end, offset) of the buffers whose lowest offsets it
-    /// recomputes.
+    span_floor: Trailed,
+    /// Scratch of [`Dfs::recompute_min_offsets`]: (start, end, offset) of the buffers it reads.
     lifetimes: Vec<(usize, usize, u64)>,
     load: Vec<u64>,
     count: Vec<u32>,
@@ -124,8 +122,7 @@ impl<'a> Dfs<'a> {
             min_off: MinOffsets::new(inst.sections),
             off: vec![0; inst.len()],
             floor: Floors::new(inst.sections),
-            span_floor: vec![0; inst.len()],
-            span_trail: Vec::new(),
+            span_floor: Trailed::new(inst.len(), 0),
             lifetimes: Vec::new(),
             load,
             count,
@@ -203,7 +200,8 @@ impl<'a> Dfs<'a> {
     /// Reads `b`'s floor from the floors, off the trail (for buffers of no search yet).
     fn reset_span_floor(&mut self, b: u32) {
         let it = self.inst.items[b as usize];
-        self.span_floor[b as usize] = self.floor.max(it.lo as usize, it.hi as usize);
+        let floor = self.floor.max(it.lo as usize, it.hi as usize);
+        self.span_floor.set(b as usize, floor);
     }
 
     /// Stops (as at the deadline) once `cancel` is set.
@@ -235,7 +233,7 @@ impl<'a> Dfs<'a> {
         Mark(
             self.placed_trail.len(),
             self.floor.mark(),
-            self.span_trail.len(),
+            self.span_floor.mark(),
             self.min_off.mark(),
         )
     }
@@ -265,39 +263,34 @@ impl<'a> Dfs<'a> {
         // floor (so whose offset) rose.
         let (mut lo, mut hi) = (it.lo, it.hi);
         for &x in near {
-            if overlaps(x, it.lo, it.hi) && self.span_floor[x as usize] < top {
-                self.span_trail.push((x, self.span_floor[x as usize]));
-                self.span_floor[x as usize] = top;
+            if overlaps(x, it.lo, it.hi) && self.span_floor.get(x as usize) < top {
+                self.span_floor.set(x as usize, top);
                 let xi = self.inst.items[x as usize];
                 (lo, hi) = (lo.min(xi.lo), hi.max(xi.hi));
             }
         }
-        let mut lifetimes = std::mem::take(&mut self.lifetimes);
-        lifetimes.clear();
-        lifetimes.extend(
-            near.iter()
-                .filter(|&&x| overlaps(x, lo, hi))
-                .filter_map(|&x| {
-                    let xi = self.inst.items[x as usize];
-                    Some((xi.lo as usize, xi.hi as usize, self.offset_of(x)?))
-                }),
-        );
-        self.min_off
-            .recompute(lo as usize, hi as usize, lifetimes.iter().copied());
-        self.lifetimes = lifetimes;
+        self.recompute_min_offsets(lo, hi, near.iter().copied());
     }
 
     /// Sets the lowest offsets of every section from scratch, from the unplaced buffers.
     fn reset_min_offsets(&mut self) {
-        let lifetimes: Vec<(usize, usize, u64)> = (0..self.inst.len() as u32)
-            .filter(|&x| !self.placed[x as usize])
-            .filter_map(|x| {
-                let xi = self.inst.items[x as usize];
-                Some((xi.lo as usize, xi.hi as usize, self.offset_of(x)?))
-            })
-            .collect();
+        let (n, sections) = (self.inst.len() as u32, self.inst.sections as u32);
+        self.recompute_min_offsets(0, sections, 0..n);
+    }
+
+    /// Recomputes the lowest offsets of sections `lo..hi` from the unplaced buffers of `near`
+    /// across them (their canonical offsets now).
+    fn recompute_min_offsets(&mut self, lo: u32, hi: u32, near: impl Iterator<Item = u32>) {
+        let mut lifetimes = std::mem::take(&mut self.lifetimes);
+        lifetimes.clear();
+        lifetimes.extend(near.filter_map(|x| {
+            let xi = self.inst.items[x as usize];
+            let across = !self.placed[x as usize] && xi.lo.max(lo) < xi.hi.min(hi);
+            across.then(|| Some((xi.lo as usize, xi.hi as usize, self.offset_of(x)?)))?
+        }));
         self.min_off
-            .recompute(0, self.inst.sections, lifetimes.into_iter());
+            .recompute(lo as usize, hi as usize, lifetimes.iter().copied());
+        self.lifetimes = lifetimes;
     }
 
     fn undo(&mut self, mark: Mark) {
@@ -313,9 +306,7 @@ impl<'a> Dfs<'a> {
             }
         }
         self.floor.undo(mark.1);
-        for (x, old) in self.span_trail.drain(mark.2..).rev() {
-            self.span_floor[x as usize] = old;
-        }
+        self.span_floor.undo(mark.2);
         self.min_off.undo(mark.3);
     }
 
@@ -323,7 +314,7 @@ impl<'a> Dfs<'a> {
     /// come that it would collide with. `None` for a fixed buffer whose place is already covered.
     fn offset_of(&self, b: u32) -> Option<u64> {
         let it = self.inst.items[b as usize];
-        let floor = self.span_floor[b as usize];
+        let floor = self.span_floor.get(b as usize);
         #[cfg(any(test, debug_assertions))]
         assert_eq!(floor, self.floor.max(it.lo as usize, it.hi as usize));
         if let Some(f) = it.fixed {

@@ -3,13 +3,62 @@
 //! placed, over a few lifetimes only, so a node pays for those and not for a pass over every
 //! lifetime (long-lived buffers of big traces span thousands of sections).
 
+/// Values that can be set and put back: each change records the old value on a trail, and
+/// [`Trailed::undo`] restores everything changed since a mark. The search's per-section and
+/// per-buffer state is kept this way.
+#[derive(Clone, Debug)]
+pub(super) struct Trailed {
+    values: Vec<u64>,
+    trail: Vec<(u32, u64)>,
+}
+
+impl Trailed {
+    pub fn new(len: usize, value: u64) -> Trailed {
+        Trailed {
+            values: vec![value; len],
+            trail: Vec::new(),
+        }
+    }
+
+    pub fn get(&self, i: usize) -> u64 {
+        self.values[i]
+    }
+
+    pub fn set(&mut self, i: usize, value: u64) {
+        self.trail.push((i as u32, self.values[i]));
+        self.values[i] = value;
+    }
+
+    /// Sets `lo..hi` to `value` and hands them out to be changed further (the old values are on
+    /// the trail).
+    pub fn reset(&mut self, lo: usize, hi: usize, value: u64) -> &mut [u64] {
+        self.trail
+            .extend((lo..hi).map(|i| (i as u32, self.values[i])));
+        let range = &mut self.values[lo..hi];
+        range.fill(value);
+        range
+    }
+
+    pub fn range(&self, lo: usize, hi: usize) -> &[u64] {
+        &self.values[lo..hi]
+    }
+
+    pub fn mark(&self) -> usize {
+        self.trail.len()
+    }
+
+    /// Undoes every change since `mark`.
+    pub fn undo(&mut self, mark: usize) {
+        for (i, old) in self.trail.drain(mark..).rev() {
+            self.values[i as usize] = old;
+        }
+    }
+}
+
 /// The floors: per section, the top of the highest buffer placed across it. Floors only rise
 /// while placing and fall back only by [`Floors::undo`].
 #[derive(Clone, Debug)]
-pub(super) struct Floors {
-    floor: Vec<u64>,
-    trail: Vec<(u32, u64)>,
-}
+pub(super) struct Floors(Trailed);
 
 /// Where [`Floors::undo`] returns to.
 #[derive(Clone, Copy, Debug)]
@@ -17,41 +66,33 @@ pub(super) struct FloorsMark(usize);
 
 impl Floors {
     pub fn new(sections: usize) -> Floors {
-        Floors {
-            floor: vec![0; sections],
-            trail: Vec::new(),
-        }
+        Floors(Trailed::new(sections, 0))
     }
 
     pub fn get(&self, s: usize) -> u64 {
-        self.floor[s]
+        self.0.get(s)
     }
 
     /// The highest floor over sections `lo..hi` (0 when empty). The search keeps each buffer's
     /// own as it places (`Dfs::place`), and reads this only to start, and to check.
     pub fn max(&self, lo: usize, hi: usize) -> u64 {
-        self.floor[lo..hi].iter().copied().max().unwrap_or(0)
+        self.0.range(lo, hi).iter().copied().max().unwrap_or(0)
     }
 
     /// Sets the floor of sections `lo..hi` to `top`, which must not be below any of them (a buffer
     /// goes at or above its floor).
     pub fn raise(&mut self, lo: usize, hi: usize, top: u64) {
-        for s in lo..hi {
-            debug_assert!(self.floor[s] <= top, "floors only rise");
-            self.trail.push((s as u32, self.floor[s]));
-            self.floor[s] = top;
-        }
+        debug_assert!(self.max(lo, hi) <= top, "floors only rise");
+        self.0.reset(lo, hi, top);
     }
 
     pub fn mark(&self) -> FloorsMark {
-        FloorsMark(self.trail.len())
+        FloorsMark(self.0.mark())
     }
 
     /// Undoes every [`Floors::raise`] since `mark`.
     pub fn undo(&mut self, mark: FloorsMark) {
-        for (s, old) in self.trail.drain(mark.0..).rev() {
-            self.floor[s as usize] = old;
-        }
+        self.0.undo(mark.0);
     }
 }
 
@@ -60,21 +101,15 @@ impl Floors {
 /// lifetimes are recomputed ([`MinOffsets::recompute`]); a pass over every lifetime at each node
 /// was a third of the search's time on perfect packings. [`MinOffsets::undo`] returns to a mark.
 #[derive(Clone, Debug)]
-pub(super) struct MinOffsets {
-    min: Vec<u64>,
-    trail: Vec<(u32, u64)>,
-}
+pub(super) struct MinOffsets(Trailed);
 
 impl MinOffsets {
     pub fn new(sections: usize) -> MinOffsets {
-        MinOffsets {
-            min: vec![u64::MAX; sections],
-            trail: Vec::new(),
-        }
+        MinOffsets(Trailed::new(sections, u64::MAX))
     }
 
     pub fn get(&self, s: usize) -> u64 {
-        self.min[s]
+        self.0.get(s)
     }
 
     /// Sets sections `lo..hi` to the lowest offset of `lifetimes` (start, end, offset) across
@@ -85,27 +120,24 @@ impl MinOffsets {
         hi: usize,
         lifetimes: impl Iterator<Item = (usize, usize, u64)>,
     ) {
-        for s in lo..hi {
-            self.trail.push((s as u32, self.min[s]));
-        }
-        self.min[lo..hi].fill(u64::MAX);
+        let min = self.0.reset(lo, hi, u64::MAX);
         for (start, end, o) in lifetimes {
             let (a, b) = (start.max(lo), end.min(hi));
             if a < b {
-                self.min[a..b].iter_mut().for_each(|m| *m = (*m).min(o));
+                min[a - lo..b - lo]
+                    .iter_mut()
+                    .for_each(|m| *m = (*m).min(o));
             }
         }
     }
 
     pub fn mark(&self) -> usize {
-        self.trail.len()
+        self.0.mark()
     }
 
     /// Undoes every [`MinOffsets::recompute`] since `mark`.
     pub fn undo(&mut self, mark: usize) {
-        for (s, old) in self.trail.drain(mark..).rev() {
-            self.min[s as usize] = old;
-        }
+        self.0.undo(mark);
     }
 }
 
